@@ -1,0 +1,158 @@
+// spare/runtime.h — what a protected program links against. Start here.
+//
+// A program attaches to its host's agent, maps named regions at fixed
+// virtual addresses, keeps its state in them, and declares epochs with
+// commit() at quiescent points (between request batches). Every output a
+// client may see goes through the gate and is released only once the epoch
+// it depends on is durable (policy `local`: applied to the committed image
+// by the agent; later policies: acknowledged by the standby).
+//
+// After a crash the agent restarts the program; attach() then reports
+// resumed() and the regions hold exactly the last durable epoch's state,
+// mapped at the same addresses (no copy: the region maps the committed
+// image MAP_PRIVATE).
+//
+//   auto rt = spare::Runtime::Attach();               // SPARE_AGENT=<dir>
+//   if (!rt.ok()) { fprintf(stderr, "%s\n", rt.status().ToString().c_str()); exit(1); }
+//   auto heap = rt->region("heap", 1 << 30);          // Result<Region*>
+//   if (rt->resumed()) { /* state in *heap is epoch rt->epoch(); rt->record() */ }
+//   ... serve a batch, rt->gate().send(fd, reply) for each reply ...
+//   rt->commit(record);                               // returns fast
+//   ... epoll on rt->fd(); when readable: rt->poll();  // releases outputs
+//
+// Threading: a Runtime and everything it hands out belong to one thread
+// (the thread that calls commit). libspare starts no threads of its own.
+// What may be stored in a region: see docs/REGIONS.md (plain data and
+// pointers into regions; no fds, no pointers to heap/stack/TLS, no mutexes
+// shared with other processes, no pointers into shared libraries).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "spare/gate.h"
+#include "spare/status.h"
+
+namespace spare {
+
+class RuntimeImpl;
+
+// A named memory area at a fixed virtual address. Owned by its Runtime;
+// valid until the Runtime is destroyed.
+class Region {
+ public:
+  const std::string& name() const { return name_; }
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  std::byte* bytes() const { return static_cast<std::byte*>(data_); }
+
+ private:
+  friend class RuntimeImpl;
+  Region(std::string name, void* data, size_t size)
+      : name_(std::move(name)), data_(data), size_(size) {}
+  std::string name_;
+  void* data_;
+  size_t size_;
+};
+
+struct RegionOptions {
+  // 0: derived from (instance id, region name), the same on every run.
+  // Otherwise the exact address to map at (page aligned).
+  uint64_t address = 0;
+};
+
+// What a configuration-checkpoint lookup found (seed 002).
+enum class ConfigState {
+  kHit,      // key present, fingerprint matches: blob is the saved value
+  kStale,    // key present, fingerprint changed: redo discovery, then save
+  kMissing,  // never saved
+};
+struct ConfigLookup {
+  ConfigState state = ConfigState::kMissing;
+  std::string blob;  // set only for kHit
+};
+
+struct RuntimeStats {
+  uint64_t commits = 0;            // epochs handed to the agent
+  uint64_t deferred_commits = 0;   // commits merged into a later epoch (staging busy)
+  uint64_t pages_committed = 0;
+  uint64_t bytes_committed = 0;
+  uint64_t commit_ns_total = 0;    // time spent inside commit()
+  uint64_t commit_ns_max = 0;
+  uint64_t backpressure_waits = 0; // commits that blocked for a free slot
+  uint64_t outputs_released = 0;
+  std::string tracker;             // "uffd-wp" or "mprotect"
+};
+
+class Runtime {
+ public:
+  // Connects to the agent named by $SPARE_AGENT (a directory holding
+  // agent.sock) as instance $SPARE_INSTANCE. Fails with a Status that says
+  // what is missing when the program was not started by `spare run`.
+  static Result<Runtime> Attach();
+  // A runtime without an agent: regions are anonymous memory, commit() does
+  // nothing, the gate releases at once. The baseline for benchmarks.
+  static Result<Runtime> Unprotected();
+
+  Runtime(Runtime&&) noexcept;
+  Runtime& operator=(Runtime&&) noexcept;
+  ~Runtime();
+
+  bool protected_mode() const;
+  const std::string& instance_id() const;
+
+  // Maps (or on resume, re-maps) region `name` of `size` bytes (rounded up
+  // to pages). Calling it again with the same name returns the same Region.
+  // Errors: kInvalidArgument (size differs from the committed image's),
+  // kResourceExhausted (address range taken).
+  Result<Region*> region(std::string_view name, size_t size, RegionOptions options = {});
+
+  // True when this process was started from a committed image that holds
+  // at least one epoch (a restart after a crash, or a failover).
+  bool resumed() const;
+  // The record attached to the last durable epoch (empty if none).
+  std::span<const std::byte> record() const;
+
+  // Declares an epoch: the pages written since the previous commit, and
+  // `record` (<= 64 KiB), become epoch epoch()+1. Copies the dirty pages to
+  // staging and returns without waiting for the agent. If staging is full
+  // the epoch is merged into the next commit (its outputs are covered by
+  // that later epoch); past the merge bound it blocks until a slot frees.
+  // Never drops a page. Returns the epoch number assigned.
+  Result<uint64_t> commit(std::span<const std::byte> record = {});
+  Result<uint64_t> commit(std::string_view record) {
+    return commit(std::as_bytes(std::span(record.data(), record.size())));
+  }
+
+  uint64_t epoch() const;          // newest epoch handed over (or resumed from)
+  uint64_t pending_epoch() const;  // epoch that outputs produced now depend on
+  uint64_t durable_epoch() const;  // newest epoch the agent confirmed
+
+  Gate& gate();
+
+  // Readable when the agent has news (an epoch applied). Add it to your
+  // event loop and call poll() when it is readable.
+  int fd() const;
+  // Processes agent messages without blocking and releases outputs of
+  // durable epochs. Errors are sticky (returned again by later calls).
+  Status poll();
+  // Blocks until durable_epoch() >= epoch or timeout_ms passes (-1: forever).
+  Status wait_durable(uint64_t epoch, int timeout_ms = -1);
+
+  // Configuration checkpoints (seed 002): fingerprint = a hash of whatever
+  // the discovered value depends on.
+  Result<ConfigLookup> config_lookup(std::string_view key, uint64_t fingerprint);
+  Status config_save(std::string_view key, uint64_t fingerprint, std::string_view blob);
+
+  RuntimeStats stats() const;
+
+ private:
+  explicit Runtime(std::unique_ptr<RuntimeImpl> impl);
+  std::unique_ptr<RuntimeImpl> impl_;
+};
+
+}  // namespace spare
