@@ -1,0 +1,96 @@
+// epoch/staging.h — the staging area an instance fills and its agent applies.
+//
+// One memfd per instance, created by the agent, mapped MAP_SHARED by both.
+// Layout (docs/WIRE.md has the byte table):
+//   StagingHeader at offset 0 (one page)
+//   slot i at kSlotBase + i * slot_size, i < slot_count
+// A slot holds one part of an epoch:
+//   SlotHeader | record bytes (last part only) | entries[] | page data
+// An entry {region, offset, length} names `length` bytes of region `region`
+// at byte `offset` (page aligned), whose data follows the entry table in
+// entry order.
+//
+// Ownership: a slot is FREE, then the instance owns it while filling, then
+// hands it over with a Commit message (first_slot, parts); from then the
+// agent owns it until it answers Applied(epoch), which frees the epoch's
+// slots. Neither side writes a slot it does not own. The agent never trusts
+// what it reads: ValidateEpoch() checks magic, epoch, part numbering,
+// lengths and every entry's bounds before ApplyEpoch() writes anything.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "spare/status.h"
+
+namespace spare::epoch {
+
+inline constexpr uint32_t kStagingMagic = 0x47545353;  // "SSTG"
+inline constexpr uint32_t kSlotMagic = 0x544f4c53;     // "SLOT"
+inline constexpr uint32_t kStagingVersion = 1;
+inline constexpr size_t kSlotBase = 4096;
+inline constexpr size_t kMaxRecord = 64 * 1024;
+
+struct StagingHeader {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t slot_count;
+  uint32_t reserved;
+  uint64_t slot_size;
+};
+
+struct SlotHeader {
+  uint32_t magic;
+  uint32_t version;
+  uint64_t epoch;
+  uint32_t part;        // 0-based
+  uint32_t parts;       // parts of this epoch
+  uint32_t record_len;  // non-zero only in the last part
+  uint32_t n_entries;
+  uint64_t used;        // bytes of the slot in use, header included
+  uint64_t table_hash;  // XXH64 of the header (with this field 0), record, entries
+};
+
+struct SlotEntry {
+  uint32_t region;
+  uint32_t reserved;
+  uint64_t offset;
+  uint64_t length;
+};
+
+// A mapped staging area (either side). Not owning.
+struct StagingView {
+  std::byte* base = nullptr;
+  size_t size = 0;
+  uint32_t slot_count = 0;
+  uint64_t slot_size = 0;
+  std::byte* slot(uint32_t i) const { return base + kSlotBase + uint64_t{i} * slot_size; }
+};
+
+// Bytes a staging memfd needs for slot_count slots of slot_size.
+size_t StagingBytes(uint32_t slot_count, uint64_t slot_size);
+// Writes the header into a fresh area (agent side).
+void InitStaging(StagingView& view);
+// Checks the header of an area received from the agent (instance side).
+Result<StagingView> OpenStaging(std::byte* base, size_t size);
+
+// The regions an epoch may write, in region-index order.
+struct RegionTarget {
+  int fd;         // committed image (memfd)
+  uint64_t size;  // its size in bytes
+};
+
+// Checks every part of `epoch` in slots [first_slot, first_slot+parts)
+// (wrapping around the ring) without writing anything.
+Status ValidateEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
+                     uint32_t parts, std::span<const RegionTarget> regions);
+// Validates, then writes every entry into its region's memfd (pwrite) and
+// copies the record to *record. Idempotent: applying the same epoch again
+// gives the same image. On error nothing has been written.
+Status ApplyEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot, uint32_t parts,
+                  std::span<const RegionTarget> regions, std::string* record);
+
+}  // namespace spare::epoch
