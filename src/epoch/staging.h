@@ -5,7 +5,7 @@
 //   StagingHeader at offset 0 (one page)
 //   slot i at kSlotBase + i * slot_size, i < slot_count
 // A slot holds one part of an epoch:
-//   SlotHeader | record bytes (last part only) | entries[] | page data
+//   SlotHeader | record bytes (part 0 only) | entries[] | page data
 // An entry {region, offset, length} names `length` bytes of region `region`
 // at byte `offset` (page aligned), whose data follows the entry table in
 // entry order.
@@ -48,7 +48,7 @@ struct SlotHeader {
   uint64_t epoch;
   uint32_t part;        // 0-based
   uint32_t parts;       // parts of this epoch
-  uint32_t record_len;  // non-zero only in the last part
+  uint32_t record_len;  // non-zero only in part 0
   uint32_t n_entries;
   uint64_t used;        // bytes of the slot in use, header included
   uint64_t table_hash;  // XXH64 of the header (with this field 0), record, entries
@@ -83,14 +83,63 @@ struct RegionTarget {
   uint64_t size;  // its size in bytes
 };
 
+// Instance side: a run of dirty bytes of one region to put in an epoch.
+struct DirtyRun {
+  uint32_t region;
+  const std::byte* src;  // where the bytes are now (the instance's mapping)
+  uint64_t offset;       // page-aligned byte offset in the region
+  uint64_t length;       // page multiple
+};
+
+// How an epoch's runs are cut into slot parts (instance side).
+struct EpochPlan {
+  struct Piece {
+    uint32_t part;
+    uint32_t run;     // index into the runs
+    uint64_t skip;    // bytes of the run before this piece
+    uint64_t length;  // page multiple
+  };
+  uint32_t parts = 1;
+  std::vector<Piece> pieces;  // in part order
+};
+// Cuts `runs` (and a record of record_len bytes, which goes to part 0) into
+// slot-sized parts. parts may exceed view.slot_count: the caller checks.
+EpochPlan PlanEpoch(const StagingView& view, std::span<const DirtyRun> runs, size_t record_len);
+// Copies the planned pieces and the record into plan.parts slots starting
+// at first_slot (wrapping). REQUIRES: the caller owns those slots.
+void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
+               const EpochPlan& plan, std::span<const DirtyRun> runs,
+               std::span<const std::byte> record);
+
+// Smallest slot_size accepted (a full record plus one page and headers).
+inline constexpr uint64_t kMinSlotSize = 128 * 1024;
+
+// Agent side: an epoch checked against the regions. Bounds and entry
+// tables are copied out of shared memory, so an instance that scribbles on
+// its slots after handing them over cannot make the agent write out of
+// bounds.
+struct ValidatedEpoch {
+  struct Write {
+    uint32_t region;
+    uint64_t offset;
+    uint64_t length;
+    const std::byte* src;
+  };
+  std::vector<Write> writes;
+  std::string record;
+  uint64_t bytes = 0;
+};
 // Checks every part of `epoch` in slots [first_slot, first_slot+parts)
-// (wrapping around the ring) without writing anything.
-Status ValidateEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
-                     uint32_t parts, std::span<const RegionTarget> regions);
+// (wrapping) without writing anything.
+Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t epoch,
+                                     uint32_t first_slot, uint32_t parts,
+                                     std::span<const RegionTarget> regions);
 // Validates, then writes every entry into its region's memfd (pwrite) and
 // copies the record to *record. Idempotent: applying the same epoch again
-// gives the same image. On error nothing has been written.
+// gives the same image. On a validation error nothing has been written.
+// *bytes (optional) receives the page bytes written.
 Status ApplyEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot, uint32_t parts,
-                  std::span<const RegionTarget> regions, std::string* record);
+                  std::span<const RegionTarget> regions, std::string* record,
+                  uint64_t* bytes = nullptr);
 
 }  // namespace spare::epoch

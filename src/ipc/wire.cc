@@ -141,7 +141,7 @@ Status Send(int sock, const Message& msg) {
   }
 }
 
-Result<std::optional<Message>> Receive(int sock) {
+Result<std::optional<Message>> Receive(int sock, bool dont_wait) {
   // One receive buffer per thread: this runs once per epoch on both sides.
   static thread_local std::string buf(kMaxFrame + 1, '\0');
   iovec iov{buf.data(), buf.size()};
@@ -153,7 +153,7 @@ Result<std::optional<Message>> Receive(int sock) {
   mh.msg_controllen = sizeof(ctl);
   ssize_t r;
   do {
-    r = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+    r = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | (dont_wait ? MSG_DONTWAIT : 0));
   } while (r < 0 && errno == EINTR);
   if (r < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return std::optional<Message>();

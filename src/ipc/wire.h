@@ -68,9 +68,10 @@ Result<Message> Decode(std::span<const std::byte> frame);
 // Sends msg (and its fds) as one packet. Blocks if the socket is blocking.
 // kUnavailable if the peer is gone.
 Status Send(int sock, const Message& msg);
-// Receives one packet. nullopt: nonblocking socket has nothing now.
-// kUnavailable: peer closed. kBadMessage: bad frame (its fds are closed).
-Result<std::optional<Message>> Receive(int sock);
+// Receives one packet. nullopt: nothing there now (nonblocking socket, or
+// dont_wait). kUnavailable: peer closed. kBadMessage: bad frame (its fds
+// are closed).
+Result<std::optional<Message>> Receive(int sock, bool dont_wait = false);
 
 // Error reply helpers.
 Message ErrorMessage(const Status& status);

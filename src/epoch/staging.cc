@@ -1,0 +1,216 @@
+#include "epoch/staging.h"
+
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/check.h"
+
+namespace spare::epoch {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+uint64_t Align(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
+
+// Where the entry table of a part starts, given its record length.
+uint64_t TableOffset(uint32_t record_len) { return Align(sizeof(SlotHeader) + record_len, 8); }
+// Where page data starts, given the record length and entry count.
+uint64_t DataOffset(uint32_t record_len, uint64_t n_entries) {
+  return Align(TableOffset(record_len) + n_entries * sizeof(SlotEntry), 64);
+}
+
+uint64_t TableHash(const std::byte* slot, const SlotHeader& h) {
+  SlotHeader copy = h;
+  copy.table_hash = 0;
+  XXH64_state_t st;
+  XXH64_reset(&st, 0);
+  XXH64_update(&st, &copy, sizeof(copy));
+  XXH64_update(&st, slot + sizeof(SlotHeader), h.record_len);
+  XXH64_update(&st, slot + TableOffset(h.record_len), uint64_t{h.n_entries} * sizeof(SlotEntry));
+  return XXH64_digest(&st);
+}
+
+Status Torn(uint64_t epoch, uint32_t part, const std::string& what) {
+  return Status(Code::kTornEpoch,
+                "epoch " + std::to_string(epoch) + " part " + std::to_string(part) + ": " + what);
+}
+
+}  // namespace
+
+size_t StagingBytes(uint32_t slot_count, uint64_t slot_size) {
+  return kSlotBase + uint64_t{slot_count} * slot_size;
+}
+
+void InitStaging(StagingView& view) {
+  StagingHeader h{kStagingMagic, kStagingVersion, view.slot_count, 0, view.slot_size};
+  std::memcpy(view.base, &h, sizeof(h));
+}
+
+Result<StagingView> OpenStaging(std::byte* base, size_t size) {
+  if (size < kSlotBase) return Status(Code::kBadMessage, "staging area smaller than its header");
+  StagingHeader h;
+  std::memcpy(&h, base, sizeof(h));
+  if (h.magic != kStagingMagic) return Status(Code::kBadMessage, "staging area has bad magic");
+  if (h.version != kStagingVersion)
+    return Status(Code::kBadMessage, "staging version " + std::to_string(h.version) +
+                                         " is not the supported " +
+                                         std::to_string(kStagingVersion));
+  if (h.slot_count == 0 || h.slot_size < kMinSlotSize || h.slot_size % kPage != 0 ||
+      StagingBytes(h.slot_count, h.slot_size) > size)
+    return Status(Code::kBadMessage, "staging geometry " + std::to_string(h.slot_count) + " x " +
+                                         std::to_string(h.slot_size) +
+                                         " does not fit the area of " + std::to_string(size));
+  return StagingView{base, size, h.slot_count, h.slot_size};
+}
+
+EpochPlan PlanEpoch(const StagingView& view, std::span<const DirtyRun> runs, size_t record_len) {
+  EpochPlan plan;
+  uint32_t part = 0;
+  uint32_t rec = static_cast<uint32_t>(record_len);
+  uint64_t n = 0, data = 0;  // entries and data bytes in the current part
+  for (uint32_t r = 0; r < runs.size(); ++r) {
+    uint64_t skip = 0;
+    while (skip < runs[r].length) {
+      uint64_t fixed = DataOffset(part == 0 ? rec : 0, n + 1) + data;
+      uint64_t room = fixed < view.slot_size ? (view.slot_size - fixed) / kPage * kPage : 0;
+      if (room == 0) {  // this part is full: start the next one
+        ++part;
+        n = data = 0;
+        continue;
+      }
+      uint64_t len = std::min(room, runs[r].length - skip);
+      plan.pieces.push_back({part, r, skip, len});
+      ++n;
+      data += len;
+      skip += len;
+    }
+  }
+  plan.parts = part + 1;
+  return plan;
+}
+
+void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
+               const EpochPlan& plan, std::span<const DirtyRun> runs,
+               std::span<const std::byte> record) {
+  size_t i = 0;
+  for (uint32_t part = 0; part < plan.parts; ++part) {
+    std::byte* slot = view.slot((first_slot + part) % view.slot_count);
+    size_t end = i;
+    while (end < plan.pieces.size() && plan.pieces[end].part == part) ++end;
+    SlotHeader h{};
+    h.magic = kSlotMagic;
+    h.version = kStagingVersion;
+    h.epoch = epoch;
+    h.part = part;
+    h.parts = plan.parts;
+    h.record_len = part == 0 ? static_cast<uint32_t>(record.size()) : 0;
+    h.n_entries = static_cast<uint32_t>(end - i);
+    if (h.record_len) std::memcpy(slot + sizeof(SlotHeader), record.data(), record.size());
+    auto* table = reinterpret_cast<SlotEntry*>(slot + TableOffset(h.record_len));
+    uint64_t at = DataOffset(h.record_len, h.n_entries);
+    for (size_t k = i; k < end; ++k) {
+      const EpochPlan::Piece& p = plan.pieces[k];
+      const DirtyRun& run = runs[p.run];
+      table[k - i] = SlotEntry{run.region, 0, run.offset + p.skip, p.length};
+      std::memcpy(slot + at, run.src + p.skip, p.length);
+      at += p.length;
+    }
+    h.used = at;
+    SPARE_CHECK(h.used <= view.slot_size);
+    h.table_hash = TableHash(slot, h);
+    std::memcpy(slot, &h, sizeof(h));
+    i = end;
+  }
+}
+
+Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t epoch,
+                                     uint32_t first_slot, uint32_t parts,
+                                     std::span<const RegionTarget> regions) {
+  if (parts == 0 || parts > view.slot_count || first_slot >= view.slot_count)
+    return Status(Code::kTornEpoch, "epoch " + std::to_string(epoch) + " names slots " +
+                                        std::to_string(first_slot) + "+" +
+                                        std::to_string(parts) + " outside the ring of " +
+                                        std::to_string(view.slot_count));
+  ValidatedEpoch v;
+  for (uint32_t part = 0; part < parts; ++part) {
+    const std::byte* slot = view.slot((first_slot + part) % view.slot_count);
+    SlotHeader h;  // a private copy: the instance could change the slot under us
+    std::memcpy(&h, slot, sizeof(h));
+    if (h.magic != kSlotMagic || h.version != kStagingVersion)
+      return Torn(epoch, part, "slot has bad magic or version");
+    if (h.epoch != epoch)
+      return Torn(epoch, part, "slot holds epoch " + std::to_string(h.epoch));
+    if (h.part != part || h.parts != parts)
+      return Torn(epoch, part, "slot says part " + std::to_string(h.part) + " of " +
+                                   std::to_string(h.parts) + ", expected " +
+                                   std::to_string(parts) + " parts");
+    if (h.record_len > kMaxRecord || (part != 0 && h.record_len != 0))
+      return Torn(epoch, part, "bad record length " + std::to_string(h.record_len));
+    uint64_t data = DataOffset(h.record_len, h.n_entries);
+    if (h.used > view.slot_size || data > h.used)
+      return Status(Code::kOutOfBounds, "epoch " + std::to_string(epoch) + " part " +
+                                            std::to_string(part) + ": slot use " +
+                                            std::to_string(h.used) + " exceeds the slot");
+    // Copy the record and table before hashing them, so what we check is
+    // exactly what we use.
+    std::string local(reinterpret_cast<const char*>(slot), data);
+    const auto* lbase = reinterpret_cast<const std::byte*>(local.data());
+    if (TableHash(lbase, h) != h.table_hash) return Torn(epoch, part, "table checksum mismatch");
+    if (part == 0) v.record.assign(local.data() + sizeof(SlotHeader), h.record_len);
+    const auto* table = reinterpret_cast<const SlotEntry*>(lbase + TableOffset(h.record_len));
+    uint64_t at = data;
+    for (uint32_t k = 0; k < h.n_entries; ++k) {
+      SlotEntry e;
+      std::memcpy(&e, &table[k], sizeof(e));
+      if (e.region >= regions.size())
+        return Status(Code::kOutOfBounds, "epoch " + std::to_string(epoch) + " writes region " +
+                                              std::to_string(e.region) + " but only " +
+                                              std::to_string(regions.size()) + " exist");
+      const uint64_t size = regions[e.region].size;
+      if (e.offset % kPage || e.length % kPage || e.length == 0 || e.offset > size ||
+          e.length > size - e.offset)
+        return Status(Code::kOutOfBounds,
+                      "epoch " + std::to_string(epoch) + " writes " + std::to_string(e.length) +
+                          " bytes at offset " + std::to_string(e.offset) + " of region " +
+                          std::to_string(e.region) + " (size " + std::to_string(size) + ")");
+      if (e.length > h.used - at)
+        return Status(Code::kOutOfBounds, "epoch " + std::to_string(epoch) + " part " +
+                                              std::to_string(part) +
+                                              ": entry data runs past the slot's used bytes");
+      v.writes.push_back({e.region, e.offset, e.length, slot + at});
+      at += e.length;
+      v.bytes += e.length;
+    }
+    if (at != h.used) return Torn(epoch, part, "used bytes do not match the entries");
+  }
+  return v;
+}
+
+Status ApplyEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot, uint32_t parts,
+                  std::span<const RegionTarget> regions, std::string* record, uint64_t* bytes) {
+  SPARE_ASSIGN_OR_RETURN(ValidatedEpoch v, ValidateEpoch(view, epoch, first_slot, parts, regions));
+  for (const auto& w : v.writes) {
+    uint64_t done = 0;
+    while (done < w.length) {
+      ssize_t n = ::pwrite(regions[w.region].fd, w.src + done, w.length - done,
+                           static_cast<off_t>(w.offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      // The image is now partly at epoch, partly before: applying the same
+      // epoch again (idempotent) is the repair, so say so.
+      if (n <= 0)
+        return Status::FromErrno("applying epoch " + std::to_string(epoch) +
+                                     " to region " + std::to_string(w.region) +
+                                     " (retry the apply; the image is between epochs)",
+                                 n < 0 ? errno : EIO);
+      done += static_cast<uint64_t>(n);
+    }
+  }
+  if (record) *record = std::move(v.record);
+  if (bytes) *bytes = v.bytes;
+  return Status::Ok();
+}
+
+}  // namespace spare::epoch
