@@ -1,0 +1,142 @@
+"""The spare CLI as an operator meets it: errors, status, stop, crash loops."""
+
+import os
+import subprocess
+import tempfile
+import time
+import unittest
+
+from spare_harness import SPARE, SPARE_KV, Harness, free_port, pid_alive, redis
+
+INSTANCE_FIELDS = {"id", "pid", "policy", "state", "epoch", "generation", "restarts",
+                   "last_restart_ms", "tracker", "reason"}
+
+
+class NoAgentTest(unittest.TestCase):
+    def test_run_without_agent_fails_clearly(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = subprocess.run([SPARE, "run", "--agent", d, "--id", "kv", "--policy", "local", "--",
+                                SPARE_KV, "--port", str(free_port())],
+                               capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(d, p.stderr, "the error should name the agent directory it tried")
+        self.assertIn("agent", p.stderr.lower())
+
+    def test_status_without_agent_fails_clearly(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = subprocess.run([SPARE, "status", "--agent", d], capture_output=True, text=True,
+                               timeout=30)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(d, p.stderr)
+
+    def test_kv_outside_spare_run_names_spare_agent(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPARE_")}
+        p = subprocess.run([SPARE_KV, "--port", str(free_port())], env=env, capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("SPARE_AGENT", p.stderr)
+
+
+class AgentCliTest(unittest.TestCase):
+    def setUp(self):
+        self.h = Harness(self)
+
+    def start_kv(self, extra=()):
+        self.h.start_agent()
+        port = free_port()
+        pid, gen = self.h.run("kv", [SPARE_KV, "--port", str(port)], extra=extra)
+        self.h.wait_pong(port)
+        return port, pid, gen
+
+    def test_status_table_and_json(self):
+        port, pid, gen = self.start_kv()
+        inst = self.h.instance("kv")
+        self.assertLessEqual(INSTANCE_FIELDS, set(inst), "status --json misses fields")
+        self.assertEqual((inst["pid"], inst["policy"], inst["state"], inst["restarts"]),
+                         (pid, "local", "running", 0))
+        self.assertEqual(inst["generation"], gen)
+        self.assertIn(inst["tracker"], ("uffd-wp", "mprotect"))
+        epoch = inst["epoch"]
+        for i in range(5):
+            self.assertEqual(redis(port, "SET", f"a{i}", "b"), (0, "OK"))
+        self.assertGreater(self.h.instance("kv")["epoch"], epoch, "writes should commit epochs")
+
+        table = self.h.spare("status", "--agent", self.h.dir)
+        self.assertEqual(table.returncode, 0, table.stderr)
+        lines = table.stdout.splitlines()
+        header = next(line for line in lines if "STATE" in line.upper())
+        for column in ("ID", "PID", "POLICY", "STATE", "EPOCH", "RESTARTS"):
+            self.assertIn(column, header.upper())
+        row = next((line for line in lines if line.split()[:1] == ["kv"]), None)
+        self.assertIsNotNone(row, table.stdout)
+        self.assertIn(str(pid), row.split())
+        self.assertIn("running", row.split())
+
+    def test_metrics_are_prometheus_text(self):
+        self.start_kv()
+        p = self.h.spare("metrics", "--agent", self.h.dir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        samples = [line for line in p.stdout.splitlines() if line and not line.startswith("#")]
+        self.assertTrue(samples, p.stdout)
+        for line in samples:
+            name, value = line.rsplit(" ", 1)
+            float(value)  # every sample ends in a number
+            self.assertRegex(name, r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?$")
+        self.assertIn('id="kv"', p.stdout)
+
+    def test_stop(self):
+        port, pid, _ = self.start_kv()
+        p = self.h.stop("kv")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        inst = self.h.wait_instance("kv", lambda i: i["state"] in ("stopped", "exited"),
+                                    what="stopped")
+        self.assertEqual(inst["state"], "stopped")
+        end = time.monotonic() + 5
+        while pid_alive(pid) and time.monotonic() < end:
+            time.sleep(0.01)
+        self.assertFalse(pid_alive(pid), "stopped instance still runs")
+        self.assertNotEqual(redis(port, "PING", timeout=2), (0, "PONG"))
+        time.sleep(0.5)
+        self.assertEqual(self.h.instance("kv")["state"], "stopped", "a stopped instance restarted")
+
+    def test_stop_unknown_instance(self):
+        self.h.start_agent()
+        p = self.h.stop("nosuch")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("nosuch", p.stderr)
+
+    def test_run_duplicate_id_refused(self):
+        self.start_kv()
+        p = self.h.spare("run", "--agent", self.h.dir, "--id", "kv", "--policy", "local", "--",
+                         SPARE_KV, "--port", str(free_port()))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("kv", p.stderr)
+
+    def test_crash_loop_marks_failed(self):
+        port, pid, _ = self.start_kv(extra=["--max-restarts", "3", "--restart-window", "60"])
+        for kill in range(1, 5):
+            os.kill(pid, 9)
+            if kill <= 3:
+                inst = self.h.wait_instance(
+                    "kv", lambda i: i["state"] == "running" and i["pid"] != pid,
+                    what=f"restart {kill}")
+                self.assertEqual(inst["restarts"], kill)
+                pid = inst["pid"]
+                self.h.wait_pong(port)
+        inst = self.h.wait_instance("kv", lambda i: i["state"] == "failed", what="failed")
+        self.assertIn("crash", inst["reason"].lower(), inst)
+        time.sleep(0.5)
+        inst = self.h.instance("kv")
+        self.assertEqual(inst["state"], "failed", "a failed instance was restarted")
+        self.assertNotEqual(redis(port, "PING", timeout=2), (0, "PONG"))
+
+    def test_bad_agent_toml_names_the_key(self):
+        with open(os.path.join(self.h.dir, "agent.toml"), "w") as f:
+            f.write("staging_slots = \"many\"\n")
+        p = self.h.spare("agent", "--dir", self.h.dir, timeout=10)
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertIn("staging_slots", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

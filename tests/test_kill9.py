@@ -1,0 +1,193 @@
+"""kill -9 spare-kv at random moments under write load; nothing acknowledged is lost.
+
+Load: a sequential writer (one `redis-cli` per command: SET k:<n> <value>,
+and INCR counter) that records which commands were acknowledged, plus
+`redis-benchmark -t set` on key:* running concurrently. After each kill the
+agent restarts spare-kv from its committed image; once it answers PING the
+test checks, with redis-cli:
+  - every acknowledged SET is present with exactly its value;
+  - the counter is >= the last acknowledged INCR value and no larger than
+    the INCRs that could have reached the server since (redis-cli resends a
+    command once when its connection breaks, so one invocation may apply
+    twice); acknowledged INCR values strictly increase over the whole run;
+  - no key exists that was never sent (k:n beyond the last one sent, values
+    other than the one sent, and — every few kills — DBSIZE equal to the keys
+    accounted for).
+Environment: SPARE_KILLS (default 50), SPARE_TRACKER (passed to spare-kv).
+"""
+
+import os
+import platform
+import random
+import statistics
+import threading
+import time
+import unittest
+
+from spare_harness import REDIS_BENCHMARK, SPARE_KV, Harness, free_port, redis
+
+KILLS = int(os.environ.get("SPARE_KILLS", "50"))
+SEED = int(os.environ.get("SPARE_SEED", str(int(time.time()))))
+BENCH_KEYS = 100000
+BENCH_VALUE = "xxx"  # redis-benchmark's default 3-byte value
+FULL_CHECK_EVERY = 10
+
+
+def mget(port, keys, chunk=1000):
+    """Values of keys (None when absent), via one redis-cli fed on stdin."""
+    lines = []
+    for i in range(0, len(keys), chunk):
+        lines.append("MGET " + " ".join(keys[i:i + chunk]))
+    rc, out = redis(port, stdin="\n".join(lines) + "\n", timeout=60)
+    values = out.split("\n") if keys else []
+    if rc != 0 or len(values) != len(keys):
+        raise AssertionError(f"MGET of {len(keys)} keys returned {len(values)} lines (exit {rc}):"
+                             f" {out[:200]!r}")
+    return [v if v != "" else None for v in values]
+
+
+class Ledger:
+    """What the sequential writer sent and what was acknowledged."""
+
+    def __init__(self):
+        self.sent = {}    # n -> value of SET k:n (sent, maybe not applied)
+        self.acked = {}   # n -> value, acknowledged with OK
+        self.incr_calls = 0        # redis-cli INCR invocations
+        self.calls_at_ack = 0      # incr_calls when the last ack arrived
+        self.last_incr = 0         # last acknowledged INCR value
+        self.incr_acks = 0
+        self.errors = []           # broken invariants seen by the writer
+
+
+class Writer(threading.Thread):
+    """Issues SET/INCR with redis-cli, one process per command, until stopped."""
+
+    def __init__(self, port, ledger, rng):
+        super().__init__(daemon=True)
+        self.port, self.ledger, self.rng = port, ledger, rng
+        self.halt = threading.Event()
+
+    def run(self):
+        lg = self.ledger
+        while not self.halt.is_set():
+            if self.rng.random() < 0.25:
+                lg.incr_calls += 1
+                rc, out = redis(self.port, "INCR", "counter", timeout=15)
+                if rc == 0 and out.lstrip("-").isdigit():
+                    value = int(out)
+                    if value <= lg.last_incr:
+                        lg.errors.append(f"INCR acknowledged {value} after {lg.last_incr}")
+                    lg.last_incr, lg.calls_at_ack = value, lg.incr_calls
+                    lg.incr_acks += 1
+            else:
+                n = len(lg.sent)
+                value = f"v:{n}:{self.rng.getrandbits(48):x}"
+                lg.sent[n] = value
+                rc, out = redis(self.port, "SET", f"k:{n}", value, timeout=15)
+                if rc == 0 and out == "OK":
+                    lg.acked[n] = value
+
+    def stop(self):
+        self.halt.set()
+        self.join(timeout=30)
+        if self.is_alive():
+            raise AssertionError("writer did not stop within 30 s (a redis-cli call hangs?)")
+
+
+class Kill9Test(unittest.TestCase):
+    def setUp(self):
+        self.h = Harness(self)
+        self.h.start_agent()
+        self.port = free_port()
+        self.rng = random.Random(SEED)
+        print(f"seed {SEED}, kills {KILLS}, tracker {os.environ.get('SPARE_TRACKER', 'default')}")
+
+    def start_bench(self):
+        return self.h.popen([REDIS_BENCHMARK, "-p", str(self.port), "-t", "set", "-r",
+                             str(BENCH_KEYS), "-n", "10000000", "-c", "4", "-q"])
+
+    def check(self, lg, full):
+        """The invariants of the module docstring, against the live server."""
+        self.assertEqual(lg.errors, [])
+        n_sent = len(lg.sent)
+        keys = [f"k:{n}" for n in range(n_sent + 50)]
+        values = mget(self.port, keys)
+        present = 0
+        for n, got in enumerate(values):
+            if n in lg.acked:
+                self.assertEqual(got, lg.acked[n], f"acknowledged k:{n} lost or changed")
+            elif n < n_sent:
+                self.assertIn(got, (None, lg.sent[n]), f"k:{n} holds a value never sent")
+            else:
+                self.assertIsNone(got, f"k:{n} exists but was never sent")
+            present += got is not None
+        rc, out = redis(self.port, "GET", "counter")
+        self.assertEqual(rc, 0)
+        counter, has_counter = (int(out), 1) if out else (0, 0)
+        self.assertGreaterEqual(counter, lg.last_incr, "acknowledged INCR lost")
+        most = lg.last_incr + 2 * (lg.incr_calls - lg.calls_at_ack)
+        self.assertLessEqual(counter, most, "counter counts INCRs never sent")
+        if not full:
+            return
+        bench = mget(self.port, [f"key:{i:012d}" for i in range(BENCH_KEYS)])
+        odd = [v for v in bench if v not in (None, BENCH_VALUE)]
+        self.assertEqual(odd[:5], [], "key:* values redis-benchmark never wrote")
+        bench_present = sum(v is not None for v in bench)
+        rc, out = redis(self.port, "DBSIZE")
+        self.assertEqual(rc, 0)
+        self.assertEqual(int(out), present + bench_present + has_counter,
+                         "DBSIZE counts keys that were never sent")
+
+    def test_kill9_under_write_load(self):
+        h, lg = self.h, Ledger()
+        pid, _ = h.run("kv", [SPARE_KV, "--port", str(self.port)],
+                       extra=["--max-restarts", "100000", "--restart-window", "1"])
+        h.wait_pong(self.port)
+        inst = h.instance("kv")
+        tracker = os.environ.get("SPARE_TRACKER")
+        if tracker == "mprotect":
+            self.assertEqual(inst["tracker"], "mprotect")
+        elif tracker == "uffd" or tuple(map(int, platform.release().split(".")[:2])) >= (6, 7):
+            self.assertEqual(inst["tracker"], "uffd-wp")
+
+        # A few hundred acknowledged keys before the first kill.
+        base = {n: f"v:{n}:base" for n in range(300)}
+        rc, out = redis(self.port, stdin="".join(f"SET k:{n} {v}\n" for n, v in base.items()))
+        self.assertEqual((rc, out.split("\n")), (0, ["OK"] * len(base)))
+        lg.sent.update(base)
+        lg.acked.update(base)
+
+        restart_s = []
+        for kill in range(1, KILLS + 1):
+            bench = self.start_bench()
+            writer = Writer(self.port, lg, random.Random(self.rng.random()))
+            writer.start()
+            time.sleep(self.rng.uniform(0.020, 0.250))
+            os.kill(pid, 9)
+            killed_at = time.monotonic()
+            h.wait_pong(self.port, timeout=20)
+            restart_s.append(time.monotonic() - killed_at)
+            writer.stop()
+            bench.kill()
+            bench.wait()
+            inst = h.wait_instance("kv", lambda i: i["state"] == "running" and i["pid"] != pid,
+                                   what="running with a new pid")
+            self.assertEqual(inst["restarts"], kill, f"restart count after kill {kill}")
+            pid = inst["pid"]
+            self.check(lg, full=(kill % FULL_CHECK_EVERY == 0 or kill == KILLS))
+            print(f"kill {kill}: back in {restart_s[-1] * 1000:.1f} ms, {len(lg.acked)} keys"
+                  f" acknowledged, counter acked {lg.last_incr}", flush=True)
+
+        inst = h.instance("kv")
+        self.assertEqual(inst["restarts"], KILLS)
+        self.assertEqual(inst["state"], "running")
+        self.assertGreater(lg.incr_acks, 0, "no INCR was ever acknowledged")
+        self.assertGreater(len(lg.acked), len(base), "no SET acknowledged during the kills")
+        ms = sorted(s * 1000 for s in restart_s)
+        print(f"{KILLS} kills: kill -> PONG p50 {statistics.median(ms):.1f} ms,"
+              f" max {ms[-1]:.1f} ms; {len(lg.acked)} acknowledged keys verified,"
+              f" {lg.incr_acks} acknowledged INCRs, 0 lost")
+
+
+if __name__ == "__main__":
+    unittest.main()
