@@ -1,6 +1,7 @@
 #include "epoch/staging.h"
 
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY  // XXH64_state_t on the stack
 #include <xxhash.h>
 
 #include <cerrno>

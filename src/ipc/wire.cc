@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 #include <sys/un.h>
+#define XXH_STATIC_LINKING_ONLY  // XXH64_state_t on the stack
 #include <xxhash.h>
 
 #include <cerrno>
@@ -22,14 +23,12 @@ T Get(const std::byte* p) {
 }
 
 uint64_t Checksum(const void* head24, std::string_view json, std::string_view blob) {
-  XXH64_state_t* st = XXH64_createState();
-  XXH64_reset(st, 0);
-  XXH64_update(st, head24, 24);
-  XXH64_update(st, json.data(), json.size());
-  XXH64_update(st, blob.data(), blob.size());
-  uint64_t h = XXH64_digest(st);
-  XXH64_freeState(st);
-  return h;
+  XXH64_state_t st;
+  XXH64_reset(&st, 0);
+  XXH64_update(&st, head24, 24);
+  XXH64_update(&st, json.data(), json.size());
+  XXH64_update(&st, blob.data(), blob.size());
+  return XXH64_digest(&st);
 }
 
 Status Bad(std::string what) { return Status(Code::kBadMessage, std::move(what)); }

@@ -1,0 +1,143 @@
+// The epoch pipeline: collect dirty pages, copy them into free staging
+// slots, hand the slots over, return. Applied answers free the slots.
+#include <time.h>
+
+#include <algorithm>
+
+#include "common/check.h"
+#include "region/mapping.h"
+#include "runtime/runtime_impl.h"
+
+namespace spare {
+namespace {
+
+// Past these a commit blocks for free slots instead of deferring.
+constexpr uint32_t kMaxDeferrals = 256;
+
+uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000 + uint64_t(ts.tv_nsec);
+}
+
+}  // namespace
+
+// Adds the pages written since the last collection to carry_, keeping it
+// sorted by (region, offset) and merged, so a page collected twice (once
+// in a deferred epoch, again after a later write) is shipped once.
+Status RuntimeImpl::Collect() {
+  bool had_carry = !carry_.empty();
+  for (uint32_t i = 0; i < regions_.size(); ++i) {
+    Region& r = *regions_[i].region;
+    scratch_.clear();
+    SPARE_RETURN_IF_ERROR(tracker_->Collect(r.data(), r.size(), &scratch_));
+    auto base = reinterpret_cast<uintptr_t>(r.data());
+    for (const auto& pr : scratch_) carry_.push_back({i, pr.start - base, pr.bytes()});
+  }
+  if (!had_carry) return Status::Ok();  // tracker output is already sorted and merged
+  std::sort(carry_.begin(), carry_.end(), [](const Pending& a, const Pending& b) {
+    return a.region != b.region ? a.region < b.region : a.offset < b.offset;
+  });
+  size_t out = 0;
+  for (size_t i = 1; i < carry_.size(); ++i) {
+    Pending& last = carry_[out];
+    const Pending& p = carry_[i];
+    if (p.region == last.region && p.offset <= last.offset + last.length) {
+      last.length = std::max(last.length, p.offset + p.length - last.offset);
+    } else {
+      carry_[++out] = p;
+    }
+  }
+  carry_.resize(out + 1);
+  return Status::Ok();
+}
+
+// Copies carry_ into free slots and sends Commit. False (and *error ok)
+// when the slots are busy or the agent is away: the caller defers or waits.
+bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
+  if (!connected_) return false;
+  runs_.clear();
+  uint64_t bytes = 0;
+  for (const Pending& p : carry_) {
+    runs_.push_back({p.region, regions_[p.region].region->bytes() + p.offset, p.offset, p.length});
+    bytes += p.length;
+  }
+  epoch::EpochPlan plan = epoch::PlanEpoch(staging_, runs_, record.size());
+  if (plan.parts > staging_.slot_count) {
+    *error = Status(Code::kResourceExhausted,
+                    "epoch " + std::to_string(epoch_ + 1) + " has " + std::to_string(bytes) +
+                        " dirty bytes, more than the staging area holds (" +
+                        std::to_string(staging_.slot_count) + " slots of " +
+                        std::to_string(staging_.slot_size) +
+                        " bytes); commit more often or start the instance with larger "
+                        "`spare run --slots/--slot-size`");
+    return false;
+  }
+  if (plan.parts > FreeSlots()) return false;
+  const uint64_t e = epoch_ + 1;
+  const uint32_t first = next_slot_;
+  epoch::FillEpoch(staging_, e, first, plan, runs_, record);
+  ipc::Message c;
+  c.type = ipc::MsgType::kCommit;
+  c.generation = generation_;
+  c.body = {{"epoch", e}, {"first_slot", first}, {"parts", plan.parts}};
+  Status st = ipc::Send(sock_.get(), c);
+  if (!st.ok()) {
+    if (st.code() != Code::kUnavailable) *error = st;
+    Disconnected(st);
+    return false;  // slots are still ours; carry_ is intact
+  }
+  in_flight_.push_back(
+      {e, first, plan.parts, std::string(reinterpret_cast<const char*>(record.data()), record.size())});
+  next_slot_ = (first + plan.parts) % staging_.slot_count;
+  busy_ += plan.parts;
+  epoch_ = e;
+  gate_.set_pending_epoch(e + 1);
+  stats_.commits++;
+  stats_.pages_committed += bytes / region::kPageSize;
+  stats_.bytes_committed += bytes;
+  carry_.clear();
+  deferrals_ = 0;
+  return true;
+}
+
+Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
+  if (!protected_) {
+    gate_.set_pending_epoch(0);
+    ++epoch_;
+    durable_ = epoch_;
+    return epoch_;
+  }
+  SPARE_RETURN_IF_ERROR(error_);
+  if (record.size() > epoch::kMaxRecord)
+    return Status(Code::kInvalidArgument, "record of " + std::to_string(record.size()) +
+                                              " bytes exceeds the 64 KiB limit");
+  const uint64_t t0 = NowNs();
+  Status st = Drain();  // frees the slots of epochs applied meanwhile
+  if (st.ok()) st = Collect();
+  Status ship_error;
+  bool shipped = st.ok() && TryShip(record, &ship_error);
+  if (st.ok() && !shipped && ship_error.ok()) {
+    if (deferrals_ < kMaxDeferrals) {
+      ++deferrals_;  // merged into the next epoch: its outputs wait for that one
+      stats_.deferred_commits++;
+    } else {
+      stats_.backpressure_waits++;
+      while (st.ok() && !shipped && ship_error.ok()) {
+        st = WaitEvent(20);
+        if (st.ok()) shipped = TryShip(record, &ship_error);
+      }
+    }
+  }
+  if (st.ok()) st = ship_error;
+  if (!st.ok()) {
+    error_ = st;
+    return st;
+  }
+  const uint64_t dt = NowNs() - t0;
+  stats_.commit_ns_total += dt;
+  stats_.commit_ns_max = std::max(stats_.commit_ns_max, dt);
+  return epoch_ + (shipped ? 0 : 1);
+}
+
+}  // namespace spare

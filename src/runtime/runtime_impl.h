@@ -1,0 +1,122 @@
+// runtime/runtime_impl.h — the instance side of spare (private).
+//
+// One RuntimeImpl per process, used from one thread. It owns:
+//   - the socket to the agent and an internal epoll fd (what fd() returns)
+//     holding that socket and, while the agent is unreachable, a reconnect
+//     timer — so the app's epoll registration survives reconnects;
+//   - the region memfds it was handed (kept open so a restarted agent can
+//     be handed them back) and their MAP_PRIVATE mappings;
+//   - the mapped staging area: slots [next_slot_ - busy_, next_slot_) are
+//     the agent's (handed over, not yet Applied), the rest are ours;
+//   - the dirty tracker, and `carry_`: pages collected but not yet copied
+//     to staging (a deferred epoch), which the next shipped epoch includes.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/fd.h"
+#include "epoch/staging.h"
+#include "ipc/wire.h"
+#include "region/tracker.h"
+#include "spare/runtime.h"
+
+namespace spare {
+
+class RuntimeImpl {
+ public:
+  static Result<std::unique_ptr<RuntimeImpl>> Attach();
+  static Result<std::unique_ptr<RuntimeImpl>> Unprotected();
+  ~RuntimeImpl();
+
+  Result<Region*> region(std::string_view name, size_t size, RegionOptions options);
+  Result<uint64_t> commit(std::span<const std::byte> record);
+  Status poll();
+  Status wait_durable(uint64_t epoch, int timeout_ms);
+  Result<ConfigLookup> config_lookup(std::string_view key, uint64_t fingerprint);
+  Status config_save(std::string_view key, uint64_t fingerprint, std::string_view blob);
+  RuntimeStats stats() const;
+
+  bool protected_mode() const { return protected_; }
+  const std::string& instance_id() const { return id_; }
+  bool resumed() const { return resumed_; }
+  std::span<const std::byte> record() const {
+    return std::as_bytes(std::span(record_.data(), record_.size()));
+  }
+  uint64_t epoch() const { return epoch_; }
+  uint64_t pending_epoch() const { return epoch_ + 1; }
+  uint64_t durable_epoch() const { return durable_; }
+  Gate& gate() { return gate_; }
+  int fd() const { return epfd_.get(); }
+
+ private:
+  struct RegionState {
+    std::unique_ptr<Region> region;
+    UniqueFd memfd;  // the committed image; invalid when unprotected
+  };
+  struct InFlight {
+    uint64_t epoch;
+    uint32_t first_slot;
+    uint32_t parts;
+    std::string record;
+  };
+  struct Pending {  // a collected range not yet copied to staging
+    uint32_t region;
+    uint64_t offset;
+    uint64_t length;
+  };
+
+  RuntimeImpl() = default;
+
+  // --- connection.cc: talking to the agent ---
+  Status Connect(bool reattach);
+  void Disconnected(const Status& why);
+  Status TryReconnect();
+  Result<ipc::Message> Request(ipc::Message request, int timeout_ms = 10000);
+  Status Handle(ipc::Message msg);
+  Status Drain();                  // handle everything that is there now
+  Status WaitEvent(int timeout_ms);  // block for agent news (or reconnect tick)
+  void OnApplied(uint64_t epoch);
+
+  // --- commit.cc: the epoch pipeline ---
+  Status Collect();
+  bool TryShip(std::span<const std::byte> record, Status* error);
+  uint32_t FreeSlots() const { return staging_.slot_count - busy_; }
+
+  bool protected_ = false;
+  std::string id_;
+  std::string agent_dir_;
+  uint64_t generation_ = 0;
+  UniqueFd sock_;
+  UniqueFd epfd_;
+  UniqueFd timer_;
+  bool connected_ = false;
+  std::chrono::steady_clock::time_point next_reconnect_{};
+
+  std::unique_ptr<region::DirtyTracker> tracker_;
+  std::vector<RegionState> regions_;
+  UniqueFd staging_fd_;
+  epoch::StagingView staging_;
+
+  bool resumed_ = false;
+  std::string record_;  // record of the durable epoch
+  uint64_t epoch_ = 0;
+  uint64_t durable_ = 0;
+  std::deque<InFlight> in_flight_;
+  uint32_t next_slot_ = 0;
+  uint32_t busy_ = 0;
+  std::vector<Pending> carry_;
+  uint32_t deferrals_ = 0;
+  std::vector<region::PageRange> scratch_;
+  std::vector<epoch::DirtyRun> runs_;
+
+  Status error_;  // sticky
+  Gate gate_;
+  RuntimeStats stats_;
+};
+
+}  // namespace spare
