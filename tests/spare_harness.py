@@ -57,15 +57,29 @@ def redis(port, *args, timeout=10, stdin=None):
     """Runs `redis-cli -p PORT ARGS...`; returns (exit code, stdout stripped).
 
     Without a terminal redis-cli prints raw replies: OK, integers, values,
-    one array element per line, an empty line for nil. stdin (a str) feeds
-    one command per line when ARGS is empty.
+    error text (still exit 0), one array element per line, an empty line for
+    nil. stdin (a str) feeds one command per line when ARGS is empty; then
+    stdout comes back unstripped: each reply ends with a newline.
     """
     try:
         p = subprocess.run([REDIS_CLI, "-p", str(port), *args], input=stdin,
                            capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return -1, ""
-    return p.returncode, p.stdout.strip("\n") if stdin else p.stdout.strip()
+    return p.returncode, p.stdout if stdin else p.stdout.strip()
+
+
+def mget(port, keys, chunk=1000):
+    """Values of keys (None when absent), via one redis-cli fed on stdin."""
+    lines = []
+    for i in range(0, len(keys), chunk):
+        lines.append("MGET " + " ".join(keys[i:i + chunk]))
+    rc, out = redis(port, stdin="\n".join(lines) + "\n", timeout=60)
+    values = out.split("\n")[:-1]  # one line per key, then the final newline
+    if rc != 0 or len(values) != len(keys):
+        raise AssertionError(f"MGET of {len(keys)} keys returned {len(values)} lines (exit {rc}):"
+                             f" {out[:200]!r}")
+    return [v if v != "" else None for v in values]
 
 
 def pid_alive(pid):

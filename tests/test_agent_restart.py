@@ -11,7 +11,7 @@ import subprocess
 import time
 import unittest
 
-from spare_harness import REDIS_CLI, SPARE_KV, Harness, free_port, pid_alive, redis
+from spare_harness import REDIS_CLI, SPARE_KV, Harness, free_port, mget, pid_alive, redis
 
 
 class AgentRestartTest(unittest.TestCase):
@@ -20,9 +20,7 @@ class AgentRestartTest(unittest.TestCase):
 
     def assert_keys(self, port, expected):
         keys = sorted(expected)
-        rc, out = redis(port, "MGET", *keys)
-        self.assertEqual(rc, 0)
-        self.assertEqual(dict(zip(keys, out.split("\n"))), expected)
+        self.assertEqual(dict(zip(keys, mget(port, keys))), expected)
 
     def test_agent_kill9_then_readopt(self):
         h = self.h

@@ -16,7 +16,7 @@ import struct
 import time
 import unittest
 
-from spare_harness import SPARE_KV, Harness, free_port, redis
+from spare_harness import SPARE_KV, Harness, free_port, mget, redis
 
 M = (1 << 64) - 1
 P1, P2, P3 = 11400714785074694791, 14029467366897019727, 1609587929392839161
@@ -122,8 +122,7 @@ class BadInputTest(unittest.TestCase):
 
     def assert_store_intact(self):
         keys = sorted(self.data)
-        rc, out = redis(self.port, "MGET", *keys)
-        self.assertEqual(dict(zip(keys, out.split("\n"))), self.data)
+        self.assertEqual(dict(zip(keys, mget(self.port, keys))), self.data)
         self.assertEqual(redis(self.port, "DBSIZE"), (0, str(len(self.data))))
 
     def test_malformed_resp(self):

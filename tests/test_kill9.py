@@ -24,26 +24,13 @@ import threading
 import time
 import unittest
 
-from spare_harness import REDIS_BENCHMARK, SPARE_KV, Harness, free_port, redis
+from spare_harness import REDIS_BENCHMARK, SPARE_KV, Harness, free_port, mget, redis
 
 KILLS = int(os.environ.get("SPARE_KILLS", "50"))
 SEED = int(os.environ.get("SPARE_SEED", str(int(time.time()))))
 BENCH_KEYS = 100000
-BENCH_VALUE = "xxx"  # redis-benchmark's default 3-byte value
-FULL_CHECK_EVERY = 10
-
-
-def mget(port, keys, chunk=1000):
-    """Values of keys (None when absent), via one redis-cli fed on stdin."""
-    lines = []
-    for i in range(0, len(keys), chunk):
-        lines.append("MGET " + " ".join(keys[i:i + chunk]))
-    rc, out = redis(port, stdin="\n".join(lines) + "\n", timeout=60)
-    values = out.split("\n") if keys else []
-    if rc != 0 or len(values) != len(keys):
-        raise AssertionError(f"MGET of {len(keys)} keys returned {len(values)} lines (exit {rc}):"
-                             f" {out[:200]!r}")
-    return [v if v != "" else None for v in values]
+BENCH_VALUE_LEN = 3  # redis-benchmark -d default; one fixed value for all its keys
+FULL_CHECK_EVERY = 5
 
 
 class Ledger:
@@ -130,8 +117,9 @@ class Kill9Test(unittest.TestCase):
         if not full:
             return
         bench = mget(self.port, [f"key:{i:012d}" for i in range(BENCH_KEYS)])
-        odd = [v for v in bench if v not in (None, BENCH_VALUE)]
-        self.assertEqual(odd[:5], [], "key:* values redis-benchmark never wrote")
+        kinds = {v for v in bench if v is not None}
+        self.assertLessEqual(len(kinds), 1, f"key:* values redis-benchmark never wrote: {kinds}")
+        self.assertTrue(all(len(v) == BENCH_VALUE_LEN for v in kinds), kinds)
         bench_present = sum(v is not None for v in bench)
         rc, out = redis(self.port, "DBSIZE")
         self.assertEqual(rc, 0)
@@ -153,7 +141,7 @@ class Kill9Test(unittest.TestCase):
         # A few hundred acknowledged keys before the first kill.
         base = {n: f"v:{n}:base" for n in range(300)}
         rc, out = redis(self.port, stdin="".join(f"SET k:{n} {v}\n" for n, v in base.items()))
-        self.assertEqual((rc, out.split("\n")), (0, ["OK"] * len(base)))
+        self.assertEqual((rc, out.splitlines()), (0, ["OK"] * len(base)))
         lg.sent.update(base)
         lg.acked.update(base)
 
