@@ -131,6 +131,11 @@ class Runtime {
   uint64_t epoch() const;          // newest epoch handed over (or resumed from)
   uint64_t pending_epoch() const;  // epoch that outputs produced now depend on
   uint64_t durable_epoch() const;  // newest epoch the agent confirmed
+  // True when the last commit() was merged into the next epoch (staging
+  // busy, or the agent away). Only commit() ships epochs — its record must
+  // match the state — so call commit() again soon (an event loop does this
+  // on a short timer while this is true).
+  bool commit_deferred() const;
 
   Gate& gate();
 
@@ -141,6 +146,7 @@ class Runtime {
   // durable epochs. Errors are sticky (returned again by later calls).
   Status poll();
   // Blocks until durable_epoch() >= epoch or timeout_ms passes (-1: forever).
+  // REQUIRES: epoch <= epoch() (handed over, not deferred).
   Status wait_durable(uint64_t epoch, int timeout_ms = -1);
 
   // Configuration checkpoints (seed 002): fingerprint = a hash of whatever

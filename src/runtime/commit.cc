@@ -114,6 +114,7 @@ Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
                                               " bytes exceeds the 64 KiB limit");
   const uint64_t t0 = NowNs();
   Status st = Drain();  // frees the slots of epochs applied meanwhile
+  if (st.ok() && !connected_) st = TryReconnect();
   if (st.ok()) st = Collect();
   Status ship_error;
   bool shipped = st.ok() && TryShip(record, &ship_error);

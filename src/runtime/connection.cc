@@ -88,6 +88,7 @@ void RuntimeImpl::Disconnected(const Status& why) {
   connected_ = false;
   if (sock_.valid()) epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, sock_.get(), nullptr);
   sock_.reset();
+  next_reconnect_ = {};  // the first try is immediate
   std::fprintf(stderr, "spare: lost the agent (%s); outputs are held until it is back\n",
                why.ToString().c_str());
   itimerspec its{};

@@ -137,9 +137,11 @@ Status RuntimeImpl::wait_durable(uint64_t epoch, int timeout_ms) {
   while (durable_ < epoch) {
     SPARE_RETURN_IF_ERROR(error_);
     if (epoch > epoch_)
-      return Status(Code::kFailedPrecondition, "epoch " + std::to_string(epoch) +
-                                                   " was not committed (newest " +
-                                                   std::to_string(epoch_) + ")");
+      return Status(Code::kFailedPrecondition,
+                    "epoch " + std::to_string(epoch) + " was not handed over (newest " +
+                        std::to_string(epoch_) +
+                        "); if commit() deferred it (staging busy or agent away), call commit() "
+                        "again to ship it");
     int wait = 50;
     if (timeout_ms >= 0) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -223,6 +225,7 @@ Result<uint64_t> Runtime::commit(std::span<const std::byte> record) {
 uint64_t Runtime::epoch() const { return impl_->epoch(); }
 uint64_t Runtime::pending_epoch() const { return impl_->pending_epoch(); }
 uint64_t Runtime::durable_epoch() const { return impl_->durable_epoch(); }
+bool Runtime::commit_deferred() const { return impl_->commit_deferred(); }
 Gate& Runtime::gate() { return impl_->gate(); }
 int Runtime::fd() const { return impl_->fd(); }
 Status Runtime::poll() { return impl_->poll(); }

@@ -50,6 +50,7 @@ class RuntimeImpl {
   uint64_t epoch() const { return epoch_; }
   uint64_t pending_epoch() const { return epoch_ + 1; }
   uint64_t durable_epoch() const { return durable_; }
+  bool commit_deferred() const { return deferrals_ > 0; }
   Gate& gate() { return gate_; }
   int fd() const { return epfd_.get(); }
 

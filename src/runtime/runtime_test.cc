@@ -1,0 +1,329 @@
+// The instance side of the protocol against a small in-process agent that
+// speaks the real wire format over a real unix socket and applies epochs
+// with the real ApplyEpoch. Its knobs (hold Applied, drop the connection)
+// are the fault-injection seam; end-to-end tests with the real agent
+// process live in tests/.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "epoch/staging.h"
+#include "ipc/json_util.h"
+#include "ipc/wire.h"
+#include "region/mapping.h"
+#include "spare/runtime.h"
+
+namespace spare {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+class FakeAgent {
+ public:
+  FakeAgent(uint32_t slots, uint64_t slot_size, uint64_t resume_epoch = 0,
+            std::string resume_record = "")
+      : epoch_(resume_epoch), record_(std::move(resume_record)) {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("spare-rt-" + std::to_string(getpid()) + "-" + std::to_string(counter_++));
+    std::filesystem::create_directories(dir_);
+    listen_ = std::move(*ipc::Listen(dir_ + "/agent.sock"));
+    size_t bytes = epoch::StagingBytes(slots, slot_size);
+    staging_fd_ = std::move(*region::CreateMemfd("staging", bytes));
+    void* base = *region::MapShared(staging_fd_.get(), bytes, true);
+    view_ = epoch::StagingView{static_cast<std::byte*>(base), bytes, slots, slot_size};
+    epoch::InitStaging(view_);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~FakeAgent() {
+    stop_ = true;
+    thread_.join();
+    std::filesystem::remove_all(dir_);
+  }
+  const std::string& dir() const { return dir_; }
+  void Hold(bool hold) { hold_ = hold; }
+  void DropConnection() { drop_ = true; }
+  uint64_t epoch() const { return epoch_; }
+  int attaches() const { return attaches_; }
+  size_t reattach_fds() const { return reattach_fds_; }
+  void RefuseCommits() { refuse_ = true; }
+  // Committed image of region 0.
+  std::string Image(size_t len) {
+    std::lock_guard<std::mutex> l(mu_);
+    std::string s(len, '\0');
+    EXPECT_EQ(pread(regions_[0].fd, s.data(), len, 0), static_cast<ssize_t>(len));
+    return s;
+  }
+
+ private:
+  void Loop() {
+    UniqueFd conn;
+    std::deque<ipc::Message> held;
+    while (!stop_) {
+      if (drop_.exchange(false)) conn.reset();
+      if (!conn.valid()) {
+        int c = accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+        if (c >= 0) conn.reset(c);
+        if (!conn.valid()) {
+          usleep(1000);
+          continue;
+        }
+      }
+      while (!hold_ && !held.empty()) {
+        Commit(conn.get(), held.front());
+        held.pop_front();
+      }
+      pollfd p{conn.get(), POLLIN, 0};
+      if (::poll(&p, 1, 5) <= 0) continue;
+      auto r = ipc::Receive(conn.get(), true);
+      if (!r.ok()) {
+        conn.reset();
+        continue;
+      }
+      if (!r->has_value()) continue;
+      ipc::Message m = std::move(**r);
+      if (m.type == ipc::MsgType::kCommit && hold_) {
+        held.push_back(std::move(m));
+      } else {
+        Handle(conn.get(), std::move(m));
+      }
+    }
+  }
+  void Handle(int conn, ipc::Message m) {
+    ipc::Message out;
+    out.type = ipc::MsgType::kOk;
+    if (m.type == ipc::MsgType::kAttach) {
+      ++attaches_;
+      bool re = false;
+      json::GetBool(m.body, "reattach", &re);
+      if (re) {
+        reattach_fds_ = m.fds.size();
+      } else {
+        out.body = {{"id", "t"}, {"generation", 1}, {"resumed", epoch_.load() > 0}, {"epoch", epoch_.load()},
+                    {"slot_count", view_.slot_count}, {"slot_size", view_.slot_size},
+                    {"regions", nlohmann::json::array()}};
+        out.blob = record_;
+        out.fds.emplace_back(dup(staging_fd_.get()));
+      }
+    } else if (m.type == ipc::MsgType::kRegion) {
+      uint64_t size = 0;
+      json::GetU64(m.body, "size", &size);
+      auto fd = region::CreateMemfd("r", size);
+      std::lock_guard<std::mutex> l(mu_);
+      uint64_t address = region::DeriveAddress("rt-test", "heap", size);
+      out.body = {{"name", m.body["name"]}, {"index", regions_.size()}, {"address", address},
+                  {"size", size}, {"existed", false}};
+      memfds_.emplace_back(dup(fd->get()));
+      regions_.push_back({memfds_.back().get(), size});
+      out.fds.push_back(std::move(*fd));
+    } else if (m.type == ipc::MsgType::kCommit) {
+      return Commit(conn, m);
+    }
+    Reply(conn, out);
+  }
+  // The runtime may be gone already when a test ends; that is not an error.
+  static void Reply(int conn, const ipc::Message& out) {
+    Status st = ipc::Send(conn, out);
+    ASSERT_TRUE(st.ok() || st.code() == Code::kUnavailable) << st.ToString();
+  }
+  void Commit(int conn, const ipc::Message& m) {
+    uint64_t e = 0, first = 0, parts = 0;
+    json::GetU64(m.body, "epoch", &e);
+    json::GetU64(m.body, "first_slot", &first);
+    json::GetU64(m.body, "parts", &parts);
+    Status st = refuse_ ? Status(Code::kStaleGeneration, "refused by test") : Status::Ok();
+    if (st.ok()) {
+      std::lock_guard<std::mutex> l(mu_);
+      st = epoch::ApplyEpoch(view_, e, static_cast<uint32_t>(first), static_cast<uint32_t>(parts),
+                             regions_, &record_);
+    }
+    ipc::Message out;
+    if (st.ok()) {
+      epoch_ = e;
+      out.type = ipc::MsgType::kApplied;
+      out.body = {{"epoch", e}};
+    } else {
+      out = ipc::ErrorMessage(st);
+      out.body["epoch"] = e;
+    }
+    Reply(conn, out);
+  }
+
+  static inline std::atomic<int> counter_{0};
+  std::string dir_;
+  UniqueFd listen_, staging_fd_;
+  epoch::StagingView view_;
+  std::mutex mu_;
+  std::vector<epoch::RegionTarget> regions_;
+  std::vector<UniqueFd> memfds_;
+  std::atomic<uint64_t> epoch_;
+  std::string record_;
+  std::atomic<bool> stop_{false}, hold_{false}, drop_{false}, refuse_{false};
+  std::atomic<int> attaches_{0};
+  std::atomic<size_t> reattach_fds_{0};
+  std::thread thread_;
+};
+
+class RuntimeTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override { setenv("SPARE_TRACKER", GetParam(), 1); }
+  Runtime Attach(const FakeAgent& a) {
+    setenv("SPARE_AGENT", a.dir().c_str(), 1);
+    setenv("SPARE_INSTANCE", "t", 1);
+    auto rt = Runtime::Attach();
+    EXPECT_TRUE(rt.ok()) << rt.status().ToString();
+    return std::move(rt).value();
+  }
+};
+
+std::string View(Region* r, size_t len) { return std::string(static_cast<char*>(r->data()), len); }
+
+TEST_P(RuntimeTest, DurableEpochImageEqualsRegion) {
+  FakeAgent agent(4, 1 << 20);
+  Runtime rt = Attach(agent);
+  EXPECT_FALSE(rt.resumed());
+  Region* r = *rt.region("heap", 64 * kPage);
+  EXPECT_EQ(rt.stats().tracker, GetParam() == std::string("uffd") ? "uffd-wp" : "mprotect");
+  for (int round = 0; round < 20; ++round) {
+    for (int p = round % 7; p < 64; p += 5) r->bytes()[p * kPage + round] = std::byte(round + 1);
+    auto e = rt.commit("r" + std::to_string(round));
+    ASSERT_TRUE(e.ok()) << e.status().ToString();
+    {
+    Status w = rt.wait_durable(*e, 5000);
+    ASSERT_TRUE(w.ok()) << w.ToString();
+  }
+    ASSERT_EQ(agent.Image(64 * kPage), View(r, 64 * kPage)) << "round " << round;
+  }
+  EXPECT_EQ(agent.epoch(), 20u);
+}
+
+TEST_P(RuntimeTest, GateReleasesOnlyAfterApplied) {
+  FakeAgent agent(4, 1 << 20);
+  Runtime rt = Attach(agent);
+  Region* r = *rt.region("heap", 16 * kPage);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+  UniqueFd app(sv[0]), client(sv[1]);
+  agent.Hold(true);
+  r->bytes()[0] = std::byte{1};
+  rt.gate().send(app.get(), "+OK\r\n");
+  auto e = rt.commit();
+  ASSERT_TRUE(e.ok());
+  usleep(20000);
+  ASSERT_TRUE(rt.poll().ok());
+  char buf[16];
+  EXPECT_EQ(read(client.get(), buf, sizeof buf), -1);  // still held
+  agent.Hold(false);
+  {
+    Status w = rt.wait_durable(*e, 5000);
+    ASSERT_TRUE(w.ok()) << w.ToString();
+  }
+  EXPECT_EQ(read(client.get(), buf, sizeof buf), 5);
+}
+
+TEST_P(RuntimeTest, BusyStagingDefersAndMergesWithoutLosingPages) {
+  FakeAgent agent(2, epoch::kMinSlotSize);
+  Runtime rt = Attach(agent);
+  Region* r = *rt.region("heap", 32 * kPage);
+  agent.Hold(true);
+  for (int i = 0; i < 10; ++i) {  // 2 slots: the rest must defer, not block
+    r->bytes()[(i % 32) * kPage] = std::byte(i + 1);
+    ASSERT_TRUE(rt.commit().ok());
+  }
+  EXPECT_GE(rt.stats().deferred_commits, 8u);
+  agent.Hold(false);
+  r->bytes()[31 * kPage] = std::byte{99};
+  ASSERT_TRUE(rt.wait_durable(rt.epoch(), 5000).ok());
+  auto e = rt.commit();  // ships the merged epoch
+  ASSERT_TRUE(e.ok());
+  {
+    Status w = rt.wait_durable(*e, 5000);
+    ASSERT_TRUE(w.ok()) << w.ToString();
+  }
+  EXPECT_EQ(agent.Image(32 * kPage), View(r, 32 * kPage));
+}
+
+TEST_P(RuntimeTest, ReattachesAfterAgentConnectionDrops) {
+  FakeAgent agent(4, 1 << 20);
+  Runtime rt = Attach(agent);
+  Region* r = *rt.region("heap", 8 * kPage);
+  r->bytes()[0] = std::byte{7};
+  ASSERT_TRUE(rt.wait_durable(*rt.commit(), 5000).ok());
+  agent.DropConnection();
+  usleep(30000);
+  r->bytes()[kPage] = std::byte{8};
+  auto e = rt.commit();
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  ASSERT_TRUE(rt.wait_durable(*e, 5000).ok()) << "no reattach";
+  EXPECT_EQ(agent.attaches(), 2);
+  EXPECT_EQ(agent.reattach_fds(), 2u);  // staging + one region
+  EXPECT_EQ(agent.Image(8 * kPage), View(r, 8 * kPage));
+}
+
+TEST_P(RuntimeTest, ResumeReportsRecordAndEpoch) {
+  FakeAgent agent(4, 1 << 20, 41, "resume-here");
+  Runtime rt = Attach(agent);
+  EXPECT_TRUE(rt.resumed());
+  EXPECT_EQ(rt.epoch(), 41u);
+  EXPECT_EQ(rt.durable_epoch(), 41u);
+  auto rec = rt.record();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(rec.data()), rec.size()), "resume-here");
+  (void)*rt.region("heap", 4 * kPage);
+  auto e = rt.commit();
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(*e, 42u);
+}
+
+TEST_P(RuntimeTest, RefusedEpochIsSticky) {
+  FakeAgent agent(4, 1 << 20);
+  Runtime rt = Attach(agent);
+  (void)*rt.region("heap", 4 * kPage);
+  agent.RefuseCommits();
+  auto e = rt.commit();
+  ASSERT_TRUE(e.ok());
+  Status st = rt.wait_durable(*e, 5000);
+  EXPECT_EQ(st.code(), Code::kStaleGeneration) << st.ToString();
+  EXPECT_EQ(rt.commit().status().code(), Code::kStaleGeneration);
+  EXPECT_EQ(rt.poll().code(), Code::kStaleGeneration);
+}
+
+TEST_P(RuntimeTest, RecordTooLargeIsRefused) {
+  FakeAgent agent(4, 1 << 20);
+  Runtime rt = Attach(agent);
+  std::string big(epoch::kMaxRecord + 1, 'r');
+  EXPECT_EQ(rt.commit(big).status().code(), Code::kInvalidArgument);
+  EXPECT_TRUE(rt.commit("ok").ok());  // not sticky: nothing was changed
+}
+
+INSTANTIATE_TEST_SUITE_P(Trackers, RuntimeTest, ::testing::Values("uffd", "mprotect"));
+
+TEST(RuntimeAttach, WithoutAgentSaysHowToStart) {
+  unsetenv("SPARE_AGENT");
+  auto rt = Runtime::Attach();
+  ASSERT_FALSE(rt.ok());
+  EXPECT_NE(rt.status().message().find("spare run"), std::string::npos);
+}
+
+TEST(RuntimeAttach, UnprotectedReleasesAtOnce) {
+  auto rt = Runtime::Unprotected();
+  ASSERT_TRUE(rt.ok());
+  Region* r = *rt->region("heap", 4 * kPage);
+  r->bytes()[0] = std::byte{1};
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+  UniqueFd app(sv[0]), client(sv[1]);
+  rt->gate().send(app.get(), "x");
+  char c;
+  EXPECT_EQ(read(client.get(), &c, 1), 1);
+}
+
+}  // namespace
+}  // namespace spare
