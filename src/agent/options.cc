@@ -1,0 +1,131 @@
+#include "agent/options.h"
+
+#include <toml++/toml.h>
+
+#include <cctype>
+#include <charconv>
+
+#include "epoch/staging.h"
+
+namespace spare::agent {
+
+static_assert(kMinSlotSize == epoch::kMinSlotSize, "agent and staging disagree on slots");
+
+namespace {
+
+Status OutOfRange(std::string_view key, uint64_t v, std::string_view range) {
+  return Status(Code::kInvalidArgument, std::string(key) + " = " + std::to_string(v) +
+                                            " is out of range (" + std::string(range) + ")");
+}
+
+// An integer or (for sizes) a byte string, as uint64.
+Result<uint64_t> TomlUint(const std::string& key, const toml::node& node, bool bytes) {
+  if (auto i = node.value_exact<int64_t>()) {
+    if (*i < 0) return Status(Code::kInvalidArgument, key + " must not be negative");
+    return static_cast<uint64_t>(*i);
+  }
+  if (bytes) {
+    if (auto s = node.value_exact<std::string>()) {
+      auto r = ParseBytes(*s);
+      if (!r.ok()) return r.status().With(key);
+      return r;
+    }
+    return Status(Code::kInvalidArgument,
+                  key + " must be a byte count (e.g. 16777216 or \"16MiB\")");
+  }
+  return Status(Code::kInvalidArgument, key + " must be an integer");
+}
+
+Status ApplyKey(const std::string& key, const toml::node& node, AgentOptions* o) {
+  if (key == "slot_size") {
+    SPARE_ASSIGN_OR_RETURN(uint64_t v, TomlUint(key, node, true));
+    SPARE_RETURN_IF_ERROR(CheckSlotSize(key, v));
+    o->slot_size = v;
+    return Status::Ok();
+  }
+  SPARE_ASSIGN_OR_RETURN(uint64_t v, TomlUint(key, node, false));
+  if (key == "slot_count") {
+    SPARE_RETURN_IF_ERROR(CheckSlotCount(key, v));
+    o->slot_count = static_cast<uint32_t>(v);
+  } else if (key == "max_restarts") {
+    SPARE_RETURN_IF_ERROR(CheckMaxRestarts(key, v));
+    o->max_restarts = static_cast<uint32_t>(v);
+  } else if (key == "restart_window_s") {
+    SPARE_RETURN_IF_ERROR(CheckRestartWindowS(key, v));
+    o->restart_window_s = v;
+  } else if (key == "metrics_port") {
+    if (v > 65535) return OutOfRange(key, v, "0 (off) to 65535");
+    o->metrics_port = static_cast<uint16_t>(v);
+  } else {
+    return Status(Code::kInvalidArgument,
+                  "unknown key \"" + key +
+                      "\" (known: slot_count, slot_size, max_restarts, restart_window_s, "
+                      "metrics_port)");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status CheckSlotCount(std::string_view key, uint64_t v) {
+  if (v < 1 || v > kMaxSlotCount) return OutOfRange(key, v, "1 to 1024");
+  return Status::Ok();
+}
+
+Status CheckSlotSize(std::string_view key, uint64_t v) {
+  if (v < kMinSlotSize || v > kMaxSlotSize) return OutOfRange(key, v, "128 KiB to 1 GiB");
+  if (v % 4096 != 0)
+    return Status(Code::kInvalidArgument,
+                  std::string(key) + " = " + std::to_string(v) + " is not a multiple of 4096");
+  return Status::Ok();
+}
+
+Status CheckMaxRestarts(std::string_view key, uint64_t v) {
+  if (v > kMaxMaxRestarts) return OutOfRange(key, v, "0 to 1000000");
+  return Status::Ok();
+}
+
+Status CheckRestartWindowS(std::string_view key, uint64_t v) {
+  if (v < 1 || v > kMaxRestartWindowS) return OutOfRange(key, v, "1 s to 7 days");
+  return Status::Ok();
+}
+
+Result<uint64_t> ParseBytes(std::string_view text) {
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc() || end == text.data())
+    return Status(Code::kInvalidArgument, "\"" + std::string(text) + "\" is not a byte count");
+  std::string unit(end, text.data() + text.size());
+  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  int shift = -1;
+  if (unit.empty() || unit == "b") shift = 0;
+  if (unit == "k" || unit == "kb" || unit == "kib") shift = 10;
+  if (unit == "m" || unit == "mb" || unit == "mib") shift = 20;
+  if (unit == "g" || unit == "gb" || unit == "gib") shift = 30;
+  if (shift < 0)
+    return Status(Code::kInvalidArgument,
+                  "\"" + std::string(text) + "\": unknown unit (use bytes, KiB, MiB or GiB)");
+  if (shift > 0 && n > (UINT64_MAX >> shift))
+    return Status(Code::kInvalidArgument, "\"" + std::string(text) + "\" is too large");
+  return n << shift;
+}
+
+Status LoadAgentConfig(const std::string& path, AgentOptions* options) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    return Status(Code::kInvalidArgument, "config " + path + " line " + std::to_string(where.line) +
+                                              ": " + std::string(e.description()));
+  } catch (const std::exception& e) {
+    return Status(Code::kInvalidArgument, "config " + path + ": " + e.what());
+  }
+  for (auto&& [key, node] : table) {
+    Status st = ApplyKey(std::string(key.str()), node, options);
+    if (!st.ok()) return st.With("config " + path);
+  }
+  return Status::Ok();
+}
+
+}  // namespace spare::agent

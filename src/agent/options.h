@@ -1,0 +1,52 @@
+// agent/options.h — what an agent is started with: its directory and the
+// defaults it gives instances that `spare run` does not override.
+//
+// agent.toml (--config, else DIR/agent.toml if present; every key optional;
+// anything else is an error):
+//   slot_count = 8               # staging slots per instance
+//   slot_size = 16777216         # bytes per slot (or "16MiB")
+//   max_restarts = 5             # crashes tolerated within restart_window_s
+//   restart_window_s = 60
+//   metrics_port = 9464          # serve GET /metrics over HTTP (0: off)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "spare/status.h"
+
+namespace spare::agent {
+
+struct AgentOptions {
+  std::string dir;  // holds agent.sock, state.json, instances/
+  uint32_t slot_count = 8;
+  uint64_t slot_size = 16ULL << 20;
+  uint32_t max_restarts = 5;
+  uint64_t restart_window_s = 60;
+  uint16_t metrics_port = 0;   // 0: no HTTP endpoint
+  bool handle_signals = true;  // SIGTERM/SIGINT end Run(); off in unit tests
+};
+
+// Limits shared by the config file, `spare run` flags and the Run message.
+inline constexpr uint32_t kMaxSlotCount = 1024;
+inline constexpr uint64_t kMinSlotSize = 128 * 1024;  // == epoch::kMinSlotSize
+inline constexpr uint64_t kMaxSlotSize = 1ULL << 30;
+inline constexpr uint32_t kMaxMaxRestarts = 1'000'000;
+inline constexpr uint64_t kMaxRestartWindowS = 7 * 24 * 3600;
+
+// Checks one value against the limits; the error names `key`.
+Status CheckSlotCount(std::string_view key, uint64_t v);
+Status CheckSlotSize(std::string_view key, uint64_t v);
+Status CheckMaxRestarts(std::string_view key, uint64_t v);
+Status CheckRestartWindowS(std::string_view key, uint64_t v);
+
+// "16777216", "16MiB", "16M", "64KiB", "1G" → bytes (binary units).
+// kInvalidArgument names the text.
+Result<uint64_t> ParseBytes(std::string_view text);
+
+// Reads agent.toml into *options (keeps the defaults of absent keys).
+// kInvalidArgument names the file, the key and what is wrong with it.
+Status LoadAgentConfig(const std::string& path, AgentOptions* options);
+
+}  // namespace spare::agent
