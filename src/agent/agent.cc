@@ -1,0 +1,282 @@
+#include "agent/agent.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "agent/files.h"
+
+namespace spare::agent {
+
+Agent::Agent(AgentOptions options, std::unique_ptr<Launcher> launcher)
+    : options_(std::move(options)), launcher_(std::move(launcher)) {
+  if (!launcher_) launcher_ = MakeForkLauncher();
+  started_at_ = std::chrono::steady_clock::now();
+}
+
+Agent::~Agent() {
+  if (socket_owned_) ::unlink(socket_path().c_str());
+}
+
+Result<std::unique_ptr<Agent>> Agent::Create(AgentOptions options,
+                                             std::unique_ptr<Launcher> launcher) {
+  if (options.dir.empty()) return Status(Code::kInvalidArgument, "agent directory is empty");
+  while (options.dir.size() > 1 && options.dir.back() == '/') options.dir.pop_back();
+  std::unique_ptr<Agent> agent(new Agent(std::move(options), std::move(launcher)));
+  SPARE_RETURN_IF_ERROR(agent->Setup());
+  return agent;
+}
+
+Status Agent::Setup() {
+  SPARE_RETURN_IF_ERROR(MakeDirs(options_.dir + "/instances"));
+  SPARE_RETURN_IF_ERROR(TakeLock());
+  epoll_fd_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_fd_.valid()) return Status::FromErrno("epoll_create1", errno);
+  timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!timer_fd_.valid()) return Status::FromErrno("timerfd_create", errno);
+  SPARE_RETURN_IF_ERROR(AddWatch(timer_fd_.get(), EPOLLIN, {WatchKind::kTimer}).status());
+  if (options_.handle_signals) SPARE_RETURN_IF_ERROR(SetupSignals());
+  SPARE_RETURN_IF_ERROR(OpenSocket());
+  if (options_.metrics_port != 0) SPARE_RETURN_IF_ERROR(OpenHttp());
+  return LoadAndAdopt();
+}
+
+// DIR/agent.lock, flock'ed for the agent's lifetime: two agents starting
+// at once cannot both decide the socket is stale.
+Status Agent::TakeLock() {
+  std::string path = options_.dir + "/agent.lock";
+  lock_fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!lock_fd_.valid()) return Status::FromErrno("open " + path, errno);
+  if (::flock(lock_fd_.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return Status::FromErrno("flock " + path, errno);
+    auto text = ReadFile(path);
+    std::string pid = text.ok() && text.value() ? *text.value() : "?";
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    return Status(Code::kAlreadyExists, "another agent (pid " + pid + ") is already running in " +
+                                            options_.dir + "; stop it first or use another --dir");
+  }
+  std::string mine = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(lock_fd_.get(), 0) != 0 ||
+      ::pwrite(lock_fd_.get(), mine.data(), mine.size(), 0) < 0)
+    spdlog::warn("cannot write the agent pid into {}: {}", path, std::strerror(errno));
+  return Status::Ok();
+}
+
+Status Agent::OpenSocket() {
+  std::string path = socket_path();
+  if (::access(path.c_str(), F_OK) == 0) {
+    auto probe = ipc::Connect(path);
+    if (probe.ok()) {
+      ucred cred{};
+      socklen_t len = sizeof(cred);
+      ::getsockopt(probe->get(), SOL_SOCKET, SO_PEERCRED, &cred, &len);
+      return Status(Code::kAlreadyExists, "another agent (pid " + std::to_string(cred.pid) +
+                                              ") answers on " + path + "; stop it first");
+    }
+    spdlog::info("removing stale socket {} (nobody answers on it)", path);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+      return Status::FromErrno("remove stale socket " + path, errno);
+  }
+  SPARE_ASSIGN_OR_RETURN(listen_fd_, ipc::Listen(path));
+  socket_owned_ = true;
+  return AddWatch(listen_fd_.get(), EPOLLIN, {WatchKind::kListen}).status();
+}
+
+Status Agent::SetupSignals() {
+  ::signal(SIGPIPE, SIG_IGN);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) return Status::FromErrno("sigprocmask", errno);
+  signal_fd_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!signal_fd_.valid()) return Status::FromErrno("signalfd", errno);
+  return AddWatch(signal_fd_.get(), EPOLLIN, {WatchKind::kSignal}).status();
+}
+
+Result<uint64_t> Agent::AddWatch(int fd, uint32_t events, Watch w) {
+  uint64_t token = next_watch_++;
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = token;
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+    return Status::FromErrno("epoll_ctl add", errno);
+  w.fd = fd;
+  watches_.emplace(token, std::move(w));
+  return token;
+}
+
+void Agent::ModifyWatch(uint64_t token, int fd, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = token;
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) != 0)
+    spdlog::warn("epoll_ctl mod fd {}: {}", fd, std::strerror(errno));
+}
+
+void Agent::RemoveWatch(uint64_t token, int fd) {
+  if (watches_.erase(token)) ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+Status Agent::Run() {
+  spdlog::info(
+      "spare agent: dir {}, socket {}, pid {}{}", options_.dir, socket_path(), ::getpid(),
+      options_.metrics_port
+          ? ", metrics on http://0.0.0.0:" + std::to_string(options_.metrics_port) + "/metrics"
+          : std::string());
+  while (!stop_requested_) SPARE_RETURN_IF_ERROR(PollOnce(-1));
+  Shutdown();
+  return Status::Ok();
+}
+
+Status Agent::PollOnce(int timeout_ms) {
+  epoll_event events[64];
+  int n = ::epoll_wait(epoll_fd_.get(), events, 64, timeout_ms);
+  if (n < 0) {
+    if (errno == EINTR) return Status::Ok();
+    return Status::FromErrno("epoll_wait", errno);
+  }
+  for (int i = 0; i < n; ++i) HandleEvent(events[i].data.u64, events[i].events);
+  SweepDeadConns();
+  return Status::Ok();
+}
+
+void Agent::HandleEvent(uint64_t token, uint32_t events) {
+  auto it = watches_.find(token);
+  if (it == watches_.end()) return;  // closed earlier in this round
+  Watch w = it->second;
+  switch (w.kind) {
+    case WatchKind::kListen:
+      AcceptClients();
+      break;
+    case WatchKind::kSignal:
+      OnSignal();
+      break;
+    case WatchKind::kTimer:
+      OnTimer();
+      break;
+    case WatchKind::kHttpListen:
+      AcceptHttp();
+      break;
+    case WatchKind::kHttpConn:
+      OnHttp(w.fd, events);
+      break;
+    case WatchKind::kPidfd:
+      OnPidfdReadable(w.id);
+      break;
+    case WatchKind::kConn: {
+      auto c = conns_.find(w.fd);
+      if (c == conns_.end()) break;
+      if (events & EPOLLOUT) FlushConn(c->second);
+      if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadConn(w.fd, 64);
+      break;
+    }
+  }
+}
+
+void Agent::AcceptClients() {
+  for (;;) {
+    int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        spdlog::warn("accept on {}: {}", socket_path(), std::strerror(errno));
+      return;
+    }
+    Status st = AddConnection(UniqueFd(fd));
+    if (!st.ok()) spdlog::warn("cannot serve a new connection: {}", st.ToString());
+  }
+}
+
+Status Agent::AddConnection(UniqueFd sock) {
+  int fd = sock.get();
+  Conn conn;
+  conn.serial = next_serial_++;
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) conn.peer_pid = cred.pid;
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  SPARE_ASSIGN_OR_RETURN(conn.watch, AddWatch(fd, EPOLLIN, {WatchKind::kConn}));
+  conn.fd = std::move(sock);
+  conns_.emplace(fd, std::move(conn));
+  return Status::Ok();
+}
+
+void Agent::OnSignal() {
+  signalfd_siginfo info{};
+  while (::read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+    spdlog::info(
+        "agent: got {}, shutting down (instances keep running; the next agent "
+        "re-adopts them)",
+        sigabbrev_np(static_cast<int>(info.ssi_signo)));
+    stop_requested_ = true;
+  }
+}
+
+void Agent::OnTimer() {
+  uint64_t ticks;
+  while (::read(timer_fd_.get(), &ticks, sizeof(ticks)) > 0) {
+  }
+  KillOverdue();
+  ArmTimer();
+}
+
+// Arms the timerfd for the earliest SIGKILL deadline (or disarms it).
+void Agent::ArmTimer() {
+  std::optional<SteadyTime> next;
+  for (auto& [id, inst] : instances_)
+    if (inst->kill_at && (!next || *inst->kill_at < *next)) next = inst->kill_at;
+  itimerspec its{};
+  if (next) {
+    auto left = *next - std::chrono::steady_clock::now();
+    int64_t ns =
+        std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(left).count());
+    its.it_value.tv_sec = ns / 1'000'000'000;
+    its.it_value.tv_nsec = ns % 1'000'000'000;
+  }
+  ::timerfd_settime(timer_fd_.get(), 0, &its, nullptr);
+}
+
+void Agent::Shutdown() {
+  for (auto& [id, inst] : instances_) {
+    if (inst->rec.state != InstanceState::kStopping || !inst->pidfd.valid()) continue;
+    // The user asked for it to stop; do not leave that to the next agent.
+    (void)SignalPidfd(inst->pidfd.get(), SIGKILL);
+    inst->rec.state = InstanceState::kStopped;
+    inst->rec.reason = "stopped (killed when the agent shut down)";
+    inst->rec.pid = 0;
+    inst->ReleaseImage();
+  }
+  SaveStateOrLog();
+  if (socket_owned_) ::unlink(socket_path().c_str());
+  socket_owned_ = false;
+  listen_fd_.reset();
+  spdlog::info("agent: stopped; {} instance(s) left running", [&] {
+    int n = 0;
+    for (auto& [id, inst] : instances_) n += inst->pidfd.valid() ? 1 : 0;
+    return n;
+  }());
+}
+
+std::string Agent::InstanceDir(const std::string& id) const {
+  return options_.dir + "/instances/" + id;
+}
+
+const Instance* Agent::Find(std::string_view id) const {
+  auto it = instances_.find(id);
+  return it == instances_.end() ? nullptr : it->second.get();
+}
+
+Instance* Agent::FindMutable(std::string_view id) {
+  auto it = instances_.find(id);
+  return it == instances_.end() ? nullptr : it->second.get();
+}
+
+}  // namespace spare::agent

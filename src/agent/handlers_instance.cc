@@ -1,0 +1,369 @@
+// Requests from instances: Attach, Region, Commit, ConfigGet, ConfigPut.
+// Every handler validates everything before it changes anything, so a
+// refused request leaves the instance exactly as it was.
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <cinttypes>
+#include <cstring>
+
+#include "agent/agent.h"
+#include "agent/body.h"
+#include "agent/config_store.h"
+#include "region/mapping.h"
+
+namespace spare::agent {
+namespace {
+
+// An Attach can carry the staging fd plus one fd per region.
+constexpr size_t kMaxRegions = ipc::kMaxFds - 1;
+// Lowest address past user space on x86-64 with 4-level page tables.
+constexpr uint64_t kUserSpaceEnd = 0x7fff'ffff'f000ULL;
+
+ipc::Message OkMessage(nlohmann::json body) {
+  ipc::Message m;
+  m.type = ipc::MsgType::kOk;
+  m.body = std::move(body);
+  return m;
+}
+
+UniqueFd Dup(int fd) { return UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); }
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
+  return buf;
+}
+
+nlohmann::json RegionsJson(const Instance& inst) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const RegionRecord& r : inst.rec.regions)
+    out.push_back({{"name", r.name}, {"index", r.index}, {"address", r.address}, {"size", r.size}});
+  return out;
+}
+
+}  // namespace
+
+Status Agent::CheckAttach(const Instance& inst, const Conn& conn, const ipc::Message& msg,
+                          uint64_t pid, bool reattach) const {
+  const InstanceRecord& r = inst.rec;
+  const std::string& id = r.spec.id;
+  if (msg.generation < r.generation)
+    return Status(Code::kStaleGeneration,
+                  "Attach from generation " + std::to_string(msg.generation) +
+                      " refused: instance " + id + " is at generation " +
+                      std::to_string(r.generation) + " (a newer launch owns it)");
+  if (msg.generation > r.generation)
+    return Status(Code::kFailedPrecondition,
+                  "Attach from generation " + std::to_string(msg.generation) +
+                      " refused: instance " + id + " was launched as generation " +
+                      std::to_string(r.generation) + " (was SPARE_GENERATION changed?)");
+  if (pid != static_cast<uint64_t>(r.pid))
+    return Status(Code::kFailedPrecondition,
+                  "instance " + id + " is pid " + std::to_string(r.pid) + " (generation " +
+                      std::to_string(r.generation) + "); this Attach came from pid " +
+                      std::to_string(pid) + " (only the launched process itself may attach)");
+  if (conn.peer_pid > 0 && static_cast<uint64_t>(conn.peer_pid) != pid)
+    return Status(Code::kFailedPrecondition, "Attach names pid " + std::to_string(pid) +
+                                                 " but the socket's peer is pid " +
+                                                 std::to_string(conn.peer_pid));
+  if (!IsLive(r.state) || r.state == InstanceState::kStopping)
+    return Status(
+        Code::kFailedPrecondition,
+        "instance " + id + " is " + std::string(StateName(r.state)) + "; it cannot attach now");
+  bool needs_image = !inst.image_held() && (!r.regions.empty() || r.epoch > 0);
+  if (needs_image && !reattach)
+    return Status(Code::kFailedPrecondition,
+                  "instance " + id +
+                      " was adopted from a previous agent and must hand its "
+                      "committed image back (Attach with reattach: true and its fds)");
+  return Status::Ok();
+}
+
+// Takes over the fds a live instance hands back after an agent restart:
+// [staging, region 0, region 1, ...]. Checks all of them before keeping any.
+Status Agent::AdoptImage(Instance& inst, ipc::Message& msg, uint64_t durable_epoch) {
+  size_t want = 1 + inst.rec.regions.size();
+  if (msg.fds.size() != want)
+    return Status(Code::kInvalidArgument,
+                  "reattach carried " + std::to_string(msg.fds.size()) + " fds; instance " +
+                      inst.rec.spec.id + " has " + std::to_string(inst.rec.regions.size()) +
+                      " regions, so " + std::to_string(want) +
+                      " are needed (staging, then each region in index order)");
+  for (size_t i = 1; i < want; ++i) {
+    const RegionRecord& r = inst.rec.regions[i - 1];
+    struct stat st {};
+    if (::fstat(msg.fds[i].get(), &st) != 0) return Status::FromErrno("fstat region fd", errno);
+    if (static_cast<uint64_t>(st.st_size) < r.size)
+      return Status(Code::kInvalidArgument, "region " + r.name + " fd is " +
+                                                std::to_string(st.st_size) + " bytes, the region " +
+                                                std::to_string(r.size));
+  }
+  if (msg.blob.size() > epoch::kMaxRecord)
+    return Status(Code::kInvalidArgument, "reattach record exceeds 64 KiB");
+  SPARE_ASSIGN_OR_RETURN(StagingArea staging, StagingArea::Adopt(std::move(msg.fds[0])));
+  const epoch::StagingView& v = staging.view();
+  if (v.slot_count != inst.rec.spec.slot_count || v.slot_size != inst.rec.spec.slot_size) {
+    spdlog::warn(
+        "instance {}: staging handed back has {} slots of {} bytes (spec: {} of {}); "
+        "using the area's own layout",
+        inst.rec.spec.id, v.slot_count, v.slot_size, inst.rec.spec.slot_count,
+        inst.rec.spec.slot_size);
+    inst.rec.spec.slot_count = v.slot_count;
+    inst.rec.spec.slot_size = v.slot_size;
+  }
+  inst.staging = std::move(staging);
+  inst.region_fds.clear();
+  for (size_t i = 1; i < want; ++i) inst.region_fds.push_back(std::move(msg.fds[i]));
+  inst.rec.epoch = durable_epoch;
+  inst.record = msg.blob;
+  return Status::Ok();
+}
+
+ipc::Message Agent::AttachReply(Instance& inst, bool reattach) {
+  const InstanceRecord& r = inst.rec;
+  ipc::Message m = OkMessage({{"id", r.spec.id},
+                              {"generation", r.generation},
+                              {"resumed", r.epoch > 0},
+                              {"epoch", r.epoch},
+                              {"slot_count", inst.staging.view().slot_count},
+                              {"slot_size", inst.staging.view().slot_size},
+                              {"regions", RegionsJson(inst)}});
+  m.blob = inst.record;
+  if (!reattach) m.fds.push_back(Dup(inst.staging.fd()));
+  return m;
+}
+
+std::optional<ipc::Message> Agent::OnAttach(Conn& conn, ipc::Message& msg) {
+  Body b(msg.body, "Attach");
+  auto id = b.String("id");
+  auto pid = b.Uint("pid");
+  auto reattach = b.Bool("reattach", false);
+  auto tracker = b.String("tracker", "");
+  auto durable = b.Uint("durable_epoch", 0);
+  for (const Status& st :
+       {id.status(), pid.status(), reattach.status(), tracker.status(), durable.status()})
+    if (!st.ok()) return ipc::ErrorMessage(st);
+  Instance* inst = FindMutable(*id);
+  if (!inst)
+    return ipc::ErrorMessage(Status(Code::kNotFound, "no instance '" + *id +
+                                                         "' on this agent (instances are "
+                                                         "started with `spare run`)"));
+  Status st = CheckAttach(*inst, conn, msg, *pid, *reattach);
+  // A reattaching instance keeps using the staging area and images it has
+  // mapped, so the agent must take exactly those over.
+  if (st.ok() && !inst->image_held())
+    st = *reattach ? AdoptImage(*inst, msg, *durable) : EnsureStaging(*inst);
+  if (!st.ok()) {
+    spdlog::warn("instance {}: Attach from pid {} refused: {}", *id, *pid, st.ToString());
+    return ipc::ErrorMessage(st);
+  }
+  if (Conn* old = ConnOf(inst->conn); old && old != &conn) old->instance_id.clear();
+  conn.instance_id = *id;
+  inst->conn = RefOf(conn);
+  inst->tracker = *tracker;
+  ipc::Message reply = AttachReply(*inst, *reattach);
+  OnAttached(*inst);
+  return reply;
+}
+
+Result<Instance*> Agent::AttachedInstance(const Conn& conn, const ipc::Message& msg) {
+  const char* what = ipc::MsgTypeName(msg.type);
+  if (conn.instance_id.empty())
+    return Status(Code::kFailedPrecondition,
+                  std::string(what) + " before Attach: attach to the agent first");
+  Instance* inst = FindMutable(conn.instance_id);
+  if (!inst) return Status(Code::kNotFound, "instance " + conn.instance_id + " is gone");
+  if (msg.generation < inst->rec.generation)
+    return Status(Code::kStaleGeneration,
+                  std::string(what) + " from generation " + std::to_string(msg.generation) +
+                      " refused: instance " + inst->rec.spec.id + " is at generation " +
+                      std::to_string(inst->rec.generation));
+  if (msg.generation > inst->rec.generation)
+    return Status(Code::kFailedPrecondition,
+                  std::string(what) + " from generation " + std::to_string(msg.generation) +
+                      " refused: instance " + inst->rec.spec.id + " is at generation " +
+                      std::to_string(inst->rec.generation));
+  if (inst->conn != RefOf(conn) || !inst->image_held())
+    return Status(Code::kFailedPrecondition,
+                  std::string(what) + " on a connection that no longer owns instance " +
+                      inst->rec.spec.id + " (a newer Attach replaced it)");
+  return inst;
+}
+
+std::optional<ipc::Message> Agent::OnRegion(Conn& conn, ipc::Message& msg) {
+  auto found = AttachedInstance(conn, msg);
+  if (!found.ok()) return ipc::ErrorMessage(found.status());
+  Instance& inst = **found;
+  Body b(msg.body, "Region");
+  auto name = b.String("name");
+  auto size = b.Uint("size");
+  auto address = b.Uint("address", 0);
+  for (const Status& st : {name.status(), size.status(), address.status()})
+    if (!st.ok()) return ipc::ErrorMessage(st);
+  Status st = Status::Ok();
+  if (name->empty() || name->size() > 64)
+    st = Status(Code::kInvalidArgument, "region name must be 1 to 64 bytes");
+  else if (*size == 0 || *size > region::kVaSpan)
+    st = Status(Code::kInvalidArgument, "region " + *name + ": size " + std::to_string(*size) +
+                                            " must be between 1 and " +
+                                            std::to_string(region::kVaSpan) + " bytes");
+  if (!st.ok()) return ipc::ErrorMessage(st);
+  uint64_t rounded = region::RoundUpToPage(*size);
+  for (size_t i = 0; i < inst.rec.regions.size(); ++i) {
+    const RegionRecord& r = inst.rec.regions[i];
+    if (r.name != *name) continue;
+    if (r.size != rounded)
+      return ipc::ErrorMessage(
+          Status(Code::kInvalidArgument, "region " + r.name + " is " + std::to_string(r.size) +
+                                             " bytes in the committed image, asked " +
+                                             std::to_string(*size)));
+    if (*address != 0 && *address != r.address)
+      return ipc::ErrorMessage(
+          Status(Code::kInvalidArgument, "region " + r.name + " is at " + Hex(r.address) +
+                                             " in the committed image, asked " + Hex(*address)));
+    ipc::Message reply = OkMessage({{"name", r.name},
+                                    {"index", r.index},
+                                    {"address", r.address},
+                                    {"size", r.size},
+                                    {"existed", true}});
+    reply.fds.push_back(Dup(inst.region_fds[i].get()));
+    return reply;
+  }
+  return CreateRegion(inst, *name, rounded, *address);
+}
+
+// A new region: its memfd and address, remembered and persisted.
+ipc::Message Agent::CreateRegion(Instance& inst, const std::string& name, uint64_t rounded,
+                                 uint64_t address) {
+  auto fail = [](const Status& st) { return ipc::ErrorMessage(st); };
+  if (inst.rec.regions.size() >= kMaxRegions)
+    return fail(Status(Code::kResourceExhausted, "instance " + inst.rec.spec.id + " already has " +
+                                                     std::to_string(kMaxRegions) +
+                                                     " regions, the most one reattach can carry"));
+  uint64_t at = address ? address : region::DeriveAddress(inst.rec.spec.id, name, rounded);
+  if (at % region::kPageSize != 0 || at == 0 || at > kUserSpaceEnd - rounded)
+    return fail(
+        Status(Code::kInvalidArgument, "region " + name + ": address " + Hex(at) +
+                                           " must be page aligned and leave the region inside "
+                                           "user space"));
+  for (const RegionRecord& r : inst.rec.regions)
+    if (at < r.address + r.size && r.address < at + rounded)
+      return fail(Status(address ? Code::kInvalidArgument : Code::kResourceExhausted,
+                         "region " + name + " at " + Hex(at) + " (" + std::to_string(rounded) +
+                             " bytes) overlaps region " + r.name + " at " + Hex(r.address) +
+                             (address ? "" : "; pass an explicit address for one of them")));
+  auto memfd = region::CreateMemfd("spare-" + inst.rec.spec.id + "-" + name, rounded);
+  if (!memfd.ok()) return ipc::ErrorMessage(memfd.status().With("region " + name));
+  uint32_t index = static_cast<uint32_t>(inst.rec.regions.size());
+  inst.rec.regions.push_back({name, index, at, rounded});
+  inst.region_fds.push_back(std::move(memfd).value());
+  spdlog::info("instance {}: region {} created ({} bytes at {})", inst.rec.spec.id, name, rounded,
+               Hex(at));
+  SaveStateOrLog();
+  ipc::Message reply = OkMessage(
+      {{"name", name}, {"index", index}, {"address", at}, {"size", rounded}, {"existed", false}});
+  reply.fds.push_back(Dup(inst.region_fds.back().get()));
+  return reply;
+}
+
+std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
+  Body b(msg.body, "Commit");
+  auto epoch = b.Uint("epoch");
+  auto first_slot = b.Uint("first_slot");
+  auto parts = b.Uint("parts");
+  uint64_t named = epoch.ok() ? *epoch : 0;
+  auto refuse = [&](const Status& st) {
+    ipc::Message m = ipc::ErrorMessage(st);
+    m.body["epoch"] = named;
+    return m;
+  };
+  auto found = AttachedInstance(conn, msg);
+  if (!found.ok()) return refuse(found.status());
+  for (const Status& st : {epoch.status(), first_slot.status(), parts.status()})
+    if (!st.ok()) return refuse(st);
+  Instance& inst = **found;
+  uint64_t current = inst.rec.epoch;
+  if (*epoch <= current) {  // already in the image (e.g. re-sent after a reattach)
+    ipc::Message applied;
+    applied.type = ipc::MsgType::kApplied;
+    applied.body = {{"epoch", current}};
+    return applied;
+  }
+  if (*epoch != current + 1)
+    return refuse(Status(Code::kTornEpoch, "epoch " + std::to_string(*epoch) +
+                                               " does not follow the committed epoch " +
+                                               std::to_string(current) + " (expected " +
+                                               std::to_string(current + 1) + "); nothing applied"));
+  uint32_t slots = inst.staging.view().slot_count;
+  if (*first_slot >= slots || *parts == 0 || *parts > slots)
+    return refuse(Status(Code::kInvalidArgument,
+                         "epoch " + std::to_string(*epoch) + ": first_slot " +
+                             std::to_string(*first_slot) + " / parts " + std::to_string(*parts) +
+                             " do not fit the " + std::to_string(slots) + "-slot staging ring"));
+  Status st =
+      ApplyCommit(inst, *epoch, static_cast<uint32_t>(*first_slot), static_cast<uint32_t>(*parts));
+  if (!st.ok()) {
+    spdlog::error(
+        "instance {}: epoch {} refused, the image stays at epoch {}: {}. The instance "
+        "handed over a malformed staging slot (a libspare bug or memory corruption); "
+        "if it repeats, `spare stop` and `spare run` it again",
+        inst.rec.spec.id, *epoch, current, st.ToString());
+    return refuse(st);
+  }
+  ipc::Message applied;
+  applied.type = ipc::MsgType::kApplied;
+  applied.body = {{"epoch", *epoch}};
+  return applied;
+}
+
+Status Agent::ApplyCommit(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts) {
+  std::vector<epoch::RegionTarget> targets;
+  for (size_t i = 0; i < inst.rec.regions.size(); ++i)
+    targets.push_back({inst.region_fds[i].get(), inst.rec.regions[i].size});
+  std::string record;
+  uint64_t bytes = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  SPARE_RETURN_IF_ERROR(
+      epoch::ApplyEpoch(inst.staging.view(), epoch, first_slot, parts, targets, &record, &bytes));
+  inst.apply_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  inst.epochs_applied++;
+  inst.bytes_applied += bytes;
+  inst.rec.epoch = epoch;
+  inst.record = std::move(record);
+  return Status::Ok();
+}
+
+std::optional<ipc::Message> Agent::OnConfigGet(Conn& conn, ipc::Message& msg) {
+  auto found = AttachedInstance(conn, msg);
+  if (!found.ok()) return ipc::ErrorMessage(found.status());
+  Body b(msg.body, "ConfigGet");
+  auto key = b.String("key");
+  auto fingerprint = b.Uint("fingerprint");
+  for (const Status& st : {key.status(), fingerprint.status()})
+    if (!st.ok()) return ipc::ErrorMessage(st);
+  ConfigStore store(InstanceDir((*found)->rec.spec.id) + "/config");
+  auto value = store.Get(*key, *fingerprint);
+  if (!value.ok()) return ipc::ErrorMessage(value.status());
+  ipc::Message reply = OkMessage({{"state", std::string(ConfigHitName(value->state))}});
+  reply.blob = std::move(value->blob);
+  return reply;
+}
+
+std::optional<ipc::Message> Agent::OnConfigPut(Conn& conn, ipc::Message& msg) {
+  auto found = AttachedInstance(conn, msg);
+  if (!found.ok()) return ipc::ErrorMessage(found.status());
+  Body b(msg.body, "ConfigPut");
+  auto key = b.String("key");
+  auto fingerprint = b.Uint("fingerprint");
+  for (const Status& st : {key.status(), fingerprint.status()})
+    if (!st.ok()) return ipc::ErrorMessage(st);
+  ConfigStore store(InstanceDir((*found)->rec.spec.id) + "/config");
+  Status st = store.Put(*key, *fingerprint, msg.blob);
+  if (!st.ok()) return ipc::ErrorMessage(st);
+  return OkMessage(nlohmann::json::object());
+}
+
+}  // namespace spare::agent

@@ -1,0 +1,71 @@
+// agent/process.h — starting, watching and reaping instance processes.
+//
+// The Launcher is the agent's one seam to process creation: the real one
+// forks and execs; unit tests inject one that hands back a process they
+// control. Everything else here is a thin, checked wrapper of a syscall.
+//
+// Threading: the agent's loop thread only (fork in a multi-threaded
+// process would be unsafe; the agent has one thread).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/fd.h"
+#include "spare/status.h"
+
+namespace spare::agent {
+
+struct LaunchRequest {
+  std::vector<std::string> argv;  // argv[0] is looked up in the env's PATH
+  std::vector<std::string> env;   // "K=V", complete (SPARE_* included)
+  std::string cwd;
+  std::string log_path;  // stdout+stderr, appended
+};
+
+struct Launched {
+  pid_t pid = 0;
+  UniqueFd pidfd;
+  bool is_child = true;  // waitid() can reap it
+};
+
+class Launcher {
+ public:
+  virtual ~Launcher() = default;
+  // Starts the process. Fails (kNotFound / kIoError naming the program)
+  // when it cannot be executed; the failed child is already reaped then.
+  virtual Result<Launched> Launch(const LaunchRequest& request) = 0;
+};
+
+// fork + exec: setsid, ADDR_NO_RANDOMIZE, stdin /dev/null, stdout+stderr
+// appended to log_path, chdir(cwd), execvp with `env`. An exec failure is
+// written to the log, reported back through a close-on-exec pipe, and the
+// child exits 127.
+std::unique_ptr<Launcher> MakeForkLauncher();
+
+// pidfd_open(2).
+Result<UniqueFd> PidfdOpen(pid_t pid);
+// Field 22 of /proc/PID/stat (start time in clock ticks since boot);
+// kNotFound when the process does not exist.
+Result<uint64_t> ProcStartTime(pid_t pid);
+
+// How a process ended.
+struct ExitInfo {
+  enum Kind { kExited, kSignaled, kUnknown } kind = kUnknown;
+  int value = 0;  // exit status or signal number
+  bool clean() const { return kind == kExited && value == 0; }
+  // "exit status 3", "killed by signal 9 (KILL)", "unknown status (...)"
+  std::string Describe() const;
+};
+
+// Reaps a child through its pidfd (waitid P_PIDFD, WEXITED|WNOHANG).
+// For a process that is not our child (adopted), returns kUnknown.
+ExitInfo ReapPidfd(int pidfd, bool is_child);
+// pidfd_send_signal(2).
+Status SignalPidfd(int pidfd, int sig);
+
+}  // namespace spare::agent

@@ -1,0 +1,381 @@
+// The agent's protocol handlers against a real socketpair: bad frames, bad
+// bodies, stale generations and out-of-order epochs are refused with an
+// Error that names the problem, and nothing changes.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+
+#include "agent/agent.h"
+#include "agent/state.h"
+#include "epoch/staging.h"
+#include "region/mapping.h"
+
+namespace spare::agent {
+namespace {
+
+using ipc::Message;
+using ipc::MsgType;
+
+// "Launches" the test process itself, so the test can attach with its own
+// pid (the agent checks the socket peer's pid).
+class SelfLauncher : public Launcher {
+ public:
+  Result<Launched> Launch(const LaunchRequest& req) override {
+    requests.push_back(req);
+    SPARE_ASSIGN_OR_RETURN(UniqueFd pidfd, PidfdOpen(::getpid()));
+    return Launched{::getpid(), std::move(pidfd), /*is_child=*/false};
+  }
+  std::vector<LaunchRequest> requests;
+};
+
+Message Make(MsgType type, nlohmann::json body, uint64_t generation = 0) {
+  Message m;
+  m.type = type;
+  m.body = std::move(body);
+  m.generation = generation;
+  return m;
+}
+
+class ProtocolTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/spare-protocol-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    auto launcher = std::make_unique<SelfLauncher>();
+    launcher_ = launcher.get();
+    AgentOptions o;
+    o.dir = dir_;
+    o.handle_signals = false;
+    o.slot_count = 4;
+    o.slot_size = 256 * 1024;
+    auto agent = Agent::Create(o, std::move(launcher));
+    ASSERT_TRUE(agent.ok()) << agent.status().ToString();
+    agent_ = std::move(agent).value();
+    cli_ = Connect();
+    inst_ = Connect();
+  }
+  void TearDown() override {
+    agent_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  // One end served by the agent, the other returned to the test.
+  UniqueFd Connect() {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    EXPECT_TRUE(agent_->AddConnection(UniqueFd(sv[0])).ok());
+    return UniqueFd(sv[1]);
+  }
+
+  void Pump() {
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(agent_->PollOnce(0).ok());
+  }
+
+  // Waits (pumping the agent) for the next message on `sock`.
+  std::optional<Message> Next(int sock, int timeout_ms = 2000) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < end) {
+      EXPECT_TRUE(agent_->PollOnce(5).ok());
+      auto r = ipc::Receive(sock, /*dont_wait=*/true);
+      EXPECT_TRUE(r.ok()) << r.status().ToString();
+      if (!r.ok()) return std::nullopt;
+      if (r->has_value()) return std::move(**r);
+    }
+    return std::nullopt;
+  }
+
+  Message Exchange(int sock, const Message& m) {
+    EXPECT_TRUE(ipc::Send(sock, m).ok());
+    auto reply = Next(sock);
+    EXPECT_TRUE(reply.has_value()) << "no answer to " << ipc::MsgTypeName(m.type);
+    return reply ? std::move(*reply) : Message{};
+  }
+
+  // Expects an Error with `code` whose message contains `needle`.
+  void ExpectError(const Message& reply, Code code, const std::string& needle) {
+    ASSERT_EQ(reply.type, MsgType::kError) << reply.body.dump();
+    Status st = ipc::StatusOf(reply);
+    EXPECT_EQ(st.code(), code) << st.ToString();
+    EXPECT_NE(st.message().find(needle), std::string::npos) << st.ToString();
+  }
+
+  void StartInstance() {
+    ASSERT_TRUE(ipc::Send(cli_.get(), Make(MsgType::kRun, {{"id", "t1"},
+                                                           {"policy", "local"},
+                                                           {"argv", {"/bin/true"}},
+                                                           {"env", {{"A", "1"}}},
+                                                           {"cwd", "/"}}))
+                    .ok());
+    Pump();
+    const Instance* inst = agent_->Find("t1");
+    ASSERT_NE(inst, nullptr);
+    ASSERT_EQ(inst->rec.state, InstanceState::kStarting);
+    ASSERT_EQ(inst->rec.generation, 1u);
+  }
+
+  nlohmann::json AttachBody(int64_t pid) {
+    return {{"id", "t1"},
+            {"pid", pid},
+            {"reattach", false},
+            {"tracker", "mprotect"},
+            {"durable_epoch", 0}};
+  }
+
+  // Attaches as generation 1; maps the staging area it gets.
+  void Attach() {
+    Message ok = Exchange(inst_.get(), Make(MsgType::kAttach, AttachBody(::getpid()), 1));
+    ASSERT_EQ(ok.type, MsgType::kOk) << ok.body.dump();
+    ASSERT_EQ(ok.fds.size(), 1u);
+    EXPECT_EQ(ok.body["epoch"], 0);
+    EXPECT_EQ(ok.body["resumed"], false);
+    EXPECT_EQ(ok.body["slot_count"], 4);
+    size_t bytes = epoch::StagingBytes(4, 256 * 1024);
+    void* base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, ok.fds[0].get(), 0);
+    ASSERT_NE(base, MAP_FAILED);
+    auto view = epoch::OpenStaging(static_cast<std::byte*>(base), bytes);
+    ASSERT_TRUE(view.ok()) << view.status().ToString();
+    view_ = view.value();
+    // The `spare run` that launched it is answered now.
+    auto run = Next(cli_.get());
+    ASSERT_TRUE(run.has_value());
+    ASSERT_EQ(run->type, MsgType::kOk) << run->body.dump();
+    EXPECT_EQ(run->body["pid"], ::getpid());
+    EXPECT_EQ(run->body["generation"], 1);
+  }
+
+  std::string dir_;
+  SelfLauncher* launcher_ = nullptr;
+  std::unique_ptr<Agent> agent_;
+  UniqueFd cli_, inst_;
+  epoch::StagingView view_;
+};
+
+TEST_F(ProtocolTest, GarbageFramesAreRefusedAndTheConnectionKept) {
+  for (std::string junk : {std::string("hello"), std::string(64, '\0'), std::string(5000, 'x')}) {
+    ASSERT_EQ(::send(cli_.get(), junk.data(), junk.size(), 0), static_cast<ssize_t>(junk.size()));
+    auto reply = Next(cli_.get());
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_EQ(ipc::StatusOf(*reply).code(), Code::kBadMessage);
+  }
+  // A valid frame with a corrupted checksum.
+  auto bytes = ipc::Encode(Make(MsgType::kStatus, nlohmann::json::object()));
+  ASSERT_TRUE(bytes.ok());
+  std::string frame = bytes.value();
+  frame[24] ^= 1;
+  ASSERT_GT(::send(cli_.get(), frame.data(), frame.size(), 0), 0);
+  ExpectError(*Next(cli_.get()), Code::kBadMessage, "checksum");
+  // Same connection still works.
+  Message ok = Exchange(cli_.get(), Make(MsgType::kStatus, nlohmann::json::object()));
+  EXPECT_EQ(ok.type, MsgType::kOk);
+  EXPECT_TRUE(ok.body["instances"].empty());
+}
+
+TEST_F(ProtocolTest, BadBodiesNameTheField) {
+  ExpectError(Exchange(cli_.get(), Make(MsgType::kRun, {{"id", "x"}, {"policy", "local"}})),
+              Code::kBadMessage, "argv");
+  ExpectError(
+      Exchange(cli_.get(), Make(MsgType::kRun, {{"id", "x"}, {"policy", "local"}, {"argv", 5}})),
+      Code::kBadMessage, "argv");
+  ExpectError(Exchange(cli_.get(), Make(MsgType::kRun, {{"id", "x"},
+                                                        {"policy", "local"},
+                                                        {"argv", {"/bin/true"}},
+                                                        {"env", {{"A", 1}}},
+                                                        {"cwd", "/"}})),
+              Code::kBadMessage, "env");
+  ExpectError(Exchange(cli_.get(), Make(MsgType::kRun, {{"id", "../x"},
+                                                        {"policy", "local"},
+                                                        {"argv", {"/bin/true"}},
+                                                        {"env", nlohmann::json::object()},
+                                                        {"cwd", "/"}})),
+              Code::kInvalidArgument, "id");
+  ExpectError(Exchange(cli_.get(), Make(MsgType::kRun, {{"id", "x"},
+                                                        {"policy", "hot"},
+                                                        {"argv", {"/bin/true"}},
+                                                        {"env", nlohmann::json::object()},
+                                                        {"cwd", "/"}})),
+              Code::kUnsupported, "not implemented yet");
+  ExpectError(Exchange(cli_.get(), Make(MsgType::kStop, {{"id", 7}})), Code::kBadMessage, "id");
+  ExpectError(Exchange(cli_.get(), Make(MsgType::kStop, {{"id", "nosuch"}})), Code::kNotFound,
+              "nosuch");
+  ExpectError(Exchange(cli_.get(), Make(MsgType::kOk, nlohmann::json::object())), Code::kBadMessage,
+              "unexpected Ok");
+  ExpectError(
+      Exchange(cli_.get(), Make(MsgType::kCommit, {{"epoch", 1}, {"first_slot", 0}, {"parts", 1}})),
+      Code::kFailedPrecondition, "before Attach");
+  EXPECT_EQ(agent_->Find("x"), nullptr);
+  EXPECT_TRUE(launcher_->requests.empty());
+}
+
+TEST_F(ProtocolTest, AttachChecksGenerationAndPid) {
+  StartInstance();
+  ExpectError(Exchange(inst_.get(), Make(MsgType::kAttach, AttachBody(::getpid()), 0)),
+              Code::kStaleGeneration, "generation 0");
+  ExpectError(Exchange(inst_.get(), Make(MsgType::kAttach, AttachBody(::getpid() + 1), 1)),
+              Code::kFailedPrecondition, "pid");
+  nlohmann::json unknown = AttachBody(::getpid());
+  unknown["id"] = "nope";
+  ExpectError(Exchange(inst_.get(), Make(MsgType::kAttach, unknown, 1)), Code::kNotFound, "nope");
+  nlohmann::json bad = AttachBody(::getpid());
+  bad["reattach"] = "yes";
+  ExpectError(Exchange(inst_.get(), Make(MsgType::kAttach, bad, 1)), Code::kBadMessage, "reattach");
+  EXPECT_EQ(agent_->Find("t1")->rec.state, InstanceState::kStarting);
+  EXPECT_FALSE(agent_->Find("t1")->conn.valid());
+  // The `spare run` is still waiting.
+  auto r = ipc::Receive(cli_.get(), true);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->has_value());
+
+  Attach();
+  EXPECT_EQ(agent_->Find("t1")->rec.state, InstanceState::kRunning);
+  auto saved = LoadState(dir_ + "/state.json");
+  ASSERT_TRUE(saved.ok() && saved.value());
+  ASSERT_EQ(saved.value()->instances.size(), 1u);
+  EXPECT_EQ(saved.value()->instances[0].state, InstanceState::kRunning);
+  // The launch got the agent's variables on top of the caller's env.
+  ASSERT_EQ(launcher_->requests.size(), 1u);
+  const auto& env = launcher_->requests[0].env;
+  EXPECT_NE(std::find(env.begin(), env.end(), "SPARE_GENERATION=1"), env.end());
+  EXPECT_NE(std::find(env.begin(), env.end(), "SPARE_INSTANCE=t1"), env.end());
+  EXPECT_NE(std::find(env.begin(), env.end(), "A=1"), env.end());
+
+  ExpectError(Exchange(cli_.get(), Make(MsgType::kRun, {{"id", "t1"},
+                                                        {"policy", "local"},
+                                                        {"argv", {"/bin/true"}},
+                                                        {"env", nlohmann::json::object()},
+                                                        {"cwd", "/"}})),
+              Code::kAlreadyExists, "t1");
+}
+
+TEST_F(ProtocolTest, RegionsKeepTheirSize) {
+  StartInstance();
+  Attach();
+  Message r = Exchange(inst_.get(), Make(MsgType::kRegion,
+                                         {{"name", "heap"}, {"size", 1 << 20}, {"address", 0}}, 1));
+  ASSERT_EQ(r.type, MsgType::kOk) << r.body.dump();
+  ASSERT_EQ(r.fds.size(), 1u);
+  EXPECT_EQ(r.body["index"], 0);
+  EXPECT_EQ(r.body["existed"], false);
+  uint64_t address = r.body["address"];
+  EXPECT_EQ(address, region::DeriveAddress("t1", "heap", 1 << 20));
+  ExpectError(
+      Exchange(inst_.get(),
+               Make(MsgType::kRegion, {{"name", "heap"}, {"size", 2048}, {"address", 0}}, 1)),
+      Code::kInvalidArgument, "region heap is 1048576 bytes in the committed image, asked 2048");
+  Message again =
+      Exchange(inst_.get(),
+               Make(MsgType::kRegion, {{"name", "heap"}, {"size", 1 << 20}, {"address", 0}}, 1));
+  ASSERT_EQ(again.type, MsgType::kOk);
+  EXPECT_EQ(again.body["existed"], true);
+  EXPECT_EQ(again.body["address"], address);
+  ExpectError(Exchange(inst_.get(), Make(MsgType::kRegion,
+                                         {{"name", "x"}, {"size", 4096}, {"address", 12345}}, 1)),
+              Code::kInvalidArgument, "page aligned");
+  EXPECT_EQ(agent_->Find("t1")->rec.regions.size(), 1u);
+}
+
+TEST_F(ProtocolTest, CommitsApplyInOrderOnly) {
+  StartInstance();
+  Attach();
+  Message r = Exchange(inst_.get(), Make(MsgType::kRegion,
+                                         {{"name", "heap"}, {"size", 1 << 20}, {"address", 0}}, 1));
+  ASSERT_EQ(r.type, MsgType::kOk);
+  int memfd = r.fds[0].get();
+
+  auto commit = [&](uint64_t epoch, uint64_t generation) {
+    return Make(MsgType::kCommit, {{"epoch", epoch}, {"first_slot", 0}, {"parts", 1}}, generation);
+  };
+  // Out of order: nothing applied, the error names both epochs.
+  Message torn = Exchange(inst_.get(), commit(5, 1));
+  ExpectError(torn, Code::kTornEpoch, "epoch 5 does not follow the committed epoch 0");
+  EXPECT_EQ(torn.body["epoch"], 5);
+  ExpectError(Exchange(inst_.get(), commit(1, 0)), Code::kStaleGeneration, "generation 0");
+  ExpectError(Exchange(inst_.get(), Make(MsgType::kCommit, {{"epoch", "one"}}, 1)),
+              Code::kBadMessage, "epoch");
+  // Epoch 1 in slot 0 holds no valid slot yet: refused by validation.
+  EXPECT_EQ(Exchange(inst_.get(), commit(1, 1)).type, MsgType::kError);
+  EXPECT_EQ(agent_->Find("t1")->rec.epoch, 0u);
+
+  // A real epoch: one page of 'A's at offset 8192, with a record.
+  std::string page(4096, 'A');
+  epoch::DirtyRun run{0, reinterpret_cast<const std::byte*>(page.data()), 8192, 4096};
+  std::string record = "resume here";
+  auto plan = epoch::PlanEpoch(view_, std::span(&run, 1), record.size());
+  ASSERT_EQ(plan.parts, 1u);
+  epoch::FillEpoch(view_, 1, 0, plan, std::span(&run, 1),
+                   std::as_bytes(std::span(record.data(), record.size())));
+  Message applied = Exchange(inst_.get(), commit(1, 1));
+  ASSERT_EQ(applied.type, MsgType::kApplied) << applied.body.dump();
+  EXPECT_EQ(applied.body["epoch"], 1);
+  const Instance* inst = agent_->Find("t1");
+  EXPECT_EQ(inst->rec.epoch, 1u);
+  EXPECT_EQ(inst->record, record);
+  EXPECT_EQ(inst->bytes_applied, 4096u);
+  char got[4096];
+  ASSERT_EQ(::pread(memfd, got, sizeof(got), 8192), 4096);
+  EXPECT_EQ(std::string(got, 4096), page);
+  // Re-sent (e.g. after a reattach): answered with the current epoch.
+  Message dup = Exchange(inst_.get(), commit(1, 1));
+  ASSERT_EQ(dup.type, MsgType::kApplied);
+  EXPECT_EQ(dup.body["epoch"], 1);
+  EXPECT_EQ(agent_->Find("t1")->epochs_applied, 1u);
+}
+
+TEST_F(ProtocolTest, ConfigCheckpoints) {
+  StartInstance();
+  Attach();
+  Message put = Make(MsgType::kConfigPut, {{"key", "shards"}, {"fingerprint", 42}}, 1);
+  put.blob = "a,b,c";
+  EXPECT_EQ(Exchange(inst_.get(), put).type, MsgType::kOk);
+  Message hit =
+      Exchange(inst_.get(), Make(MsgType::kConfigGet, {{"key", "shards"}, {"fingerprint", 42}}, 1));
+  EXPECT_EQ(hit.body["state"], "hit");
+  EXPECT_EQ(hit.blob, "a,b,c");
+  Message stale =
+      Exchange(inst_.get(), Make(MsgType::kConfigGet, {{"key", "shards"}, {"fingerprint", 43}}, 1));
+  EXPECT_EQ(stale.body["state"], "stale");
+  EXPECT_TRUE(stale.blob.empty());
+  Message missing =
+      Exchange(inst_.get(), Make(MsgType::kConfigGet, {{"key", "other"}, {"fingerprint", 42}}, 1));
+  EXPECT_EQ(missing.body["state"], "missing");
+  ExpectError(Exchange(inst_.get(), Make(MsgType::kConfigGet, {{"key", "shards"}}, 1)),
+              Code::kBadMessage, "fingerprint");
+  ExpectError(
+      Exchange(cli_.get(), Make(MsgType::kConfigGet, {{"key", "shards"}, {"fingerprint", 42}})),
+      Code::kFailedPrecondition, "before Attach");
+}
+
+TEST_F(ProtocolTest, StatusReportsTheInstance) {
+  StartInstance();
+  Attach();
+  Message st = Exchange(cli_.get(), Make(MsgType::kStatus, nlohmann::json::object()));
+  ASSERT_EQ(st.type, MsgType::kOk);
+  const auto& i = st.body["instances"][0];
+  EXPECT_EQ(i["id"], "t1");
+  EXPECT_EQ(i["state"], "running");
+  EXPECT_EQ(i["tracker"], "mprotect");
+  EXPECT_EQ(i["generation"], 1);
+  EXPECT_TRUE(i["last_restart_ms"].is_null());
+  for (const char* key : {"pid", "policy", "epoch", "restarts", "reason", "regions",
+                          "epochs_applied", "bytes_applied"})
+    EXPECT_TRUE(i.contains(key)) << key;
+}
+
+TEST_F(ProtocolTest, SecondAgentOnTheSameDirIsRefused) {
+  AgentOptions o;
+  o.dir = dir_;
+  o.handle_signals = false;
+  auto second = Agent::Create(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), Code::kAlreadyExists);
+  EXPECT_NE(second.status().message().find("already running"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace spare::agent

@@ -1,0 +1,146 @@
+#include "agent/status.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "agent/agent.h"
+
+namespace spare::agent {
+namespace {
+
+// What the NOTE column says about an instance that is not settled.
+std::string Note(const Instance& inst) {
+  const InstanceRecord& r = inst.rec;
+  auto since = [&] {
+    char buf[32];
+    std::snprintf(
+        buf, sizeof(buf), "%.0f s",
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - inst.launched_at).count());
+    return std::string(buf);
+  };
+  switch (r.state) {
+    case InstanceState::kStarting:
+      return "launched " + since() + " ago, not attached yet";
+    case InstanceState::kRestarting:
+      return "restarting after " + inst.last_exit;
+    case InstanceState::kAdopting:
+      return "adopted; waiting for it to reattach";
+    case InstanceState::kStopping:
+      return "SIGTERM sent";
+    case InstanceState::kRunning:
+      return inst.conn.valid() ? std::string() : "not connected to the agent";
+    default:
+      return r.reason;
+  }
+}
+
+std::string LabelValue(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+std::string Str(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+double Num(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
+}
+
+struct Metric {
+  const char* name;
+  const char* type;
+  const char* help;
+  double (*value)(const nlohmann::json&);
+};
+
+const Metric kMetrics[] = {
+    {"spare_instance_up", "gauge", "1 while the instance runs and is attached to its agent.",
+     [](const nlohmann::json& i) { return Str(i, "state") == "running" ? 1.0 : 0.0; }},
+    {"spare_epochs_applied_total", "counter", "Epochs applied to the committed image.",
+     [](const nlohmann::json& i) { return Num(i, "epochs_applied"); }},
+    {"spare_bytes_applied_total", "counter", "Page bytes applied to the committed image.",
+     [](const nlohmann::json& i) { return Num(i, "bytes_applied"); }},
+    {"spare_apply_seconds_total", "counter", "Time the agent spent applying epochs.",
+     [](const nlohmann::json& i) { return Num(i, "apply_seconds"); }},
+    {"spare_restarts_total", "counter", "Local restarts after crashes.",
+     [](const nlohmann::json& i) { return Num(i, "restarts"); }},
+    {"spare_last_restart_seconds", "gauge",
+     "Crash detection to re-attach of the last restart (0: none yet).",
+     [](const nlohmann::json& i) { return Num(i, "last_restart_ms") / 1000.0; }},
+    {"spare_instance_epoch", "gauge", "Newest epoch in the committed image.",
+     [](const nlohmann::json& i) { return Num(i, "epoch"); }},
+};
+
+}  // namespace
+
+nlohmann::json InstanceStatusJson(const Instance& inst) {
+  const InstanceRecord& r = inst.rec;
+  nlohmann::json regions = nlohmann::json::array();
+  for (const RegionRecord& g : r.regions)
+    regions.push_back({{"name", g.name}, {"address", g.address}, {"size", g.size}});
+  return {{"id", r.spec.id},
+          {"pid", r.pid},
+          {"policy", r.spec.policy},
+          {"state", std::string(StateName(r.state))},
+          {"epoch", r.epoch},
+          {"generation", r.generation},
+          {"restarts", r.restarts},
+          {"last_restart_ms",
+           inst.last_restart_ms ? nlohmann::json(*inst.last_restart_ms) : nlohmann::json()},
+          {"tracker", inst.tracker},
+          {"reason", Note(inst)},
+          {"regions", regions},
+          {"epochs_applied", inst.epochs_applied},
+          {"bytes_applied", inst.bytes_applied},
+          {"apply_seconds", inst.apply_seconds}};
+}
+
+std::string MetricsText(const nlohmann::json& status) {
+  static const nlohmann::json kEmpty = nlohmann::json::array();
+  const nlohmann::json& list =
+      status.contains("instances") && status["instances"].is_array() ? status["instances"] : kEmpty;
+  std::string out;
+  char line[512];
+  for (const Metric& m : kMetrics) {
+    out += std::string("# HELP ") + m.name + " " + m.help + "\n";
+    out += std::string("# TYPE ") + m.name + " " + m.type + "\n";
+    for (const auto& inst : list) {
+      if (!inst.is_object()) continue;
+      std::string id = Str(inst, "id");
+      // `id` repeats the instance label: Prometheus sets its own `instance`
+      // label (the scrape target) and renames ours to exported_instance.
+      std::snprintf(line, sizeof(line), "%s{instance=\"%s\",id=\"%s\"} %.17g\n", m.name,
+                    LabelValue(id).c_str(), LabelValue(id).c_str(), m.value(inst));
+      out += line;
+    }
+  }
+  return out;
+}
+
+nlohmann::json Agent::StatusJson() const {
+  nlohmann::json instances = nlohmann::json::array();
+  for (const auto& [id, inst] : instances_) instances.push_back(InstanceStatusJson(*inst));
+  double uptime =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_at_).count();
+  return {{"agent",
+           {{"dir", options_.dir},
+            {"socket", socket_path()},
+            {"pid", ::getpid()},
+            {"uptime_s", uptime},
+            {"metrics_port", options_.metrics_port}}},
+          {"instances", instances}};
+}
+
+}  // namespace spare::agent

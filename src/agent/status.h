@@ -1,0 +1,24 @@
+// agent/status.h — what `spare status` and `spare metrics` show.
+//
+// Status JSON of one instance (stable field names; `spare status --json`):
+//   id, pid (0: no process), policy, state, epoch, generation, restarts,
+//   last_restart_ms (null: never restarted), tracker, reason,
+//   regions [{name, address, size}], epochs_applied, bytes_applied,
+//   apply_seconds
+// Metric series carry {instance="ID",id="ID"}. Metrics are rendered from that JSON, so the CLI
+// (from a Status answer) and the agent's HTTP endpoint print the same text.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "agent/instance.h"
+
+namespace spare::agent {
+
+nlohmann::json InstanceStatusJson(const Instance& inst);
+
+// Prometheus text exposition (format 0.0.4) of a Status answer body.
+std::string MetricsText(const nlohmann::json& status);
+
+}  // namespace spare::agent
