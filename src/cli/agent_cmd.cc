@@ -1,0 +1,69 @@
+// `spare agent`: runs the per-host agent in the foreground.
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <memory>
+
+#include "agent/agent.h"
+#include "agent/options.h"
+#include "cli/client.h"
+#include "cli/commands.h"
+
+namespace spare::cli {
+namespace {
+
+struct AgentFlags {
+  std::string dir;
+  std::string config;
+  int metrics_port = -1;  // -1: from the config (default off)
+};
+
+int RunAgent(const AgentFlags& flags) {
+  agent::AgentOptions options;
+  std::string config = flags.config;
+  if (config.empty() && ::access((flags.dir + "/agent.toml").c_str(), F_OK) == 0)
+    config = flags.dir + "/agent.toml";
+  if (!config.empty()) {
+    Status st = agent::LoadAgentConfig(config, &options);
+    if (!st.ok()) return Fail(st);
+  }
+  options.dir = flags.dir;
+  if (flags.metrics_port >= 0) options.metrics_port = static_cast<uint16_t>(flags.metrics_port);
+  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  auto agent = agent::Agent::Create(std::move(options));
+  if (!agent.ok()) {
+    std::fprintf(stderr, "spare: agent not started: %s\n", agent.status().ToString().c_str());
+    return agent.status().code() == Code::kInvalidArgument ? 2 : 1;
+  }
+  Status st = (*agent)->Run();
+  if (!st.ok()) return Fail(st.With("agent loop"));
+  return 0;
+}
+
+}  // namespace
+
+Command AddAgentCommand(CLI::App& app) {
+  auto flags = std::make_shared<AgentFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "agent",
+      "Run the per-host agent in the foreground. It creates DIR and listens on DIR/agent.sock, "
+      "launches the programs `spare run` asks for, keeps their committed images (the state of "
+      "their last epoch) in memory it owns, applies their epochs, and restarts a crashed "
+      "program from its committed image. Logs go to stderr. SIGTERM or Ctrl-C stops the agent "
+      "but leaves its instances running; the next agent started on DIR adopts them again.");
+  sub->add_option("--dir", flags->dir, "agent directory (socket, state.json, instance logs)")
+      ->required();
+  sub->add_option("--config", flags->config,
+                  "agent.toml with defaults: slot_count, slot_size, max_restarts, "
+                  "restart_window_s, metrics_port (default: DIR/agent.toml if it exists)")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--metrics-port", flags->metrics_port,
+                  "serve Prometheus text on http://HOST:PORT/metrics (overrides the config)")
+      ->check(CLI::Range(0, 65535));
+  sub->footer(
+      "Example:\n"
+      "  spare agent --dir /run/spare --config /etc/spare/agent.toml --metrics-port 9464");
+  return {sub, [flags] { return RunAgent(*flags); }};
+}
+
+}  // namespace spare::cli

@@ -1,0 +1,139 @@
+// `spare run`: asks the agent to launch and protect a program.
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "agent/options.h"
+#include "cli/client.h"
+#include "cli/commands.h"
+
+extern char** environ;
+
+namespace spare::cli {
+namespace {
+
+constexpr int kAttachTimeoutMs = 15000;
+
+struct RunFlags {
+  std::string agent;
+  std::string id;
+  std::string policy;
+  std::optional<uint64_t> slots;
+  std::string slot_size;
+  std::optional<uint64_t> max_restarts;
+  std::optional<uint64_t> restart_window_s;
+  std::vector<std::string> command;
+};
+
+Status CheckPolicy(const std::string& policy) {
+  if (policy == "local") return Status::Ok();
+  if (policy == "hot" || policy == "cold")
+    return Status(Code::kUnsupported,
+                  "--policy " + policy + " is not implemented yet; only --policy local is");
+  return Status(Code::kInvalidArgument,
+                "--policy " + policy + " is not a policy (local; later hot or cold)");
+}
+
+// The caller's environment; entries JSON cannot carry (not UTF-8) are
+// left out with a warning rather than failing the launch.
+nlohmann::json Environment() {
+  nlohmann::json env = nlohmann::json::object();
+  for (char** e = environ; e && *e; ++e) {
+    std::string kv(*e);
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) continue;
+    try {
+      nlohmann::json probe = kv;
+      (void)probe.dump();
+      env[kv.substr(0, eq)] = kv.substr(eq + 1);
+    } catch (const nlohmann::json::exception&) {
+      std::fprintf(stderr, "spare: warning: not passing %s (not valid UTF-8)\n",
+                   kv.substr(0, eq).c_str());
+    }
+  }
+  return env;
+}
+
+Result<ipc::Message> BuildRun(const RunFlags& f) {
+  SPARE_RETURN_IF_ERROR(CheckPolicy(f.policy));
+  char cwd[4096];
+  if (!::getcwd(cwd, sizeof(cwd))) return Status::FromErrno("getcwd", errno);
+  ipc::Message m;
+  m.type = ipc::MsgType::kRun;
+  m.body = {{"id", f.id},
+            {"policy", f.policy},
+            {"argv", f.command},
+            {"env", Environment()},
+            {"cwd", cwd}};
+  if (f.slots) m.body["slot_count"] = *f.slots;
+  if (!f.slot_size.empty()) {
+    auto bytes = agent::ParseBytes(f.slot_size);
+    if (!bytes.ok()) return bytes.status().With("--slot-size");
+    m.body["slot_size"] = bytes.value();
+  }
+  if (f.max_restarts) m.body["max_restarts"] = *f.max_restarts;
+  if (f.restart_window_s) m.body["restart_window_ms"] = *f.restart_window_s * 1000;
+  try {
+    (void)m.body.dump();
+  } catch (const nlohmann::json::exception&) {
+    return Status(Code::kInvalidArgument, "the command line is not valid UTF-8");
+  }
+  return m;
+}
+
+int RunRun(const RunFlags& f) {
+  auto dir = AgentDir(f.agent);
+  if (!dir.ok()) return Fail(dir.status());
+  auto request = BuildRun(f);
+  if (!request.ok()) return Fail(request.status());
+  bool timed_out = false;
+  auto reply = Call(*dir, *request, kAttachTimeoutMs, &timed_out);
+  if (timed_out) {
+    std::fprintf(stderr,
+                 "spare: instance %s did not attach within %d s. It was launched and may still "
+                 "be running: look at %s/instances/%s/log (is the program linked with libspare "
+                 "and does it call Runtime::Attach?). `spare status` shows it; `spare stop --id "
+                 "%s` ends it.\n",
+                 f.id.c_str(), kAttachTimeoutMs / 1000, dir->c_str(), f.id.c_str(), f.id.c_str());
+    return 1;
+  }
+  if (!reply.ok()) return Fail(reply.status());
+  const auto& b = reply->body;
+  std::printf("started %s pid %.0f generation %.0f\n", f.id.c_str(), NumField(b, "pid"),
+              NumField(b, "generation"));
+  return 0;
+}
+
+}  // namespace
+
+Command AddRunCommand(CLI::App& app) {
+  auto f = std::make_shared<RunFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "run",
+      "Launch a program under the agent and protect it. The agent starts CMD with your "
+      "environment and working directory (plus SPARE_AGENT, SPARE_INSTANCE and "
+      "SPARE_GENERATION), stdout and stderr appended to DIR/instances/ID/log. The command "
+      "returns once the program has attached through libspare, printing its pid and "
+      "generation; if it has not attached within 15 s it reports that and leaves it running. "
+      "With --policy local a crashed program is restarted on this host from its last "
+      "committed epoch, up to --max-restarts crashes within --restart-window seconds.");
+  sub->add_option("--agent", f->agent, "agent directory (default: $SPARE_AGENT)");
+  sub->add_option("--id", f->id, "instance id: letters, digits, '-', '_', '.'")->required();
+  sub->add_option("--policy", f->policy, "protection policy: local (hot and cold: not yet)")
+      ->required();
+  sub->add_option("--slots", f->slots, "staging slots (default: the agent's, 8)");
+  sub->add_option("--slot-size", f->slot_size,
+                  "bytes per staging slot, e.g. 16MiB (default: the agent's)");
+  sub->add_option("--max-restarts", f->max_restarts,
+                  "crashes tolerated within the window before the instance is failed (default 5)");
+  sub->add_option("--restart-window", f->restart_window_s,
+                  "crash-loop window in seconds (default 60)");
+  sub->add_option("command", f->command, "the program and its arguments, after --")->required();
+  sub->footer(
+      "Example:\n"
+      "  spare run --agent /run/spare --id kv1 --policy local -- ./spare-kv --port 7001");
+  return {sub, [f] { return RunRun(*f); }};
+}
+
+}  // namespace spare::cli
