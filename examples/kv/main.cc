@@ -1,0 +1,58 @@
+// spare-kv — a Redis-protocol key-value server whose whole dataset lives in
+// a spare region. Run it under an agent (`spare run -- spare-kv --port P`)
+// to have it protected, or with --unprotected as a plain server.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "server.h"
+#include "spare/runtime.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"spare-kv: a Redis-protocol key-value server kept in a spare region"};
+  kv::ServerOptions options;
+  bool unprotected = false;
+  app.add_option("--port", options.port, "TCP port to listen on (0: any free port)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--bind", options.bind, "IPv4 address to listen on")->capture_default_str();
+  app.add_flag("--unprotected", unprotected,
+               "run without spare: anonymous memory, replies released at once (a baseline)");
+  app.add_option("--region-size", options.region_size,
+                 "bytes of the data region (suffixes K, M, G are powers of 1024)")
+      ->capture_default_str()
+      ->transform(CLI::AsSizeValue(false));
+  app.add_option("--max-batch", options.max_batch,
+                 "requests executed per epoch before committing (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-clients", options.max_clients, "connections served at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
+  app.add_option("--max-bulk", options.limits.max_bulk,
+                 "largest argument accepted, in bytes (at most 512M)")
+      ->capture_default_str()
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(size_t{1}, size_t{512} << 20));
+  CLI11_PARSE(app, argc, argv);
+
+  auto runtime = unprotected ? spare::Runtime::Unprotected() : spare::Runtime::Attach();
+  if (!runtime.ok()) {
+    std::fprintf(stderr, "spare-kv: %s\n", runtime.status().ToString().c_str());
+    if (!unprotected) {
+      std::fprintf(stderr,
+                   "spare-kv: start it under an agent (`spare run --id ID -- spare-kv ...`, "
+                   "which sets SPARE_AGENT), or pass --unprotected to run without spare\n");
+    }
+    return 2;
+  }
+  auto server = kv::Server::Create(std::move(runtime).value(), options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "spare-kv: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  spare::Status st = (*server)->Run();
+  if (!st.ok()) {
+    std::fprintf(stderr, "spare-kv: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}

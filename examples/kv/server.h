@@ -1,0 +1,112 @@
+// server.h — spare-kv's event loop: sockets in, commands, replies out
+// through the spare gate, one epoch per batch.
+//
+// One thread, one epoll set: the listening socket, the clients, the
+// runtime's fd and a signalfd (SIGTERM/SIGINT). Each loop iteration is a
+// batch:
+//   1. accept; read every readable client; parse and execute its complete
+//      requests (at most max_batch per batch); the replies of one client
+//      are coalesced into one gate send;
+//   2. if the batch changed the store, the replies depend on the next
+//      epoch: send them under rt->pending_epoch(), then rt->commit(record);
+//      if it changed nothing, they depend only on the state of the last
+//      commit: send them under that epoch (released at once when it is
+//      already durable; no empty epoch is made);
+//   3. rt->poll() when rt->fd() is readable (releases outputs);
+//   4. write what the gate released but the socket could not take (EPOLLOUT),
+//      close clients that asked to (QUIT, fatal protocol error) once all
+//      their replies are written.
+// While rt->commit_deferred(), the loop commits again at least every 2 ms.
+// Every 100 ms it also reclaims expired keys and advances a table resize.
+//
+// Unprotected mode (--unprotected) runs the same loop over anonymous
+// memory; the gate releases at once and commit() costs nothing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "resp.h"
+#include "spare/runtime.h"
+#include "store.h"
+
+namespace kv {
+
+struct ServerOptions {
+  int port = 6379;
+  std::string bind = "127.0.0.1";
+  size_t region_size = size_t{1} << 30;
+  size_t max_batch = 1024;  // requests per epoch
+  size_t max_clients = 10000;
+  size_t max_query_buffer = size_t{1} << 30;  // unparsed input per client
+  RespLimits limits;
+};
+
+class Server : public InfoSource {
+ public:
+  // Maps the "kv" region, opens (or finds, when resumed) the store in it,
+  // and binds the listening socket.
+  static spare::Result<std::unique_ptr<Server>> Create(spare::Runtime runtime,
+                                                       ServerOptions options);
+  ~Server() override;
+
+  // Serves until SIGTERM/SIGINT (returns Ok after a clean shutdown) or a
+  // runtime error (returned).
+  spare::Status Run();
+
+  void AppendInfo(std::string_view section, std::string* out) override;
+
+ private:
+  struct Conn;
+  Server(spare::Runtime runtime, ServerOptions options);
+  spare::Status Listen();
+  void Accept();
+  void Read(Conn* c);
+  void Execute(Conn* c, size_t* budget);
+  spare::Status EndBatch();
+  void Settle();
+  void Close(Conn* c);
+  void SetWantWrite(Conn* c, bool on);
+  spare::Status Commit();
+  spare::Status Shutdown();
+  int Timeout() const;
+  void Cron(int64_t now_ms);
+
+  spare::Runtime rt_;
+  ServerOptions options_;
+  bool protected_;
+  spare::Arena* arena_ = nullptr;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Commands> commands_;
+  int listen_fd_ = -1;
+  int epoll_fd_ = -1;
+  int signal_fd_ = -1;
+
+  std::vector<std::unique_ptr<Conn>> conns_;   // by fd
+  std::vector<std::unique_ptr<Conn>> closed_;  // freed at the end of an iteration
+  std::vector<Conn*> runnable_;                // have unparsed input
+  std::vector<Conn*> touched_;                 // have replies in this batch
+  std::vector<Conn*> watch_;                   // replies not yet known to be written
+  size_t clients_ = 0;
+
+  uint64_t state_epoch_ = 0;      // epoch covering the current store state
+  uint64_t batch_mutations_ = 0;  // store_->mutations() when the batch began
+  int64_t now_ms_ = 0;
+  int64_t last_commit_ms_ = 0;
+  int64_t next_cron_ms_ = 0;
+  int64_t start_ms_ = 0;
+  bool stop_ = false;
+
+  uint64_t resumed_epoch_ = 0;
+  uint64_t connections_total_ = 0;
+  uint64_t rejected_ = 0;
+  uint64_t protocol_errors_ = 0;
+  uint64_t input_bytes_ = 0;
+  uint64_t batches_ = 0;
+  uint64_t read_only_batches_ = 0;
+};
+
+}  // namespace kv
