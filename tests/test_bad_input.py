@@ -135,7 +135,9 @@ class BadInputTest(unittest.TestCase):
             "huge count": b"*99999999999999\r\n$4\r\nPING\r\n",
             "huge bulk length": b"*3\r\n$3\r\nSET\r\n$2\r\nk1\r\n$999999999999\r\nz\r\n",
             "overflowing count": b"*184467440737095516160\r\n",
-            "binary garbage": b"*" + bytes(random.Random(7).getrandbits(8) for _ in range(4096)),
+            "binary garbage": b"*" + random.Random(7).randbytes(4096) + b"\r\n",
+            "overlong line": b"*" + b"1" * 200000,
+            "overlong inline command": b"PING" + b"A" * 200000,
         }
         # A client stuck in the middle of a command must not stall others.
         stuck = socket.create_connection(("127.0.0.1", self.port))

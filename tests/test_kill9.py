@@ -125,6 +125,8 @@ class Kill9Test(unittest.TestCase):
         self.assertEqual(rc, 0)
         self.assertEqual(int(out), present + bench_present + has_counter,
                          "DBSIZE counts keys that were never sent")
+        print(f"  full check: DBSIZE {out} = {present} k:* + {bench_present} key:*"
+              f" + {has_counter} counter")
 
     def test_kill9_under_write_load(self):
         h, lg = self.h, Ledger()
