@@ -9,8 +9,6 @@ namespace {
 
 constexpr std::string_view kErrMultibulkLen = "ERR Protocol error: invalid multibulk length";
 constexpr std::string_view kErrBulkLen = "ERR Protocol error: invalid bulk length";
-constexpr std::string_view kErrBigCount = "ERR Protocol error: too big mbulk count string";
-constexpr std::string_view kErrBigBulkCount = "ERR Protocol error: too big bulk count string";
 constexpr std::string_view kErrBigInline = "ERR Protocol error: too big inline request";
 constexpr std::string_view kErrQuotes = "ERR Protocol error: unbalanced quotes in request";
 constexpr std::string_view kErrCrlf = "ERR Protocol error: expected CRLF";
@@ -27,18 +25,23 @@ std::string_view ExpectedDollar(unsigned char c) {
   return s;
 }
 
-enum class LineResult { kOk, kNeedMore, kTooLong, kBadCrlf };
+enum class LineResult { kOk, kNeedMore, kNotANumber, kBadCrlf };
 
-// Finds the "\r\n" ending the line that starts at buf[pos]; looks at most
-// `limit` bytes ahead. *end = index of '\r'.
-LineResult FindLine(std::string_view buf, size_t pos, size_t limit, size_t* end) {
-  size_t avail = buf.size() - pos;
-  size_t scan = avail < limit ? avail : limit;
-  const void* cr = std::memchr(buf.data() + pos, '\r', scan);
-  if (cr == nullptr) return avail > limit ? LineResult::kTooLong : LineResult::kNeedMore;
-  *end = static_cast<const char*>(cr) - buf.data();
-  if (*end + 1 >= buf.size()) return LineResult::kNeedMore;
-  return buf[*end + 1] == '\n' ? LineResult::kOk : LineResult::kBadCrlf;
+// Finds the "\r\n" ending the length line that starts at buf[pos]; *end =
+// index of '\r'. A length is at most 20 characters of '-' and digits, so
+// anything else is refused at once rather than waited for: a client
+// sending garbage gets its error without having to send a CR first.
+LineResult FindNumberLine(std::string_view buf, size_t pos, size_t* end) {
+  constexpr size_t kMaxDigits = 20;
+  size_t i = pos;
+  for (; i < buf.size() && buf[i] != '\r'; ++i) {
+    char ch = buf[i];
+    bool ok = (ch >= '0' && ch <= '9') || (ch == '-' && i == pos);
+    if (!ok || i - pos >= kMaxDigits) return LineResult::kNotANumber;
+  }
+  if (i + 1 >= buf.size()) return LineResult::kNeedMore;
+  *end = i;
+  return buf[i + 1] == '\n' ? LineResult::kOk : LineResult::kBadCrlf;
 }
 
 int HexDigit(char c) {
@@ -168,11 +171,11 @@ ParseResult RequestParser::Parse(std::string_view buf) {
     if (buf.empty()) return {};
     if (buf[0] != '*') return ParseInline(buf);
     size_t end;
-    switch (FindLine(buf, 1, limits_.max_inline, &end)) {
+    switch (FindNumberLine(buf, 1, &end)) {
       case LineResult::kNeedMore:
         return {};
-      case LineResult::kTooLong:
-        return Fail(kErrBigCount, true);
+      case LineResult::kNotANumber:
+        return Fail(kErrMultibulkLen, true);
       case LineResult::kBadCrlf:
         return Fail(kErrCrlf, true);
       case LineResult::kOk:
@@ -199,11 +202,11 @@ ParseResult RequestParser::ParseMultibulk(std::string_view buf) {
     if (pos_ >= buf.size()) return {};
     if (buf[pos_] != '$') return Fail(ExpectedDollar(static_cast<unsigned char>(buf[pos_])), true);
     size_t end;
-    switch (FindLine(buf, pos_ + 1, limits_.max_inline, &end)) {
+    switch (FindNumberLine(buf, pos_ + 1, &end)) {
       case LineResult::kNeedMore:
         return {};
-      case LineResult::kTooLong:
-        return Fail(kErrBigBulkCount, true);
+      case LineResult::kNotANumber:
+        return Fail(kErrBulkLen, true);
       case LineResult::kBadCrlf:
         return Fail(kErrCrlf, true);
       case LineResult::kOk:

@@ -27,7 +27,7 @@ namespace kv {
 struct RespLimits {
   size_t max_multibulk = 1024 * 1024;   // arguments per request
   size_t max_bulk = 512 * 1024 * 1024;  // bytes per argument (Redis proto-max-bulk-len)
-  size_t max_inline = 64 * 1024;        // an inline request or a length line
+  size_t max_inline = 64 * 1024;        // bytes of an inline request line
 };
 
 enum class ParseState {

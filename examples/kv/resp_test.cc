@@ -116,8 +116,10 @@ TEST(RespParserTest, MalformedMultibulkIsFatal) {
       {"*1\n$4\r\nPING\r\n", "ERR Protocol error: invalid multibulk length"},
       {"*1\rx", "ERR Protocol error: expected CRLF"},
       {"*1\r\n$4\rxPING\r\n", "ERR Protocol error: expected CRLF"},
-      {"*1\r\n$" + std::string(70000, '1'), "ERR Protocol error: too big bulk count string"},
-      {"*" + std::string(70000, '1'), "ERR Protocol error: too big mbulk count string"},
+      {"*1\r\n$" + std::string(70000, '1'), "ERR Protocol error: invalid bulk length"},
+      {"*" + std::string(70000, '1'), "ERR Protocol error: invalid multibulk length"},
+      {"*12\x01", "ERR Protocol error: invalid multibulk length"},  // no need to wait for CR
+      {"*1\r\n$5z", "ERR Protocol error: invalid bulk length"},
       {std::string(70000, 'a'), "ERR Protocol error: too big inline request"},
   };
   for (const BadCase& c : cases) {

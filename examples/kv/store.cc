@@ -293,7 +293,9 @@ spare::Status Store::Set(std::string_view key, std::string_view value, int64_t e
     if (need <= usable && (usable <= 256 || need * 2 >= usable)) {
       std::memcpy(e->bytes() + e->klen, value.data(), value.size());
       e->vlen = uint32_t(value.size());
-      root_->volatile_keys += (expire_ms != 0) - (e->expire_ms != 0);
+      if ((expire_ms != 0) != (e->expire_ms != 0)) {  // the root page stays clean otherwise
+        root_->volatile_keys += expire_ms != 0 ? 1 : -1;
+      }
       e->expire_ms = expire_ms;
       ++mutations_;
       return spare::Status::Ok();
@@ -341,7 +343,7 @@ bool Store::SetExpire(std::string_view key, int64_t expire_ms, int64_t now_ms) {
     Get(key, now_ms, nullptr);  // reclaims it
     return false;
   }
-  root_->volatile_keys += (expire_ms != 0) - (e->expire_ms != 0);
+  if ((expire_ms != 0) != (e->expire_ms != 0)) root_->volatile_keys += expire_ms != 0 ? 1 : -1;
   e->expire_ms = expire_ms;
   ++mutations_;
   return true;
