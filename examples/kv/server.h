@@ -59,6 +59,8 @@ class Server : public InfoSource {
 
   void AppendInfo(std::string_view section, std::string* out) override;
 
+  int port() const { return options_.port; }  // the bound port (--port 0 picks one)
+
  private:
   struct Conn;
   Server(spare::Runtime runtime, ServerOptions options);
