@@ -102,6 +102,21 @@ def machine_facts(**extra) -> dict:
     return facts
 
 
+def fs_type(path) -> str:
+    """Filesystem type holding `path` (longest mount-point prefix in /proc/mounts)."""
+    path = os.path.realpath(path)
+    best, kind = "", "unknown"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mnt = parts[1].replace("\\040", " ")
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, kind = mnt, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
 def command_line() -> str:
     """The exact command that produced a result, for the docs."""
     import shlex
@@ -160,8 +175,31 @@ def _fmt(c) -> str:
     return str(c)
 
 
+def wait_quiet(max_load: float, max_wait_s: float) -> dict:
+    """Waits (up to max_wait_s) until the 1-minute load average is below
+    max_load; this machine is shared. Returns what was seen, for the record."""
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= max_load and time.monotonic() - t0 < max_wait_s:
+        time.sleep(5)
+    load = os.getloadavg()[0]
+    res = {"max_load": max_load, "waited_s": round(time.monotonic() - t0), "load1": load,
+           "quiet": load < max_load}
+    if not res["quiet"]:
+        print(f"# machine still busy after {max_wait_s:.0f} s (load {load:.1f}); measuring anyway",
+              file=sys.stderr)
+    return res
+
+
+def add_quiet_args(ap) -> None:
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="LOAD",
+                    help="first wait until the 1-min load average is below LOAD (0: don't)")
+    ap.add_argument("--wait-quiet-max-s", type=float, default=900)
+
+
 def emit(summary: dict, human: str, out: str | None) -> None:
     """Prints the human table, then the JSON summary (last line block)."""
+    if "machine" in summary:
+        summary["machine"]["loadavg_at_end"] = list(os.getloadavg())
     print(human)
     print()
     text = json.dumps(summary, indent=2, sort_keys=False)
@@ -292,13 +330,16 @@ class Agent:
     """
 
     def __init__(self, build: Path, env: dict | None = None, keep_dir: bool = False,
-                 dir_prefix: str = "spare-bench-"):
+                 dir_prefix: str = "spare-bench-", base: str | None = None):
         self.build = Path(build)
         self.spare = binary(build, "spare")
         self.env = dict(os.environ)
         if env:
             self.env.update(env)
-        self.dir = Path(tempfile.mkdtemp(prefix=dir_prefix))
+        # The agent directory holds state.json, which the agent fsyncs on
+        # every state change (restarts included): its filesystem matters.
+        self.dir = Path(tempfile.mkdtemp(prefix=dir_prefix, dir=base))
+        self.dir_fs = fs_type(self.dir)
         self.keep_dir = keep_dir
         self.proc: subprocess.Popen | None = None
         self.argv0: dict[str, str] = {}

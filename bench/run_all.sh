@@ -24,7 +24,7 @@ fi
 mkdir -p "$RESULTS"
 
 cmake -S "$repo" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C "$BUILD" spare spare-kv commit_bench
+ninja -C "$BUILD" spare_cli spare-kv commit_bench
 
 if [[ -n "${QUICK:-}" ]]; then
   restart=(--sizes 64M,256M --kills 5)

@@ -94,9 +94,14 @@ def main() -> int:
     ap.add_argument("--run-arg", action="append", default=[],
                     help="extra argument for `spare run` (repeatable)")
     ap.add_argument("--round-timeout-s", type=float, default=600)
+    bl.add_quiet_args(ap)
+    ap.add_argument("--agent-dir-base", default=None,
+                    help="where to create the agent directory (default: $TMPDIR or /tmp); "
+                         "its filesystem matters, the agent fsyncs state.json on restarts")
     ap.add_argument("--keep-dir", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
+    quiet = bl.wait_quiet(args.wait_quiet, args.wait_quiet_max_s) if args.wait_quiet else None
 
     kv = bl.binary(args.build, "spare-kv")
     tracker_env = {} if args.tracker == "auto" else {"SPARE_TRACKER": args.tracker}
@@ -106,6 +111,7 @@ def main() -> int:
     summary = {
         "benchmark": "throughput",
         "command": bl.command_line(),
+        "wait_quiet": quiet,
         "machine": bl.machine_facts(tracker=args.tracker,
                                     redis_benchmark=redis_benchmark_version()),
         "config": {"rounds": args.rounds, "warmup": args.warmup, "tests": tests,
@@ -115,7 +121,9 @@ def main() -> int:
     }
     unprot = None
     try:
-        with bl.Agent(args.build, env=tracker_env, keep_dir=args.keep_dir) as agent:
+        with bl.Agent(args.build, env=tracker_env, keep_dir=args.keep_dir,
+                      base=args.agent_dir_base) as agent:
+            summary["machine"]["agent_dir_fs"] = agent.dir_fs
             p_port, u_port = bl.free_port(), bl.free_port()
             while u_port == p_port:
                 u_port = bl.free_port()
