@@ -131,12 +131,20 @@ class AgentCliTest(unittest.TestCase):
         self.assertNotEqual(redis(port, "PING", timeout=2), (0, "PONG"))
 
     def test_bad_agent_toml_names_the_key(self):
-        with open(os.path.join(self.h.dir, "agent.toml"), "w") as f:
-            f.write("staging_slots = \"many\"\n")
-        p = self.h.spare("agent", "--dir", self.h.dir, timeout=10)
-        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
-        self.assertIn("staging_slots", p.stderr)
-
+        cases = {
+            "slot_count": 'slot_count = "many"\n',           # wrong type
+            "slot_size": "slot_size = 5000\n",                # not a page multiple
+            "restart_window_s": "restart_window_s = 0\n",    # out of range
+            "slot_cuont": "slot_cuont = 4\n",                 # unknown key (typo)
+        }
+        for key, text in cases.items():
+            with self.subTest(key):
+                with open(os.path.join(self.h.dir, "agent.toml"), "w") as f:
+                    f.write(text)
+                p = self.h.spare("agent", "--dir", self.h.dir, timeout=10)
+                self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+                self.assertIn(key, p.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.h.dir, "agent.sock")))
 
 if __name__ == "__main__":
     unittest.main()
