@@ -22,11 +22,16 @@ size_t RoundUpToPage(size_t n);
 // 64 TiB, each region aligned to 1 GiB. With address-space randomization off
 // (as `spare run` launches instances) the kernel puts PIE text near 85 TiB
 // and mmap/stack near 128 TiB, so this span stays free.
-inline constexpr uint64_t kVaBase = 0x1000'0000'0000ULL;   // 16 TiB
-inline constexpr uint64_t kVaSpan = 0x3000'0000'0000ULL;   // 48 TiB
+inline constexpr uint64_t kVaBase = 0x1000'0000'0000ULL;  // 16 TiB
+inline constexpr uint64_t kVaSpan = 0x3000'0000'0000ULL;  // 48 TiB
 
 // Deterministic address for (instance, region): same inputs, same address,
-// on every run and every host. 1 GiB aligned; size must fit in the span.
+// on every run and every host (XXH64 of instance_id + '\0' + region, seed 0,
+// picks one of the 1 GiB slots from which `size` still fits in the span).
+// Two regions of one instance can overlap (about 1 in 49152 per pair of
+// 1 GiB regions); mapping the second then fails with kResourceExhausted
+// naming the address, and one of them must be renamed.
+// REQUIRES: size <= kVaSpan (aborts otherwise; callers validate sizes).
 uint64_t DeriveAddress(std::string_view instance_id, std::string_view region, size_t size);
 
 // memfd_create(name, MFD_CLOEXEC) sized to `size` (page rounded).

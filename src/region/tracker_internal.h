@@ -1,0 +1,66 @@
+// region/tracker_internal.h — pieces shared by the DirtyTracker
+// implementations. Private to src/region; others use region/tracker.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "region/tracker.h"
+#include "spare/status.h"
+
+namespace spare::region::internal {
+
+// How the uffd tracker makes a range "clean" at Add():
+//   kLazy   register only; Collect() looks only at pages that exist and are
+//           neither page-cache nor zero-page (a write to a MAP_PRIVATE
+//           mapping always creates a private anonymous page). Add() costs
+//           O(pages already written), a scan O(page tables in use).
+//   kEager  also UFFDIO_WRITEPROTECT the whole range, installing a pte
+//           marker in every page (~1.7 us per MiB at Add, and every later
+//           scan walks all of them). Used only if kLazy fails its self-test.
+enum class UffdMode { kLazy, kEager };
+
+struct UffdSupport {
+  Status status;  // Ok, or why the uffd tracker cannot run here
+  UffdMode mode = UffdMode::kLazy;
+};
+// Self-tests both modes once (lazy first), then cached.
+const UffdSupport& UffdProbe();
+
+// The probed mode; REQUIRES: UffdProbe().status.ok().
+Result<std::unique_ptr<DirtyTracker>> NewUffdTracker();
+// A given mode, for tests and measurements.
+Result<std::unique_ptr<DirtyTracker>> NewUffdTracker(UffdMode mode);
+Result<std::unique_ptr<DirtyTracker>> NewMprotectTracker();
+
+// "[0x7f0000000000, 0x7f0000004000)"
+std::string DescribeRange(uintptr_t start, uintptr_t end);
+
+// Appends [start, end) to *out, merging with out->back() when adjacent and
+// out->back() sits at or after index `first` (so ranges appended by an
+// earlier call are never merged into).
+void AppendMerged(std::vector<PageRange>* out, size_t first, uintptr_t start, uintptr_t end);
+
+// The ranges one tracker has added, for argument checks. Not thread-safe
+// (a tracker is driven from one thread).
+class RangeList {
+ public:
+  // kInvalidArgument unless base and len are page aligned, len > 0, and the
+  // range overlaps none already in the list.
+  Status CheckNew(const void* base, size_t len) const;
+  void Insert(const void* base, size_t len);
+  // The added range that contains [base, base+len); kNotFound if none.
+  Result<PageRange> FindContaining(const void* base, size_t len) const;
+  // Removes exactly [base, base+len); kNotFound if it was not added.
+  Status Erase(const void* base, size_t len);
+
+  const std::vector<PageRange>& ranges() const { return ranges_; }
+
+ private:
+  std::vector<PageRange> ranges_;
+};
+
+}  // namespace spare::region::internal

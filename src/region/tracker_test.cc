@@ -1,0 +1,249 @@
+// Semantics of both dirty trackers: exact dirty sets, re-protection, reads,
+// ranges, private copies. Concurrency is in tracker_concurrency_test.cc.
+#include <errno.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "region/tracker_fixture.h"
+
+namespace spare::region::testing {
+namespace {
+
+using Ranges = std::vector<PageRange>;
+
+void Write(char* p, char v = 1) { *reinterpret_cast<volatile char*>(p) = v; }
+char Read(const char* p) { return *reinterpret_cast<const volatile char*>(p); }
+
+TEST_P(TrackerTest, ReportsExactlyTheWrittenPagesMergedAndReprotects) {
+  for (bool memfd : {true, false}) {
+    SCOPED_TRACE(memfd ? "memfd MAP_PRIVATE" : "anonymous");
+    TestRegion& r = Tracked(memfd, 128);
+    for (size_t p : {0, 5, 6, 7, 100}) Write(r.page(p) + 17);
+    EXPECT_EQ(CollectOrDie(tracker(), r),
+              (Ranges{r.pages(0, 1), r.pages(5, 8), r.pages(100, 101)}));
+    EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{});
+    // Re-protected: the next write to an already reported page is seen again.
+    Write(r.page(6) + 4000);
+    Write(r.page(127));
+    EXPECT_EQ(CollectOrDie(tracker(), r), (Ranges{r.pages(6, 7), r.pages(127, 128)}));
+    Write(r.page(6));
+    EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{r.pages(6, 7)});
+  }
+}
+
+TEST_P(TrackerTest, ReadOrUntouchedPagesAreNeverReported) {
+  for (bool memfd : {true, false}) {
+    SCOPED_TRACE(memfd ? "memfd MAP_PRIVATE" : "anonymous");
+    TestRegion& r = Tracked(memfd, 64);
+    int sum = 0;
+    for (size_t p = 0; p < 64; ++p) sum += Read(r.page(p) + 9);
+    EXPECT_EQ(sum, 0);
+    EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{});
+    Write(r.page(3));
+    for (size_t p = 0; p < 64; ++p) sum += Read(r.page(p));
+    EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{r.pages(3, 4)});
+  }
+}
+
+TEST_P(TrackerTest, PagesWrittenBeforeAddStartClean) {
+  auto r = TestRegion::MemfdPrivate(16);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  Write(r->page(1));
+  Write(r->page(2));
+  ASSERT_TRUE(tracker().Add(r->base(), r->len()).ok());
+  EXPECT_EQ(CollectOrDie(tracker(), *r), Ranges{});
+  Write(r->page(2) + 1);
+  EXPECT_EQ(CollectOrDie(tracker(), *r), Ranges{r->pages(2, 3)});
+  ASSERT_TRUE(tracker().Remove(r->base(), r->len()).ok());
+}
+
+TEST_P(TrackerTest, WritesGoToPrivatePagesNotToTheMemfd) {
+  TestRegion& r = Tracked(true, 8);
+  const std::vector<char> image(kPageSize, 'A');
+  ASSERT_EQ(::pwrite(r.memfd(), image.data(), kPageSize, 2 * kPageSize), ssize_t(kPageSize));
+  EXPECT_EQ(Read(r.page(2) + 5), 'A');  // the mapping shows the committed image
+  Write(r.page(2) + 5, 'B');
+  EXPECT_EQ(Read(r.page(2) + 5), 'B');
+  std::vector<char> back(kPageSize);
+  ASSERT_EQ(::pread(r.memfd(), back.data(), kPageSize, 2 * kPageSize), ssize_t(kPageSize));
+  EXPECT_EQ(back, image);
+  EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{r.pages(2, 3)});
+}
+
+TEST_P(TrackerTest, CollectOfSubrangeTakesOnlyThatSubrange) {
+  TestRegion& r = Tracked(true, 200);
+  for (size_t p : {1, 10, 63, 64, 65, 130, 199}) Write(r.page(p));
+  std::vector<PageRange> out;
+  ASSERT_TRUE(tracker().Collect(r.page(10), 120 * kPageSize, &out).ok());  // pages [10, 130)
+  EXPECT_EQ(out, (Ranges{r.pages(10, 11), r.pages(63, 66)}));
+  EXPECT_EQ(CollectOrDie(tracker(), r),
+            (Ranges{r.pages(1, 2), r.pages(130, 131), r.pages(199, 200)}));
+}
+
+TEST_P(TrackerTest, ManyRunsAndLongRuns) {
+  // More runs than one PAGEMAP_SCAN output buffer holds, and runs that
+  // cross 64-page bitmap words.
+  constexpr size_t kPages = 10000;
+  TestRegion& r = Tracked(true, kPages);
+  Ranges want;
+  for (size_t p = 0; p < 6000; p += 2) {
+    Write(r.page(p));
+    want.push_back(r.pages(p, p + 1));
+  }
+  for (size_t p = 6001; p < 6300; ++p) Write(r.page(p));
+  want.push_back(r.pages(6001, 6300));
+  for (size_t p = 9936; p < kPages; ++p) Write(r.page(p));
+  want.push_back(r.pages(9936, kPages));
+  EXPECT_EQ(CollectOrDie(tracker(), r), want);
+  EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{});
+}
+
+TEST_P(TrackerTest, AppendsToOutWithoutMergingIntoEarlierEntries) {
+  TestRegion& r = Tracked(true, 4);
+  Write(r.page(0));
+  std::vector<PageRange> out{PageRange{r.addr(0) - kPageSize, r.addr(0)}};
+  ASSERT_TRUE(tracker().Collect(r.base(), r.len(), &out).ok());
+  EXPECT_EQ(out, (Ranges{PageRange{r.addr(0) - kPageSize, r.addr(0)}, r.pages(0, 1)}));
+}
+
+TEST_P(TrackerTest, RangesAreIndependent) {
+  TestRegion& a = Tracked(true, 8);
+  TestRegion& b = Tracked(false, 8);
+  Write(a.page(1));
+  Write(b.page(2));
+  EXPECT_EQ(CollectOrDie(tracker(), a), Ranges{a.pages(1, 2)});
+  Write(a.page(3));
+  EXPECT_EQ(CollectOrDie(tracker(), b), Ranges{b.pages(2, 3)});
+  EXPECT_EQ(CollectOrDie(tracker(), a), Ranges{a.pages(3, 4)});
+}
+
+TEST_P(TrackerTest, AddRemoveAndArgumentErrors) {
+  auto r = TestRegion::MemfdPrivate(8);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  std::vector<PageRange> out;
+  EXPECT_EQ(tracker().Collect(r->base(), r->len(), &out).code(), Code::kNotFound);
+  EXPECT_EQ(tracker().Remove(r->base(), r->len()).code(), Code::kNotFound);
+  EXPECT_EQ(tracker().Add(r->page(0) + 1, kPageSize).code(), Code::kInvalidArgument);
+  EXPECT_EQ(tracker().Add(r->base(), 0).code(), Code::kInvalidArgument);
+
+  ASSERT_TRUE(tracker().Add(r->base(), r->len()).ok());
+  EXPECT_EQ(tracker().Add(r->page(2), kPageSize).code(), Code::kInvalidArgument);  // overlap
+  EXPECT_EQ(tracker().Collect(r->page(4), 8 * kPageSize, &out).code(), Code::kNotFound);
+  Write(r->page(1));
+  EXPECT_EQ(tracker().Remove(r->page(0), kPageSize).code(), Code::kNotFound);  // not exact
+  ASSERT_TRUE(tracker().Remove(r->base(), r->len()).ok());
+  Write(r->page(2));  // untracked now: no fault, nothing recorded
+  EXPECT_EQ(tracker().Collect(r->base(), r->len(), &out).code(), Code::kNotFound);
+  EXPECT_EQ(tracker().Remove(r->base(), r->len()).code(), Code::kNotFound);
+
+  ASSERT_TRUE(tracker().Add(r->base(), r->len()).ok());  // again: all clean
+  EXPECT_EQ(CollectOrDie(tracker(), *r), Ranges{});
+  Write(r->page(7));
+  EXPECT_EQ(CollectOrDie(tracker(), *r), Ranges{r->pages(7, 8)});
+  ASSERT_TRUE(tracker().Remove(r->base(), r->len()).ok());
+  EXPECT_TRUE(out.empty());
+}
+
+TEST_P(TrackerTest, KernelWritesIntoTrackedMemory) {
+  TestRegion& r = Tracked(true, 4);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  ASSERT_EQ(::write(fds[1], "x", 1), 1);
+  const ssize_t n = ::read(fds[0], r.page(2) + 100, 1);
+  const int err = errno;
+  ::close(fds[0]);
+  ::close(fds[1]);
+  if (tracker().name() == "uffd-wp") {
+    // Async write-protect resolves kernel-mode faults too.
+    ASSERT_EQ(n, 1);
+    EXPECT_EQ(Read(r.page(2) + 100), 'x');
+    EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{r.pages(2, 3)});
+  } else {
+    // Known limit of the mprotect tracker: the kernel does not raise SIGSEGV
+    // for its own accesses, so a syscall writing into a clean tracked page
+    // fails with EFAULT. Callers must read into untracked buffers.
+    EXPECT_EQ(n, -1);
+    EXPECT_EQ(err, EFAULT);
+    EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{});
+  }
+}
+
+TEST_P(TrackerTest, DroppedPrivateCopyShowsTheImageAndIsTrackedAgain) {
+  // libspare drops private copies of pages that stayed clean (MADV_DONTNEED):
+  // the page reads from the memfd again and its next write must be seen.
+  TestRegion& r = Tracked(true, 4);
+  ASSERT_EQ(::pwrite(r.memfd(), "image", 5, kPageSize), 5);
+  Write(r.page(1), 'P');
+  EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{r.pages(1, 2)});
+  ASSERT_EQ(::madvise(r.page(1), kPageSize, MADV_DONTNEED), 0);
+  EXPECT_EQ(Read(r.page(1)), 'i');
+  EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{});
+  Write(r.page(1) + 1, 'Q');
+  EXPECT_EQ(CollectOrDie(tracker(), r), Ranges{r.pages(1, 2)});
+}
+
+SPARE_INSTANTIATE_TRACKER_TESTS(TrackerTest);
+
+TEST(UffdTracker, LazyModeRefusesSharedMappings) {
+  if (!UffdTrackerSupported()) GTEST_SKIP() << "uffd-wp tracker not supported by this kernel";
+  // A write to a MAP_SHARED page creates no anonymous page, so the lazy
+  // scan could not see it: Add() must refuse rather than lose writes.
+  auto t = internal::NewUffdTracker(internal::UffdMode::kLazy);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  auto fd = CreateMemfd("shared", 4 * kPageSize);
+  ASSERT_TRUE(fd.ok());
+  auto p = MapShared(fd->get(), 4 * kPageSize, /*writable=*/true);
+  ASSERT_TRUE(p.ok());
+  Status st = (*t)->Add(*p, 4 * kPageSize);
+  EXPECT_EQ(st.code(), Code::kInvalidArgument) << st.ToString();
+  EXPECT_NE(st.message().find("MAP_PRIVATE"), std::string::npos) << st.ToString();
+  ::munmap(*p, 4 * kPageSize);
+}
+
+TEST(UffdTracker, ProbeChoseLazyMode) {
+  if (!UffdTrackerSupported()) GTEST_SKIP() << "uffd-wp tracker not supported by this kernel";
+  EXPECT_EQ(internal::UffdProbe().mode, internal::UffdMode::kLazy);
+}
+
+// The SIGSEGV handler is process-wide and installed on first use, so these
+// run in a freshly exec'd child ("threadsafe" death tests).
+void FaultOutsideTrackedRange() {
+  auto t = DirtyTracker::Create(TrackerKind::kMprotect);
+  auto r = TestRegion::MemfdPrivate(4);
+  if (!t.ok() || !r.ok() || !(*t)->Add(r->base(), r->len()).ok()) _exit(3);
+  Write(r->page(1));  // tracked: handled, no crash
+  std::vector<PageRange> out;
+  if (!(*t)->Collect(r->base(), r->len(), &out).ok() || out.size() != 1) _exit(4);
+  void* guard = ::mmap(nullptr, kPageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  Write(static_cast<char*>(guard));  // not tracked: goes to the previous handler
+  _exit(0);
+}
+
+TEST(MprotectTrackerDeathTest, ChainsForeignFaultsToThePreviousHandler) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        struct sigaction sa = {};
+        sa.sa_handler = [](int) { _exit(42); };
+        ::sigaction(SIGSEGV, &sa, nullptr);
+        FaultOutsideTrackedRange();
+      },
+      ::testing::ExitedWithCode(42), "");
+}
+
+TEST(MprotectTrackerDeathTest, ForeignFaultWithDefaultActionStillKills) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        ::signal(SIGSEGV, SIG_DFL);  // e.g. drop a sanitizer's handler
+        FaultOutsideTrackedRange();
+      },
+      ::testing::KilledBySignal(SIGSEGV), "");
+}
+
+}  // namespace
+}  // namespace spare::region::testing
