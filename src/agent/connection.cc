@@ -166,9 +166,10 @@ void Agent::CloseConn(int fd) {
   ConnRef ref = RefOf(conn);
   if (Instance* inst = FindMutable(conn.instance_id); inst && inst->conn == ref) {
     inst->conn = {};
-    if (inst->pidfd.valid() && inst->rec.state == InstanceState::kRunning)
-      spdlog::info("instance {}: pid {} closed its agent connection (process still running)",
-                   inst->rec.spec.id, inst->rec.pid);
+    // Usually the process is exiting (its pidfd reports that next); a live
+    // libspare reconnects with a reattach.
+    spdlog::debug("instance {}: pid {} closed its agent connection", inst->rec.spec.id,
+                  inst->rec.pid);
   }
   for (auto& [id, inst] : instances_) {
     if (inst->pending_run == ref) inst->pending_run = {};

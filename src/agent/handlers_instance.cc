@@ -163,9 +163,11 @@ std::optional<ipc::Message> Agent::OnAttach(Conn& conn, ipc::Message& msg) {
   conn.instance_id = *id;
   inst->conn = RefOf(conn);
   inst->tracker = *tracker;
-  ipc::Message reply = AttachReply(*inst, *reattach);
+  // Answer first: the instance is restarting and waits for this, while
+  // OnAttached() logs and saves state.json (fsync).
+  Send(conn, AttachReply(*inst, *reattach));
   OnAttached(*inst);
-  return reply;
+  return std::nullopt;
 }
 
 Result<Instance*> Agent::AttachedInstance(const Conn& conn, const ipc::Message& msg) {

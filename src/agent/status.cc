@@ -121,7 +121,7 @@ std::string MetricsText(const nlohmann::json& status) {
       std::string id = Str(inst, "id");
       // `id` repeats the instance label: Prometheus sets its own `instance`
       // label (the scrape target) and renames ours to exported_instance.
-      std::snprintf(line, sizeof(line), "%s{instance=\"%s\",id=\"%s\"} %.17g\n", m.name,
+      std::snprintf(line, sizeof(line), "%s{instance=\"%s\",id=\"%s\"} %.10g\n", m.name,
                     LabelValue(id).c_str(), LabelValue(id).c_str(), m.value(inst));
       out += line;
     }

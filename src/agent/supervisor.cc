@@ -242,7 +242,8 @@ void Agent::FinishStop(Instance& inst, const ExitInfo& exit) {
   inst.kill_at.reset();
   ArmTimer();
   inst.rec.state = InstanceState::kStopped;
-  inst.rec.reason = "stopped by `spare stop` (" + exit.Describe() + ")";
+  inst.rec.reason = "stopped by `spare stop`";
+  if (exit.kind != ExitInfo::kUnknown) inst.rec.reason += " (" + exit.Describe() + ")";
   inst.ReleaseImage();
   spdlog::info("instance {}: stopped in {:.1f} ms ({}); committed image released", inst.rec.spec.id,
                took_ms, exit.Describe());
