@@ -6,6 +6,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -48,7 +49,13 @@ void Agent::AcceptHttp() {
     int fd = ::accept4(http_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
     UniqueFd sock(fd);
-    if (http_conns_.size() >= kMaxHttpConns) continue;  // closed: scrapers retry
+    if (http_conns_.size() >= kMaxHttpConns) {
+      // Make room by dropping the oldest: idle clients cannot lock scrapers out.
+      auto oldest = std::min_element(
+          http_conns_.begin(), http_conns_.end(),
+          [](const auto& a, const auto& b) { return a.second.watch < b.second.watch; });
+      CloseHttp(oldest->first);
+    }
     auto token = AddWatch(fd, EPOLLIN, {WatchKind::kHttpConn});
     if (!token.ok()) continue;
     HttpConn& c = http_conns_[fd];
