@@ -24,6 +24,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch", options.max_batch,
                  "requests executed per epoch before committing (0: no limit)")
       ->capture_default_str();
+  app.add_option("--group-commit-us", options.group_commit_us,
+                 "while an epoch is in flight, gather requests into the next one for up to "
+                 "this many microseconds (0: commit after every batch)")
+      ->capture_default_str();
   app.add_option("--max-clients", options.max_clients, "connections served at once")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000000));

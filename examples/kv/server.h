@@ -2,20 +2,22 @@
 // through the spare gate, one epoch per batch.
 //
 // One thread, one epoll set: the listening socket, the clients, the
-// runtime's fd and a signalfd (SIGTERM/SIGINT). Each loop iteration is a
-// batch:
+// runtime's fd and a signalfd (SIGTERM/SIGINT). Each loop iteration:
 //   1. accept; read every readable client; parse and execute its complete
-//      requests (at most max_batch per batch); the replies of one client
+//      requests (at most max_batch per iteration); the replies of one client
 //      are coalesced into one gate send;
-//   2. if the batch changed the store, the replies depend on the next
-//      epoch: send them under rt->pending_epoch(), then rt->commit(record);
-//      if it changed nothing, they depend only on the state of the last
-//      commit: send them under that epoch (released at once when it is
-//      already durable; no empty epoch is made);
+//   2. replies go to the gate: if the store has uncommitted changes they
+//      depend on the next epoch (rt->pending_epoch()); if not, only on the
+//      state of the last commit: they are sent under that epoch (released at
+//      once when it is already durable; no empty epoch is made for reads);
 //   3. rt->poll() when rt->fd() is readable (releases outputs);
-//   4. write what the gate released but the socket could not take (EPOLLOUT),
-//      close clients that asked to (QUIT, fatal protocol error) once all
-//      their replies are written.
+//   4. rt->commit(record) if the store changed — group commit: while an
+//      epoch is in flight the changes wait for it to become durable, at
+//      most group_commit_us and max_batch requests, so a busy server makes
+//      fewer, fuller epochs;
+//   5. write what the gate released but the socket could not take (EPOLLOUT),
+//      close clients that asked to (QUIT, fatal protocol error, EOF) once
+//      all their replies are written.
 // While rt->commit_deferred(), the loop commits again at least every 2 ms.
 // Every 100 ms it also reclaims expired keys and advances a table resize.
 //
@@ -40,6 +42,9 @@ struct ServerOptions {
   std::string bind = "127.0.0.1";
   size_t region_size = size_t{1} << 30;
   size_t max_batch = 1024;  // requests per epoch
+  // While an epoch is in flight, gather batches into the next one for up to
+  // this long (0: commit every batch).
+  size_t group_commit_us = 1000;
   size_t max_clients = 10000;
   size_t max_query_buffer = size_t{1} << 30;  // unparsed input per client
   RespLimits limits;
@@ -68,7 +73,8 @@ class Server : public InfoSource {
   void Accept();
   void Read(Conn* c);
   void Execute(Conn* c, size_t* budget);
-  spare::Status EndBatch();
+  void SendReplies();
+  spare::Status MaybeCommit();
   void Settle();
   void Close(Conn* c);
   void SetWantWrite(Conn* c, bool on);
@@ -94,11 +100,14 @@ class Server : public InfoSource {
   std::vector<Conn*> watch_;                   // replies not yet known to be written
   size_t clients_ = 0;
 
-  uint64_t state_epoch_ = 0;      // epoch covering the current store state
-  uint64_t batch_mutations_ = 0;  // store_->mutations() when the batch began
-  int64_t now_ms_ = 0;
-  int64_t last_commit_ms_ = 0;
-  int64_t next_cron_ms_ = 0;
+  uint64_t state_epoch_ = 0;  // epoch covering the last committed state
+  uint64_t held_epoch_ = 0;   // epoch of replies waiting for the next commit
+  size_t uncommitted_requests_ = 0;
+  int64_t dirty_since_us_ = 0;    // first uncommitted change (monotonic), 0: none
+  uint64_t batch_mutations_ = 0;  // store_->mutations() at the last commit
+  int64_t now_ms_ = 0;            // CLOCK_REALTIME, for expiry
+  int64_t last_commit_us_ = 0;
+  int64_t next_cron_us_ = 0;
   int64_t start_ms_ = 0;
   bool stop_ = false;
 

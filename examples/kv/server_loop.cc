@@ -23,23 +23,23 @@ constexpr size_t kSweepSlots = 4096;
 constexpr size_t kCronResizeSlots = 1 << 16;
 constexpr size_t kReadChunk = 64 * 1024;
 
-int64_t Ms(clockid_t clock) {
+int64_t Us(clockid_t clock) {
   timespec ts;
   clock_gettime(clock, &ts);
-  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+  return int64_t(ts.tv_sec) * 1'000'000 + ts.tv_nsec / 1000;
 }
 
 }  // namespace
 
 spare::Status Server::Run() {
-  const int64_t mono = Ms(CLOCK_MONOTONIC);
-  last_commit_ms_ = mono;
-  next_cron_ms_ = mono + kCronMs;
+  const int64_t mono = Us(CLOCK_MONOTONIC);
+  last_commit_us_ = mono;
+  next_cron_us_ = mono + kCronMs * 1000;
   epoll_event events[256];
   while (!stop_) {
     int n = epoll_wait(epoll_fd_, events, 256, Timeout());
     if (n < 0 && errno != EINTR) return spare::Status::FromErrno("epoll_wait", errno);
-    now_ms_ = Ms(CLOCK_REALTIME);
+    now_ms_ = Us(CLOCK_REALTIME) / 1000;
     bool runtime_ready = false;
     for (int i = 0; i < n; ++i) {
       const int fd = events[i].data.fd;
@@ -76,9 +76,10 @@ spare::Status Server::Run() {
       if (c->in_runnable) again.push_back(c);
     }
     runnable_.swap(again);
-    if (Ms(CLOCK_MONOTONIC) >= next_cron_ms_) Cron(now_ms_);
-    SPARE_RETURN_IF_ERROR(EndBatch());
+    if (Us(CLOCK_MONOTONIC) >= next_cron_us_) Cron(now_ms_);
+    SendReplies();
     if (runtime_ready) SPARE_RETURN_IF_ERROR(rt_.poll().With("runtime poll"));
+    SPARE_RETURN_IF_ERROR(MaybeCommit());
     Settle();
     closed_.clear();
   }
@@ -87,16 +88,19 @@ spare::Status Server::Run() {
 
 int Server::Timeout() const {
   if (!runnable_.empty()) return 0;
-  const int64_t mono = Ms(CLOCK_MONOTONIC);
-  int64_t t = std::max<int64_t>(0, next_cron_ms_ - mono);
+  const int64_t now = Us(CLOCK_MONOTONIC);
+  int64_t deadline = next_cron_us_;
   if (rt_.commit_deferred()) {
-    t = std::min(t, std::max<int64_t>(0, last_commit_ms_ + kDeferredCommitMs - mono));
+    deadline = std::min(deadline, last_commit_us_ + kDeferredCommitMs * 1000);
   }
-  return static_cast<int>(t);
+  if (dirty_since_us_ != 0) {
+    deadline = std::min(deadline, dirty_since_us_ + static_cast<int64_t>(options_.group_commit_us));
+  }
+  return static_cast<int>(std::max<int64_t>(0, (deadline - now + 999) / 1000));
 }
 
 void Server::Cron(int64_t now_ms) {
-  next_cron_ms_ = Ms(CLOCK_MONOTONIC) + kCronMs;
+  next_cron_us_ = Us(CLOCK_MONOTONIC) + kCronMs * 1000;
   store_->SweepExpired(now_ms, kSweepSlots);
   store_->ResizeStep(kCronResizeSlots);
 }
@@ -207,6 +211,7 @@ void Server::Execute(Conn* c, size_t* budget) {
     const auto& args = c->parser.args();
     if (!args.empty()) {
       --*budget;
+      ++uncommitted_requests_;
       touch();
       if (commands_->Execute(args, now_ms_, &c->out)) {
         c->closing = true;
@@ -218,18 +223,19 @@ void Server::Execute(Conn* c, size_t* budget) {
   if (c->start == c->end) c->start = c->end = 0;
 }
 
-spare::Status Server::EndBatch() {
-  const bool changed = store_->mutations() != batch_mutations_;
-  if (touched_.empty() && !changed &&
-      !(rt_.commit_deferred() && Ms(CLOCK_MONOTONIC) >= last_commit_ms_ + kDeferredCommitMs)) {
-    return spare::Status::Ok();
-  }
+// Hands the batch's replies to the gate. If the store has changes not yet
+// committed (from this batch or an earlier one waiting for group commit),
+// they depend on the next epoch; otherwise on the state of the last commit
+// (released at once if that is durable: no empty epoch for reads).
+// Unprotected, the gate releases everything at once (epoch 0).
+void Server::SendReplies() {
+  const bool dirty = store_->mutations() != batch_mutations_;
+  if (dirty && dirty_since_us_ == 0) dirty_since_us_ = Us(CLOCK_MONOTONIC);
+  if (touched_.empty()) return;
   ++batches_;
-  // Replies of a batch that changed the store depend on the epoch about to
-  // be committed; otherwise on the state of the last commit. Unprotected,
-  // the gate releases everything at once (epoch 0).
-  uint64_t epoch = !protected_ ? 0 : changed ? rt_.pending_epoch() : state_epoch_;
-  if (!changed) ++read_only_batches_;
+  if (!dirty) ++read_only_batches_;
+  const uint64_t epoch = !protected_ ? 0 : dirty ? rt_.pending_epoch() : state_epoch_;
+  if (dirty) held_epoch_ = epoch;
   for (Conn* c : touched_) {
     c->in_touched = false;
     if (c->dead) continue;
@@ -242,12 +248,31 @@ spare::Status Server::EndBatch() {
     }
   }
   touched_.clear();
-  if (changed || rt_.commit_deferred()) SPARE_RETURN_IF_ERROR(Commit());
-  if (protected_ && changed && state_epoch_ != epoch) {
+}
+
+// Commits the store's changes. Group commit: while an epoch is in flight
+// the next one gathers more batches, until that epoch is durable, the group
+// window passes or max_batch requests wait; fewer, fuller epochs cost less
+// than many small ones and the replies would wait for the in-flight epoch
+// anyway.
+spare::Status Server::MaybeCommit() {
+  const int64_t now = Us(CLOCK_MONOTONIC);
+  const bool dirty = store_->mutations() != batch_mutations_;
+  const bool deferred_due =
+      rt_.commit_deferred() && now >= last_commit_us_ + kDeferredCommitMs * 1000;
+  if (!dirty && !deferred_due) return spare::Status::Ok();
+  if (dirty && !deferred_due && protected_ && rt_.epoch() > rt_.durable_epoch() &&
+      now < dirty_since_us_ + static_cast<int64_t>(options_.group_commit_us) &&
+      (options_.max_batch == 0 || uncommitted_requests_ < options_.max_batch)) {
+    return spare::Status::Ok();
+  }
+  SPARE_RETURN_IF_ERROR(Commit());
+  if (protected_ && held_epoch_ != 0 && state_epoch_ != held_epoch_) {
     return spare::Status(spare::Code::kInternal,
                          "commit assigned epoch " + std::to_string(state_epoch_) +
-                             " to replies sent under epoch " + std::to_string(epoch));
+                             " to replies sent under epoch " + std::to_string(held_epoch_));
   }
+  held_epoch_ = 0;
   return spare::Status::Ok();
 }
 
@@ -260,7 +285,9 @@ spare::Status Server::Commit() {
   if (!e.ok()) return e.status().With("commit");
   state_epoch_ = *e;
   batch_mutations_ = store_->mutations();
-  last_commit_ms_ = Ms(CLOCK_MONOTONIC);
+  last_commit_us_ = Us(CLOCK_MONOTONIC);
+  dirty_since_us_ = 0;
+  uncommitted_requests_ = 0;
   return spare::Status::Ok();
 }
 
