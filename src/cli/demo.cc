@@ -84,6 +84,7 @@ Result<pid_t> Spawn(const std::vector<std::string>& argv, int in, int out, int e
     close_range(3, ~0U, 0);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
     execve(args[0], args.data(), environ);
     dprintf(2, "exec %s: %s\n", args[0], strerror(errno));
     _exit(127);
@@ -101,34 +102,51 @@ int ExitCode(int wstatus) {
   return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
 }
 
-// Feeds `input` to stdin while collecting stdout and stderr until both close.
+// Feeds `input` to stdin while collecting stdout and stderr until both
+// close. Closes all three fds.
 Status Pump(int in, int out, int err, const std::string& input, int timeout_ms,
             ProcResult* result) {
+  int fds[3] = {out, err, input.empty() ? -1 : in};
+  if (input.empty()) close(in);
+  auto close_all = [&] {
+    for (int& fd : fds) {
+      if (fd >= 0) close(fd);
+      fd = -1;
+    }
+  };
   size_t written = 0;
-  if (input.empty()) close(in), in = -1;
   auto start = Clock::now();
   char buf[16384];
-  while (out >= 0 || err >= 0) {
-    if (MsSince(start) > timeout_ms) return Status(Code::kUnavailable, "timed out");
-    pollfd fds[3] = {{out, POLLIN, 0}, {err, POLLIN, 0}, {in, POLLOUT, 0}};
-    if (poll(fds, 3, 50) < 0 && errno != EINTR) return Status::FromErrno("poll", errno);
+  while (fds[0] >= 0 || fds[1] >= 0) {
+    if (MsSince(start) > timeout_ms) {
+      close_all();
+      return Status(Code::kUnavailable, "timed out after " + std::to_string(timeout_ms) + " ms");
+    }
+    pollfd pfd[3] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}, {fds[2], POLLOUT, 0}};
+    if (poll(pfd, 3, 50) < 0 && errno != EINTR) {
+      close_all();
+      return Status::FromErrno("poll", errno);
+    }
     for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = read(pfd[i].fd, buf, sizeof buf);
       if (n > 0) {
         (i == 0 ? result->out : result->err).append(buf, n);
       } else if (n == 0 || errno != EINTR) {
-        close(fds[i].fd);
-        (i == 0 ? out : err) = -1;
+        close(fds[i]);
+        fds[i] = -1;
       }
     }
-    if (in >= 0 && (fds[2].revents & (POLLOUT | POLLERR | POLLHUP))) {
-      ssize_t n = write(in, input.data() + written, input.size() - written);
+    if (fds[2] >= 0 && (pfd[2].revents & (POLLOUT | POLLERR | POLLHUP))) {
+      ssize_t n = write(fds[2], input.data() + written, input.size() - written);
       if (n > 0) written += n;
-      if (n < 0 || written == input.size()) close(in), in = -1;
+      if (n < 0 || written == input.size()) {
+        close(fds[2]);
+        fds[2] = -1;
+      }
     }
   }
-  if (in >= 0) close(in);
+  close_all();
   return Status::Ok();
 }
 
@@ -343,6 +361,16 @@ struct Demo {
     return Status(Code::kNotFound, "spare status lists no instance kv");
   }
 
+  // The instance's pid per `spare status`; refuses anything that kill()
+  // would not read as one process.
+  Result<pid_t> KvPid() {
+    SPARE_ASSIGN_OR_RETURN(auto inst, Instance());
+    pid_t pid = inst.value("pid", 0);
+    if (pid <= 1)
+      return Status(Code::kBadMessage, "spare status shows no pid for kv: " + inst.dump());
+    return pid;
+  }
+
   Status StartAgent() {
     std::string log = dir + "/agent.log";
     int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -374,8 +402,7 @@ struct Demo {
     }
     running = true;
     std::printf("%s", run.out.c_str());
-    SPARE_ASSIGN_OR_RETURN(auto inst, Instance());
-    kv_pid = inst.value("pid", -1);
+    SPARE_ASSIGN_OR_RETURN(kv_pid, KvPid());
     return WaitPong(10000).status();
   }
 
@@ -442,8 +469,7 @@ struct Demo {
     SPARE_RETURN_IF_ERROR(WaitPong(20000).status());
     double ms = MsSince(killed);
     for (auto start = Clock::now(); kv_pid == old; SleepMs(5)) {
-      SPARE_ASSIGN_OR_RETURN(auto inst, Instance());
-      kv_pid = inst.value("pid", -1);
+      SPARE_ASSIGN_OR_RETURN(kv_pid, KvPid());
       if (kv_pid == old && MsSince(start) > 5000) {
         return Status(Code::kInternal, "spare-kv answers but status still shows the killed pid");
       }
@@ -504,7 +530,7 @@ struct Demo {
       Reap(agent, 5000);
     }
     // Whatever happened above, the instance must not outlive the demo.
-    if (kv_pid > 0 && kill(kv_pid, 0) == 0) kill(kv_pid, SIGKILL);
+    if (kv_pid > 1 && kill(kv_pid, 0) == 0) kill(kv_pid, SIGKILL);
     std::error_code ec;
     if (failed) {
       std::fprintf(stderr, "spare demo: logs kept in %s\n", dir.c_str());
@@ -560,9 +586,10 @@ int RunDemo(const DemoOptions& options) {
   sa.sa_handler = OnInterrupt;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a child that exits early must not kill us mid-write
   Status st = Prepare(&demo);
   if (st.ok()) st = demo.Run();
-  demo.Cleanup(!st.ok() && !demo.dir.empty());
+  demo.Cleanup(!st.ok() && !g_interrupted && !demo.dir.empty());
   if (!st.ok()) {
     std::fprintf(stderr, "spare demo: %s\n", st.ToString().c_str());
     return 1;
