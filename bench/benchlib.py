@@ -229,15 +229,30 @@ class Resp:
     def __exit__(self, *exc):
         self.close()
 
-    def command(self, *args, timeout: float | None = None):
+    @staticmethod
+    def encode(*args) -> bytes:
         parts = [b"*%d\r\n" % len(args)]
         for a in args:
             b = a if isinstance(a, bytes) else str(a).encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        return b"".join(parts)
+
+    def command(self, *args, timeout: float | None = None):
         if timeout is not None:
             self.sock.settimeout(timeout)
-        self.sock.sendall(b"".join(parts))
+        self.sock.sendall(self.encode(*args))
         return self._reply()
+
+    def pipeline(self, commands) -> list:
+        """Sends every command, then reads every reply (errors as RespError values)."""
+        self.sock.sendall(b"".join(self.encode(*c) for c in commands))
+        out = []
+        for _ in commands:
+            try:
+                out.append(self._reply())
+            except RespError as e:
+                out.append(e)
+        return out
 
     def _line(self) -> bytes:
         while b"\r\n" not in self.buf:

@@ -165,16 +165,48 @@ void BM_Commit(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(us.size() * n * kPage));
 }
 
+// The floor any copy-based commit pays: memcpy of N pages between two
+// resident anonymous buffers, measured in the same process and run.
+void BM_CopyFloor(benchmark::State& state) {
+  const size_t bytes = static_cast<size_t>(state.range(0)) * kPage;
+  static std::vector<uint8_t> src(10240 * kPage, 1), dst(10240 * kPage, 2);
+  std::vector<double> us;
+  for (auto _ : state) {
+    ++src[0];
+    auto t0 = std::chrono::steady_clock::now();
+    std::memcpy(dst.data(), src.data(), bytes);
+    benchmark::ClobberMemory();
+    auto t1 = std::chrono::steady_clock::now();
+    double secs = std::chrono::duration<double>(t1 - t0).count();
+    state.SetIterationTime(secs);
+    us.push_back(secs * 1e6);
+  }
+  double mean_us = 0;
+  for (double x : us) mean_us += x;
+  mean_us /= static_cast<double>(std::max<size_t>(us.size(), 1));
+  state.counters["pages"] = static_cast<double>(state.range(0));
+  state.counters["ms_per_10MB"] = mean_us / 1000.0 * kPagesPer10MB / static_cast<double>(state.range(0));
+  state.SetBytesProcessed(static_cast<int64_t>(us.size() * bytes));
+}
+
 // Fixed iteration counts keep wall time bounded: dirtying (untimed) costs
 // far more than the commit for large N.
 int64_t IterationsFor(size_t pages, double scale) {
-  int64_t base = pages <= 16 ? 500 : pages <= 256 ? 200 : pages <= 2560 ? 60 : 20;
+  int64_t base = pages <= 16 ? 200 : pages <= 256 ? 100 : pages <= 2560 ? 40 : 15;
   return std::max<int64_t>(5, static_cast<int64_t>(base * scale));
 }
 
 // resident:0 first (see the top of the file). Strided pages only when
 // waiting: the pattern changes what one commit does, not the pipelining.
 void Register(double scale) {
+  for (size_t pages : {2560, 10240}) {
+    benchmark::RegisterBenchmark("BM_CopyFloor", BM_CopyFloor)
+        ->Arg(static_cast<int64_t>(pages))
+        ->ArgName("pages")
+        ->Iterations(IterationsFor(pages, scale))
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
   struct Variant {
     int64_t pipelined, strided;
   };

@@ -82,12 +82,21 @@ def run_tracker(agent: bl.Agent, exe: Path, tracker: str, args) -> dict:
 
 def summarize_runs(data: dict, tracker: str) -> list[dict]:
     groups: dict[str, list[dict]] = {}
+    floors: dict[str, list[dict]] = {}
     for b in data["benchmarks"]:
         if b.get("run_type") != "iteration":
             continue
         if b.get("error_occurred"):
             bl.fail(f"[{tracker}] {b['name']}: {b.get('error_message')}")
-        groups.setdefault(b["run_name"], []).append(b)
+        target = floors if b["run_name"].startswith("BM_CopyFloor") else groups
+        target.setdefault(b["run_name"], []).append(b)
+    floor_rows = []
+    for name, reps in floors.items():
+        unit = {"us": 1.0, "ns": 1e-3, "ms": 1e3}[reps[0]["time_unit"]]
+        floor_rows.append({"tracker": tracker, "pages": int(reps[0]["pages"]),
+                           "memcpy_us": bl.summarize([r["real_time"] * unit for r in reps]),
+                           "ms_per_10MB_median": bl.percentile([r["ms_per_10MB"] for r in reps],
+                                                               50)})
     rows = []
     for name, reps in groups.items():
         # name: BM_Commit/pages:N/pipelined:P/strided:S/iterations:I/manual_time
@@ -119,7 +128,7 @@ def summarize_runs(data: dict, tracker: str) -> list[dict]:
             "bp_waits_per_commit_median": bl.percentile([r["bp_waits"] for r in reps], 50),
         })
     rows.sort(key=lambda r: (r["resident"], r["strided"], r["pipelined"], r["pages"]))
-    return rows
+    return rows, floor_rows
 
 
 def main() -> int:
@@ -156,6 +165,7 @@ def main() -> int:
                    "filter": args.filter, "run_args": args.run_arg,
                    "region_bytes": 1 << 30, "page": 4096},
         "results": [],
+        "memcpy_floor": [],
         "gbench_context": {},
     }
     try:
@@ -165,7 +175,9 @@ def main() -> int:
             for t in trackers:
                 data = run_tracker(agent, exe, t, args)
                 summary["gbench_context"][t] = data.get("context", {})
-                summary["results"].extend(summarize_runs(data, t))
+                rows, floor_rows = summarize_runs(data, t)
+                summary["results"].extend(rows)
+                summary["memcpy_floor"].extend(floor_rows)
     except bl.BenchError as e:
         print(f"commit_bench: FAILED: {e}", file=sys.stderr)
         return 1
@@ -189,6 +201,9 @@ def main() -> int:
     human = bl.table(["tracker", "resident", "pages", "mode", "pattern", "mean us", "p50 us", "p99 us",
                       "p99 worst", "ms/10MB", "pages/c", "deferred/c"], rows)
     human += "\n\nmedians over repetitions; p99 = per-run p99 of single commits."
+    for f in summary["memcpy_floor"]:
+        human += (f"\nmemcpy floor ({f['tracker']} run), {f['pages']} pages: "
+                  f"{f['memcpy_us']['p50']:.0f} us = {f['ms_per_10MB_median']:.3f} ms per 10 MB")
     for t, ok in met.items():
         human += (f"\n{t}: 10 MB dirty (2560 contiguous pages, wait mode) target <= "
                   f"{TARGET_MS_PER_10MB} ms: {'met' if ok else 'NOT met'}")

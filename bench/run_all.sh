@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
 # bench/run_all.sh — builds (Release) and runs every spare benchmark with its
-# default settings; writes bench/results/{restart,throughput,commit}.json.
+# default settings; writes the JSON summaries docs/BENCHMARKS.md quotes:
 #
-#   bench/run_all.sh                 # build dir: build-bench
+#   bench/results/restart.json           restart_bench, defaults (agent dir in $TMPDIR
+#                                        or /tmp, tight PING loop)
+#   bench/results/restart_tmpfs.json     same, agent directory on tmpfs (/dev/shm):
+#                                        isolates the agent's fsync of state.json
+#   bench/results/restart_tmpfs_poll200.json   same, 200 us between connect attempts:
+#                                        isolates the poll loop's own CPU use (2 cores)
+#   bench/results/throughput.json        throughput_bench, defaults
+#   bench/results/commit.json            commit_bench, both trackers
+#
+#   bench/run_all.sh                     # build dir: build-bench
 #   BUILD=/path/to/build bench/run_all.sh
-#   TRACKER=mprotect bench/run_all.sh   # tracker for restart + throughput
-#   QUICK=1 bench/run_all.sh         # small sizes, few rounds: a smoke test
-#                                    # (results in bench/results/quick/, not quoted)
+#   TRACKER=mprotect bench/run_all.sh    # tracker for restart + throughput
+#   WAIT_QUIET=2 bench/run_all.sh        # before each bench wait (<= 15 min) for load < 2
+#   ONLY="restart commit" bench/run_all.sh
+#   QUICK=1 bench/run_all.sh             # small sizes, few rounds: a smoke test
+#                                        # (results in bench/results/quick/, not quoted)
 #
-# Every script prints a human table and its JSON summary; the JSON files
-# are what docs/BENCHMARKS.md quotes. A failing bench stops the run.
+# Every script prints a human table and its JSON summary. A failing bench
+# (e.g. data lost across a restart) stops the run with a non-zero status.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 BUILD="${BUILD:-$repo/build-bench}"
 TRACKER="${TRACKER:-uffd}"
+ONLY="${ONLY:-restart throughput commit}"
 if [[ -n "${QUICK:-}" ]]; then
   RESULTS="${RESULTS:-$here/results/quick}"
 else
@@ -26,6 +38,8 @@ mkdir -p "$RESULTS"
 cmake -S "$repo" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 ninja -C "$BUILD" spare_cli spare-kv commit_bench
 
+quiet=()
+[[ -n "${WAIT_QUIET:-}" ]] && quiet=(--wait-quiet "$WAIT_QUIET")
 if [[ -n "${QUICK:-}" ]]; then
   restart=(--sizes 64M,256M --kills 5)
   tput=(--rounds 2 --warmup 0 --requests 50000)
@@ -36,13 +50,25 @@ else
   commit=(--repetitions 10)
 fi
 
-echo "== restart_bench" >&2
-python3 "$here/restart_bench.py" --build "$BUILD" --tracker "$TRACKER" "${restart[@]}" \
-  --out "$RESULTS/restart.json"
-echo "== throughput_bench" >&2
-python3 "$here/throughput_bench.py" --build "$BUILD" --tracker "$TRACKER" "${tput[@]}" \
-  --out "$RESULTS/throughput.json"
-echo "== commit_bench" >&2
-python3 "$here/commit_bench.py" --build "$BUILD" --trackers uffd,mprotect "${commit[@]}" \
-  --out "$RESULTS/commit.json"
+run() { echo "== $*" >&2; python3 "$@"; }
+
+if [[ " $ONLY " == *" restart "* ]]; then
+  run "$here/restart_bench.py" --build "$BUILD" --tracker "$TRACKER" "${restart[@]}" \
+    "${quiet[@]}" --out "$RESULTS/restart.json"
+  if [[ -d /dev/shm ]]; then
+    run "$here/restart_bench.py" --build "$BUILD" --tracker "$TRACKER" "${restart[@]}" \
+      "${quiet[@]}" --agent-dir-base /dev/shm --out "$RESULTS/restart_tmpfs.json"
+    run "$here/restart_bench.py" --build "$BUILD" --tracker "$TRACKER" "${restart[@]}" \
+      "${quiet[@]}" --agent-dir-base /dev/shm --poll-sleep-us 200 \
+      --out "$RESULTS/restart_tmpfs_poll200.json"
+  fi
+fi
+if [[ " $ONLY " == *" throughput "* ]]; then
+  run "$here/throughput_bench.py" --build "$BUILD" --tracker "$TRACKER" "${tput[@]}" \
+    "${quiet[@]}" --out "$RESULTS/throughput.json"
+fi
+if [[ " $ONLY " == *" commit "* ]]; then
+  run "$here/commit_bench.py" --build "$BUILD" --trackers uffd,mprotect "${commit[@]}" \
+    "${quiet[@]}" --out "$RESULTS/commit.json"
+fi
 echo "results in $RESULTS" >&2
