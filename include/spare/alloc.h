@@ -23,20 +23,21 @@
 //                 the page holds (slab of a size class, start of a large
 //                 run, head/tail of a free run)
 //   pages M+1..   data
-// Small requests (<= kMaxSmall) come from 64 KiB slabs carved per size
-// class (16-byte steps up to 128 B, then four classes per power of two up
-// to 8 KiB), each class with an intrusive free list and a bump cursor.
-// Large requests take whole pages: free runs live in power-of-two buckets
-// and coalesce with free neighbours and with the bump pointer. Slabs are
-// never returned to the page allocator (Reset() returns everything).
+// Small requests (<= kMaxSmall) come from 64 KiB slabs of one size class
+// each (16-byte steps up to 128 B, then four classes per power of two up
+// to 8 KiB). A slab keeps its own free list and bump cursor in its
+// page-map entry; each class lists its slabs that have room. An empty slab
+// goes back to the page allocator unless it is its class's only slab with
+// room (so alloc/free of one block does not churn slabs). Large requests
+// take whole pages: free runs live in power-of-two buckets and coalesce
+// with free neighbours and with the bump pointer.
 //
 // Dirty pages: every page an arena writes is shipped by the next commit,
 // so the arena writes only what it must. Allocation writes the header page
-// and, for a new slab, a few page-map entries; it never pre-carves or
-// zeroes memory. Freeing a small block writes its first 8 bytes (the free
-// list link); freeing a large run writes only page-map entries, never the
-// run's data. allocate_zeroed() skips pages that were never handed out
-// (still zero since the region was formatted).
+// and its slab's page-map entry; it never pre-carves or zeroes memory.
+// Freeing a small block writes its first 2 bytes (the free-list link);
+// freeing a large run writes only page-map entries, never the run's data. allocate_zeroed() skips
+// pages that were never handed out (still zero since the region was formatted).
 //
 // Determinism: the addresses returned are a pure function of the sequence
 // of calls (no randomness, no dependence on the process or the host), and
@@ -76,7 +77,7 @@ namespace spare {
 class Arena {
  public:
   static constexpr uint64_t kMagic = 0x314E524141524153ULL;  // "SARAARN1" little-endian
-  static constexpr uint32_t kVersion = 1;
+  static constexpr uint32_t kVersion = 2;
   static constexpr size_t kPageSize = 4096;
   static constexpr size_t kMinAlign = 16;  // every block is 16-byte aligned
   static constexpr size_t kMaxAlign = kPageSize;
@@ -133,14 +134,13 @@ class Arena {
   size_t footprint_bytes() const;                    // data pages ever handed out
   size_t allocations() const { return allocations_; }
 
+  struct PageInfo;  // a page-map entry; layout private to src/alloc/
+
  private:
   struct ClassState {
-    uint64_t free_head;  // offset of the first free block, 0 = none
-    uint64_t cursor;     // offset of the next never-used block in the current slab
-    uint64_t end;        // offset of the end of the current slab
+    uint32_t partial;  // first slab of the class with a free block, 0 = none
+    uint32_t reserved;
   };
-  struct PageInfo;
-
   Arena() = default;
   static Status Validate(const Arena* a, void* base, size_t size);
   void Format(size_t size);
@@ -149,6 +149,9 @@ class Arena {
   std::byte* base() const { return reinterpret_cast<std::byte*>(const_cast<Arena*>(this)); }
   PageInfo* map() const;
   void* AllocateSmall(size_t cls);
+  void FreeSmall(uint32_t page, uint64_t offset);
+  void PushSlab(size_t cls, uint32_t head);
+  void RemoveSlab(size_t cls, uint32_t head);
   void* AllocateLarge(size_t n, bool zero);
   uint32_t AllocPages(uint64_t npages);
   void FreePages(uint32_t page, uint64_t npages);

@@ -10,19 +10,12 @@
 #include <cstring>
 #include <string>
 
+#include "alloc/layout.h"
 #include "common/check.h"
 
 namespace spare {
+using namespace alloc_internal;
 namespace {
-
-constexpr size_t kPage = Arena::kPageSize;
-constexpr uint64_t kSlabPages = 16;  // 64 KiB per slab
-
-// 16-byte steps to 128, then four classes per power of two up to 8 KiB.
-constexpr uint32_t kClassSize[Arena::kNumClasses] = {
-    16,  32,  48,  64,   80,   96,   112,  128,  160,  192,  224,  256,  320,  384,  448,  512,
-    640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192};
-static_assert(kClassSize[Arena::kNumClasses - 1] == Arena::kMaxSmall);
 
 constexpr size_t kNoClass = Arena::kNumClasses;
 
@@ -42,11 +35,6 @@ size_t ClassFor(size_t n, size_t align) {
   return c;
 }
 
-size_t BucketFor(uint64_t npages) {
-  size_t b = std::bit_width(npages) - 1;
-  return b < Arena::kPageBuckets ? b : Arena::kPageBuckets - 1;
-}
-
 std::string Hex(uint64_t v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
@@ -55,17 +43,8 @@ std::string Hex(uint64_t v) {
 
 }  // namespace
 
-enum PageKind : uint32_t { kNone = 0, kSlab = 1, kLarge = 2, kFreeHead = 3, kFreeTail = 4 };
-
-// One entry per page of the region. Pages inside a large or free run other
-// than its head (and a free run's tail) are kNone.
-struct Arena::PageInfo {
-  uint32_t kind;
-  uint32_t arg;   // kSlab: class; kLarge/kFreeHead/kFreeTail: run length in pages
-  uint32_t next;  // kFreeHead: next free run of the bucket, 0 = none
-  uint32_t prev;  // kFreeHead: previous free run of the bucket, 0 = none
-};
 static_assert(sizeof(Arena) <= Arena::kPageSize, "the header must fit in page 0");
+static_assert(sizeof(Arena::PageInfo) == 16);  // kept in Format()'s layout math
 
 Arena::PageInfo* Arena::map() const { return reinterpret_cast<PageInfo*>(base() + kPage); }
 
@@ -119,10 +98,9 @@ Status Arena::Validate(const Arena* a, void* base, size_t size) {
       return corrupt("free page list " + std::to_string(b));
   }
   for (size_t c = 0; c < kNumClasses; ++c) {
-    const ClassState& s = a->classes_[c];
-    auto bad = [&](uint64_t off) { return off != 0 && (off < data * kPage || off > size); };
-    if (bad(s.free_head) || bad(s.cursor) || bad(s.end) || s.cursor > s.end ||
-        s.free_head % kMinAlign != 0)
+    uint32_t h = a->classes_[c].partial;
+    if (h != 0 &&
+        (h < data || h >= a->bump_page_ || a->map()[h].kind != kSlabHead || a->map()[h].cls != c))
       return corrupt("size class " + std::to_string(kClassSize[c]));
   }
   return Status::Ok();
@@ -203,42 +181,13 @@ void* Arena::allocate_zeroed(size_t n, size_t align) {
   return p;
 }
 
-void* Arena::AllocateSmall(size_t cls) {
-  ClassState& c = classes_[cls];
-  const uint64_t size = kClassSize[cls];
-  uint64_t off;
-  if (c.free_head != 0) {
-    off = c.free_head;
-    uint64_t next;
-    std::memcpy(&next, base() + off, sizeof next);
-    // A use-after-free that overwrote the link would hand out wild memory.
-    SPARE_CHECK(next == 0 ||
-                (next >= data_page_ * kPage && next < region_size_ && next % kMinAlign == 0));
-    c.free_head = next;
-  } else if (c.end - c.cursor >= size) {
-    off = c.cursor;
-    c.cursor += size;
-  } else {
-    uint32_t page = AllocPages(kSlabPages);
-    if (page == 0) return nullptr;
-    PageInfo* m = map();
-    for (uint64_t i = 0; i < kSlabPages; ++i) m[page + i] = {kSlab, uint32_t(cls), 0, 0};
-    off = uint64_t{page} * kPage;
-    c.cursor = off + size;
-    c.end = off + kSlabPages * kPage;
-  }
-  used_bytes_ += size;
-  ++allocations_;
-  return base() + off;
-}
-
 void* Arena::AllocateLarge(size_t n, bool zero) {
   if (n > capacity()) return nullptr;
   uint64_t npages = (n + kPage - 1) / kPage;
   uint64_t pristine = high_water_page_;
   uint32_t page = AllocPages(npages);
   if (page == 0) return nullptr;
-  map()[page] = {kLarge, uint32_t(npages), 0, 0};
+  map()[page] = {kLarge, 0, 0, uint32_t(npages), 0, 0};
   used_bytes_ += npages * kPage;
   ++allocations_;
   std::byte* p = base() + uint64_t{page} * kPage;
@@ -246,100 +195,6 @@ void* Arena::AllocateLarge(size_t n, bool zero) {
   if (zero && page < pristine)
     std::memset(p, 0, (std::min(page + npages, pristine) - page) * kPage);
   return p;
-}
-
-// --- Page runs ---------------------------------------------------------
-
-uint32_t Arena::AllocPages(uint64_t npages) {
-  PageInfo* m = map();
-  size_t b = BucketFor(npages);
-  for (uint32_t p = page_heads_[b]; p != 0; p = m[p].next) {
-    if (m[p].arg >= npages) {
-      TakeFromFreeRun(p, npages);
-      return p;
-    }
-  }
-  for (size_t bb = b + 1; bb < kPageBuckets; ++bb) {
-    if (uint32_t p = page_heads_[bb]; p != 0) {
-      TakeFromFreeRun(p, npages);
-      return p;
-    }
-  }
-  if (npages > total_pages_ - bump_page_) return 0;
-  uint32_t p = uint32_t(bump_page_);
-  bump_page_ += npages;
-  if (bump_page_ > high_water_page_) high_water_page_ = bump_page_;
-  return p;
-}
-
-// Allocates the first npages of the free run at page; the rest stays free.
-void Arena::TakeFromFreeRun(uint32_t page, uint64_t npages) {
-  PageInfo* m = map();
-  const uint64_t len = m[page].arg;
-  RemoveFreeRun(page);
-  m[page] = {kNone, 0, 0, 0};
-  if (len > 1) m[page + len - 1] = {kNone, 0, 0, 0};
-  if (len > npages) PushFreeRun(uint32_t(page + npages), len - npages);
-}
-
-void Arena::PushFreeRun(uint32_t page, uint64_t npages) {
-  PageInfo* m = map();
-  size_t b = BucketFor(npages);
-  uint32_t head = page_heads_[b];
-  m[page] = {kFreeHead, uint32_t(npages), head, 0};
-  if (npages > 1) m[page + npages - 1] = {kFreeTail, uint32_t(npages), 0, 0};
-  if (head != 0) m[head].prev = page;
-  page_heads_[b] = page;
-}
-
-void Arena::RemoveFreeRun(uint32_t page) {
-  PageInfo* m = map();
-  PageInfo& e = m[page];
-  SPARE_CHECK(e.kind == kFreeHead);
-  if (e.prev != 0) {
-    m[e.prev].next = e.next;
-  } else {
-    page_heads_[BucketFor(e.arg)] = e.next;
-  }
-  if (e.next != 0) m[e.next].prev = e.prev;
-  e.next = e.prev = 0;
-}
-
-// Start of the free run whose last page is `page`, or 0.
-uint32_t Arena::FreeRunEndingAt(uint32_t page) const {
-  if (page < data_page_) return 0;
-  const PageInfo& e = map()[page];
-  if (e.kind == kFreeTail) return page - e.arg + 1;
-  if (e.kind == kFreeHead && e.arg == 1) return page;
-  return 0;
-}
-
-void Arena::FreePages(uint32_t page, uint64_t npages) {
-  PageInfo* m = map();
-  m[page] = {kNone, 0, 0, 0};
-  // Coalesce with a free run on the right (never one ending at the bump).
-  uint64_t right = uint64_t{page} + npages;
-  if (right < bump_page_ && m[right].kind == kFreeHead) {
-    uint64_t len = m[right].arg;
-    RemoveFreeRun(uint32_t(right));
-    m[right] = {kNone, 0, 0, 0};
-    if (len > 1) m[right + len - 1] = {kNone, 0, 0, 0};
-    npages += len;
-  }
-  // ... and on the left.
-  if (uint32_t left = FreeRunEndingAt(page - 1); left != 0) {
-    uint64_t len = m[left].arg;
-    RemoveFreeRun(left);
-    m[left] = {kNone, 0, 0, 0};
-    m[page - 1] = {kNone, 0, 0, 0};
-    page = left;
-    npages += len;
-  }
-  if (page + npages == bump_page_) {
-    bump_page_ = page;  // entries of the merged run were all cleared above
-  } else {
-    PushFreeRun(page, npages);
-  }
 }
 
 // --- Freeing -------------------------------------------------------------
@@ -353,12 +208,8 @@ void Arena::deallocate(void* p) {
   const uint64_t off = static_cast<std::byte*>(p) - base();
   const uint32_t page = uint32_t(off / kPage);
   PageInfo& e = map()[page];
-  if (e.kind == kSlab) {
-    SPARE_CHECK(off % kMinAlign == 0);
-    ClassState& c = classes_[e.arg];
-    std::memcpy(p, &c.free_head, sizeof c.free_head);
-    c.free_head = off;
-    used_bytes_ -= kClassSize[e.arg];
+  if (e.kind == kSlabHead || e.kind == kSlabPart) {
+    FreeSmall(page, off);
   } else {
     // Anything else is a pointer the arena did not hand out (or a double free).
     SPARE_CHECK(e.kind == kLarge && off % kPage == 0);
@@ -378,7 +229,7 @@ size_t Arena::usable_size(const void* p) const {
   SPARE_CHECK(contains(p));
   const uint64_t off = static_cast<const std::byte*>(p) - base();
   const PageInfo& e = map()[off / kPage];
-  if (e.kind == kSlab) return kClassSize[e.arg];
+  if (e.kind == kSlabHead || e.kind == kSlabPart) return kClassSize[e.cls];
   SPARE_CHECK(e.kind == kLarge && off % kPage == 0);
   return uint64_t{e.arg} * kPage;
 }

@@ -103,6 +103,37 @@ TEST(ArenaTest, ExhaustionReturnsNullAndRecovers) {
   EXPECT_EQ(a->used_bytes(), 0u);
 }
 
+// Memory freed in one size class serves other classes and large blocks:
+// empty slabs go back to the page allocator.
+TEST(ArenaTest, EmptySlabsReturnToThePages) {
+  Mapping m(8 * kMiB);
+  Arena* a = OpenOk(m.data(), m.size());
+  std::vector<void*> small;
+  while (void* p = a->allocate(48)) small.push_back(p);
+  ASSERT_GT(small.size(), 100000u);
+  for (void* p : small) a->deallocate(p);
+  EXPECT_EQ(a->used_bytes(), 0u);
+  // All but one slab (64 KiB) is a page run again.
+  void* big = a->allocate(a->capacity() - 64 * 1024);
+  ASSERT_NE(big, nullptr);
+  a->deallocate(big);
+  std::vector<void*> other;
+  while (void* p = a->allocate(1000)) other.push_back(p);
+  EXPECT_GT(other.size() * 1024, a->capacity() * 9 / 10);
+}
+
+// One block allocated and freed in turn keeps its slab (no churn).
+TEST(ArenaTest, LastSlabOfAClassIsKept) {
+  Mapping m(4 * kMiB);
+  Arena* a = OpenOk(m.data(), m.size());
+  void* p = a->allocate(100);
+  for (int i = 0; i < 1000; ++i) {
+    a->deallocate(p);
+    ASSERT_EQ(a->allocate(100), p);
+  }
+  EXPECT_EQ(a->footprint_bytes(), 64u * 1024);
+}
+
 TEST(ArenaTest, LargeRunsCoalesce) {
   Mapping m(16 * kMiB);
   Arena* a = OpenOk(m.data(), m.size());
