@@ -52,6 +52,8 @@ def binary(build: Path, name: str) -> Path:
 
 
 def git_rev() -> str:
+    if os.environ.get("SPARE_BENCH_GIT"):  # set by run_all.sh for a HEAD snapshot build
+        return os.environ["SPARE_BENCH_GIT"]
     try:
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
                              capture_output=True, text=True, check=True).stdout.strip()

@@ -16,6 +16,8 @@
 #   TRACKER=mprotect bench/run_all.sh    # tracker for restart + throughput
 #   WAIT_QUIET=2 bench/run_all.sh        # before each bench wait (<= 15 min) for load < 2
 #   ONLY="restart commit" bench/run_all.sh
+#   SNAPSHOT=0 bench/run_all.sh          # build the work tree as it is (default: a clean
+#                                        # export of HEAD, so figures name one commit)
 #   QUICK=1 bench/run_all.sh             # small sizes, few rounds: a smoke test
 #                                        # (results in bench/results/quick/, not quoted)
 #
@@ -35,7 +37,22 @@ else
 fi
 mkdir -p "$RESULTS"
 
-cmake -S "$repo" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+if [[ "${SNAPSHOT:-1}" == 1 ]]; then
+  # Figures must name the code they measured: build a clean export of HEAD,
+  # not a work tree that others may be editing.
+  rev="$(git -C "$repo" rev-parse --short=12 HEAD)"
+  src="$BUILD/src-$rev"
+  if [[ ! -d "$src" ]]; then
+    mkdir -p "$src.tmp"
+    git -C "$repo" archive HEAD | tar -x -C "$src.tmp"
+    mv "$src.tmp" "$src"
+  fi
+  cmake -S "$src" -B "$BUILD/$rev" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  BUILD="$BUILD/$rev"
+  export SPARE_BENCH_GIT="$rev (clean export of HEAD)"
+else
+  cmake -S "$repo" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+fi
 ninja -C "$BUILD" spare_cli spare-kv commit_bench
 
 quiet=()
