@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 
 #include "server.h"
 #include "server_conn.h"
@@ -100,6 +101,12 @@ int Server::Timeout() const {
 }
 
 void Server::Cron(int64_t now_ms) {
+  if (accept_paused_) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = listen_fd_;
+    accept_paused_ = epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev) != 0;
+  }
   next_cron_us_ = Us(CLOCK_MONOTONIC) + kCronMs * 1000;
   store_->SweepExpired(now_ms, kSweepSlots);
   store_->ResizeStep(kCronResizeSlots);
@@ -110,7 +117,14 @@ void Server::Accept() {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of fds: stop accepting until the next cron tick rather than
+        // spin on a listening socket that stays readable.
+        std::fprintf(stderr, "spare-kv: accept: %s; pausing accepts for %d ms\n", strerror(errno),
+                     kCronMs);
+        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+        accept_paused_ = true;
+      } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
         std::fprintf(stderr, "spare-kv: accept: %s\n", strerror(errno));
       }
       return;
