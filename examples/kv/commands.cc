@@ -3,6 +3,7 @@
 
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <charconv>
 #include <string>
 #include <unordered_map>
@@ -18,6 +19,10 @@ constexpr std::string_view kErrSyntax = "ERR syntax error";
 constexpr std::string_view kErrNotInt = "ERR value is not an integer or out of range";
 constexpr std::string_view kErrOverflow = "ERR increment or decrement would overflow";
 constexpr std::string_view kErrOom = "OOM command not allowed when used memory > 'maxmemory'.";
+// DEBUG POPULATE commits (see set_checkpoint) when its estimated dirty
+// bytes reach this: each new key dirties a table page at random (at most the
+// whole table) plus its entry.
+constexpr size_t kCheckpointBytes = 32 << 20;
 
 std::string Lower(std::string_view s) {
   std::string out(s);
@@ -377,7 +382,14 @@ void Commands::Populate(Call& c) {
   if (!store_->Reserve(static_cast<size_t>(count)).ok()) return AppendError(c.out, kErrOom);
   std::string key = prefix + ":", value;
   const size_t key_base = key.size();
+  size_t keys_since = 0, bytes_since = 0;
+  size_t table_bytes = store_->stats().table_slots * sizeof(uint64_t);
   for (int64_t j = 0; j < count; ++j) {
+    if (checkpoint_ && std::min(keys_since * 4096, table_bytes) + bytes_since >= kCheckpointBytes) {
+      if (!checkpoint_()) return AppendError(c.out, "ERR commit failed during DEBUG POPULATE");
+      keys_since = bytes_since = 0;
+      table_bytes = store_->stats().table_slots * sizeof(uint64_t);
+    }
     char buf[24];
     key.resize(key_base);
     key.append(FormatInt(j, buf));
@@ -386,6 +398,8 @@ void Commands::Populate(Call& c) {
     value.append(FormatInt(j, buf));
     if (size > 0) value.resize(static_cast<size_t>(size), '\0');
     if (!store_->Set(key, value, 0, c.now_ms).ok()) return AppendError(c.out, kErrOom);
+    ++keys_since;
+    bytes_since += key.size() + value.size() + 64;
   }
   AppendSimple(c.out, "OK");
 }

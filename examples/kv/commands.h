@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -54,6 +55,12 @@ class Commands {
   bool Execute(std::span<const std::string_view> args, int64_t now_ms, std::string* out);
 
   const CommandStats& stats() const { return stats_; }
+
+  // Called by long-running commands (DEBUG POPULATE) every few MiB of
+  // changes, at a consistent point, so one command does not make an epoch
+  // larger than the runtime can stage. Returns false if the commit failed
+  // (the command then stops with an error).
+  void set_checkpoint(std::function<bool()> checkpoint) { checkpoint_ = std::move(checkpoint); }
 
  private:
   struct Call {  // one request being executed
@@ -103,6 +110,7 @@ class Commands {
   InfoSource* info_;
   CommandsOptions options_;
   CommandStats stats_;
+  std::function<bool()> checkpoint_;
 };
 
 }  // namespace kv

@@ -75,6 +75,11 @@ spare::Result<std::unique_ptr<Server>> Server::Create(spare::Runtime runtime,
   copts.max_bulk = s->options_.limits.max_bulk;
   copts.max_clients = s->options_.max_clients;
   s->commands_ = std::make_unique<Commands>(s->store_.get(), s.get(), copts);
+  Server* self = s.get();
+  s->commands_->set_checkpoint([self] {
+    if (self->checkpoint_error_.ok()) self->checkpoint_error_ = self->Commit();
+    return self->checkpoint_error_.ok();
+  });
   s->resumed_epoch_ = s->rt_.resumed() ? s->rt_.epoch() : 0;
   s->state_epoch_ = s->rt_.epoch();
   // Make the freshly created store an epoch of its own, so that a restart

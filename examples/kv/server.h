@@ -110,7 +110,8 @@ class Server : public InfoSource {
   int64_t next_cron_us_ = 0;
   int64_t start_ms_ = 0;
   bool stop_ = false;
-  bool accept_paused_ = false;  // out of fds: the listener is out of epoll
+  spare::Status checkpoint_error_;  // a commit inside a command failed (sticky)
+  bool accept_paused_ = false;      // out of fds: the listener is out of epoll
 
   uint64_t resumed_epoch_ = 0;
   uint64_t connections_total_ = 0;

@@ -77,6 +77,7 @@ spare::Status Server::Run() {
       if (c->in_runnable) again.push_back(c);
     }
     runnable_.swap(again);
+    SPARE_RETURN_IF_ERROR(checkpoint_error_);
     if (Us(CLOCK_MONOTONIC) >= next_cron_us_) Cron(now_ms_);
     SendReplies();
     if (runtime_ready) SPARE_RETURN_IF_ERROR(rt_.poll().With("runtime poll"));
@@ -280,14 +281,7 @@ spare::Status Server::MaybeCommit() {
       (options_.max_batch == 0 || uncommitted_requests_ < options_.max_batch)) {
     return spare::Status::Ok();
   }
-  SPARE_RETURN_IF_ERROR(Commit());
-  if (protected_ && held_epoch_ != 0 && state_epoch_ != held_epoch_) {
-    return spare::Status(spare::Code::kInternal,
-                         "commit assigned epoch " + std::to_string(state_epoch_) +
-                             " to replies sent under epoch " + std::to_string(held_epoch_));
-  }
-  held_epoch_ = 0;
-  return spare::Status::Ok();
+  return Commit();
 }
 
 spare::Status Server::Commit() {
@@ -298,6 +292,12 @@ spare::Status Server::Commit() {
   auto e = rt_.commit(std::string_view(record, static_cast<size_t>(n)));
   if (!e.ok()) return e.status().With("commit");
   state_epoch_ = *e;
+  if (protected_ && held_epoch_ != 0 && state_epoch_ != held_epoch_) {
+    return spare::Status(spare::Code::kInternal,
+                         "commit assigned epoch " + std::to_string(state_epoch_) +
+                             " to replies sent under epoch " + std::to_string(held_epoch_));
+  }
+  held_epoch_ = 0;
   batch_mutations_ = store_->mutations();
   last_commit_us_ = Us(CLOCK_MONOTONIC);
   dirty_since_us_ = 0;

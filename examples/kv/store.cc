@@ -248,6 +248,9 @@ bool Store::ResizeStep(size_t max_slots) {
 }
 
 spare::Status Store::Reserve(size_t n) {
+  if (n > arena_->capacity() / sizeof(Entry)) {  // cannot fit, whatever the table
+    return spare::Status(spare::Code::kResourceExhausted, "not enough memory for the keys");
+  }
   const uint64_t total = size() + n;
   const uint64_t cap = root_->main.mask + 1;
   if (total * 4 <= cap * 3) return spare::Status::Ok();
