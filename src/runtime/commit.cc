@@ -102,10 +102,10 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
 }
 
 Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
-  if (!protected_) {
-    gate_.set_pending_epoch(0);
+  if (!protected_) {  // every epoch is durable at once
     ++epoch_;
     durable_ = epoch_;
+    (void)gate_.release(durable_);
     return epoch_;
   }
   SPARE_RETURN_IF_ERROR(error_);

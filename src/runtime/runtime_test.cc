@@ -323,6 +323,12 @@ TEST(RuntimeAttach, UnprotectedReleasesAtOnce) {
   rt->gate().send(app.get(), "x");
   char c;
   EXPECT_EQ(read(client.get(), &c, 1), 1);
+  // An output tagged with an explicit epoch leaves once that epoch commits.
+  rt->gate().send(app.get(), "y", 1);
+  EXPECT_EQ(read(client.get(), &c, 1), -1);
+  ASSERT_TRUE(rt->commit().ok());
+  EXPECT_EQ(read(client.get(), &c, 1), 1);
+  EXPECT_EQ(c, 'y');
 }
 
 }  // namespace
