@@ -109,6 +109,10 @@ bool MarkDirty(uintptr_t addr) {
     if (s.state.load(std::memory_order_seq_cst) == state) {
       // start/end/bits belong to `state` and stay valid while users > 0.
       const size_t page = (addr - start) / kPageSize;
+      // (B) then (A), see the file comment. The bit is set only if mprotect
+      // succeeded, so no optimizer can move (A) above (B). A build with the
+      // two swapped loses writes on every run of WritesAreNeverLost/mprotect
+      // ("write lost on page N word 0"); suspect a stale object first.
       if (::mprotect(reinterpret_cast<void*>(start + page * kPageSize), kPageSize,
                      PROT_READ | PROT_WRITE) == 0) {
         s.bits.load(std::memory_order_relaxed)[page / 64].fetch_or(uint64_t{1} << (page % 64),
