@@ -8,6 +8,8 @@
 #                                        isolates the agent's fsync of state.json
 #   bench/results/restart_tmpfs_poll200.json   same, 200 us between connect attempts:
 #                                        isolates the poll loop's own CPU use (2 cores)
+#   bench/results/restart_tmpfs_poll200_rewrite32.json   same, 32 MiB of values
+#                                        rewritten before each kill (a write working set)
 #   bench/results/throughput.json        throughput_bench, defaults
 #   bench/results/commit.json            commit_bench, both trackers
 #
@@ -78,6 +80,9 @@ if [[ " $ONLY " == *" restart "* ]]; then
     run "$here/restart_bench.py" --build "$BUILD" --tracker "$TRACKER" "${restart[@]}" \
       "${quiet[@]}" --agent-dir-base /dev/shm --poll-sleep-us 200 \
       --out "$RESULTS/restart_tmpfs_poll200.json"
+    run "$here/restart_bench.py" --build "$BUILD" --tracker "$TRACKER" "${restart[@]}" \
+      "${quiet[@]}" --agent-dir-base /dev/shm --poll-sleep-us 200 --rewrite-mib 32 \
+      --out "$RESULTS/restart_tmpfs_poll200_rewrite32.json"
   fi
 fi
 if [[ " $ONLY " == *" throughput "* ]]; then
