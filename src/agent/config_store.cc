@@ -110,7 +110,7 @@ Status ConfigStore::Put(std::string_view key, uint64_t fingerprint, std::string_
   Append<uint64_t>(bytes, blob.size());
   Append<uint64_t>(bytes, XXH64(blob.data(), blob.size(), 0));
   bytes.append(blob);
-  return WriteFileAtomic(PathOf(key), bytes, 0644)
+  return WriteFileAtomic(PathOf(key), bytes, 0644, Durability::kPowerLoss)
       .With("saving config key \"" + std::string(key) + "\"");
 }
 

@@ -20,7 +20,8 @@ Status MakeDirs(const std::string& path) {
   return Status::Ok();
 }
 
-Status WriteFileAtomic(const std::string& path, std::string_view bytes, int mode) {
+Status WriteFileAtomic(const std::string& path, std::string_view bytes, int mode,
+                       Durability durability) {
   std::string tmp = path + ".tmp";
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
   if (!fd.valid()) return Status::FromErrno("create " + tmp, errno);
@@ -31,10 +32,12 @@ Status WriteFileAtomic(const std::string& path, std::string_view bytes, int mode
     if (n < 0) return Status::FromErrno("write " + tmp, errno);
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync " + tmp, errno);
+  const bool sync = durability == Durability::kPowerLoss;
+  if (sync && ::fsync(fd.get()) != 0) return Status::FromErrno("fsync " + tmp, errno);
   fd.reset();
   if (::rename(tmp.c_str(), path.c_str()) != 0)
     return Status::FromErrno("rename to " + path, errno);
+  if (!sync) return Status::Ok();
   size_t slash = path.find_last_of('/');
   std::string dir = slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
   UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));

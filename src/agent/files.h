@@ -11,8 +11,13 @@ namespace spare::agent {
 
 // mkdir -p (mode 0755).
 Status MakeDirs(const std::string& path);
-// Writes `bytes` to `path` atomically: path.tmp, fsync, rename, fsync dir.
-Status WriteFileAtomic(const std::string& path, std::string_view bytes, int mode);
+// Whether a write must survive power loss (fsync) or only a crash of the
+// process (rename alone is atomic against that).
+enum class Durability { kProcessCrash, kPowerLoss };
+// Writes `bytes` to `path` atomically: path.tmp, rename; with kPowerLoss
+// also fsync of the file before and of the directory after the rename.
+Status WriteFileAtomic(const std::string& path, std::string_view bytes, int mode,
+                       Durability durability);
 // The whole file; nullopt when it does not exist.
 Result<std::optional<std::string>> ReadFile(const std::string& path);
 

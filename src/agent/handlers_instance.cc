@@ -164,7 +164,7 @@ std::optional<ipc::Message> Agent::OnAttach(Conn& conn, ipc::Message& msg) {
   inst->conn = RefOf(conn);
   inst->tracker = *tracker;
   // Answer first: the instance is restarting and waits for this, while
-  // OnAttached() logs and saves state.json (fsync).
+  // OnAttached() logs and saves state.json.
   Send(conn, AttachReply(*inst, *reattach));
   OnAttached(*inst);
   return std::nullopt;

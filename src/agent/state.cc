@@ -172,7 +172,12 @@ Result<AgentStateValue> StateFromJson(const nlohmann::json& json) {
 Status SaveState(const std::string& path, const AgentStateValue& state) {
   std::string text = ToJson(state).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
   text += '\n';
-  return WriteFileAtomic(path, text, 0600);
+  // No fsync: this value describes live processes and the memfds they and
+  // the agent hold, all of which a power loss ends anyway; it must survive
+  // an agent crash, which rename alone guarantees. An fsync here sat on the
+  // restart path (crash, launch and attach all save) and cost 10-30 ms on
+  // ext4 under load (docs/BENCHMARKS.md, restart on ext4 vs tmpfs).
+  return WriteFileAtomic(path, text, 0600, Durability::kProcessCrash);
 }
 
 Result<std::optional<AgentStateValue>> LoadState(const std::string& path) {
