@@ -158,9 +158,9 @@ TEST_F(AdoptTest, LiveInstanceIsAdoptedAndReattaches) {
 }
 
 TEST_F(AdoptTest, UnknownStateVersionRefusesToStart) {
-  ASSERT_TRUE(
-      WriteFileAtomic(dir_ + "/state.json", R"({"version": 9, "instances": []})", 0600,
-                      Durability::kProcessCrash).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/state.json", R"({"version": 9, "instances": []})", 0600,
+                              Durability::kProcessCrash)
+                  .ok());
   Status st = Start();
   EXPECT_EQ(st.code(), Code::kUnsupported);
   EXPECT_NE(st.message().find("state version 9"), std::string::npos) << st.message();
