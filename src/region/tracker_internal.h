@@ -16,8 +16,10 @@ namespace spare::region::internal {
 // How the uffd tracker makes a range "clean" at Add():
 //   kLazy   register only; Collect() looks only at pages that exist and are
 //           neither page-cache nor zero-page (a write to a MAP_PRIVATE
-//           mapping always creates a private anonymous page). Add() costs
-//           O(pages already written), a scan O(page tables in use).
+//           mapping always creates a private anonymous page), and seals
+//           each 2 MiB chunk it finds in use so later scans of it take the
+//           kernel's fast path. Add() costs O(pages already in use), a scan
+//           O(chunks in use).
 //   kEager  also UFFDIO_WRITEPROTECT the whole range, installing a pte
 //           marker in every page (~1.7 us per MiB at Add, and every later
 //           scan walks all of them). Used only if kLazy fails its self-test.
@@ -35,6 +37,9 @@ Result<std::unique_ptr<DirtyTracker>> NewUffdTracker();
 // A given mode, for tests and measurements.
 Result<std::unique_ptr<DirtyTracker>> NewUffdTracker(UffdMode mode);
 Result<std::unique_ptr<DirtyTracker>> NewMprotectTracker();
+// How many 2 MiB chunks of the range added at `base` a uffd tracker has
+// sealed (see uffd_tracker.cc); 0 for other trackers. For tests.
+size_t UffdSealedChunks(const DirtyTracker& tracker, const void* base);
 
 // "[0x7f0000000000, 0x7f0000004000)"
 std::string DescribeRange(uintptr_t start, uintptr_t end);

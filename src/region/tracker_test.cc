@@ -204,6 +204,92 @@ TEST(UffdTracker, LazyModeRefusesSharedMappings) {
   ::munmap(*p, 4 * kPageSize);
 }
 
+// Lazy mode seals each 2 MiB chunk it finds in use; reads (page-cache
+// pages and never-touched entries) must never be reported as writes,
+// before or after sealing, and writes never missed.
+TEST(UffdTracker, SealedChunksReportExactlyTheWrittenPages) {
+  if (!UffdTrackerSupported()) GTEST_SKIP() << "uffd-wp tracker not supported by this kernel";
+  constexpr size_t kChunkPages = 512;  // 2 MiB
+  auto t = internal::NewUffdTracker(internal::UffdMode::kLazy);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  DirtyTracker& tracker = **t;
+  auto r = TestRegion::MemfdPrivate(4 * kChunkPages);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->addr(0) % (kChunkPages * kPageSize), 0u) << "test assumes 2 MiB alignment";
+  ASSERT_EQ(::pwrite(r->memfd(), "image", 5, 3 * kPageSize), 5);
+
+  Write(r->page(1));  // before Add: counts as clean, and seals chunk 0
+  ASSERT_TRUE(tracker.Add(r->base(), r->len()).ok());
+  EXPECT_EQ(internal::UffdSealedChunks(tracker, r->base()), 1u);
+
+  // Chunk 0: sealed. Chunk 1: reads only. Chunk 2: a write and reads.
+  // Chunk 3: untouched.
+  EXPECT_EQ(Read(r->page(3)), 'i');
+  Write(r->page(5));
+  (void)Read(r->page(kChunkPages + 7));
+  (void)Read(r->page(kChunkPages + 300));
+  Write(r->page(2 * kChunkPages + 9));
+  (void)Read(r->page(2 * kChunkPages + 10));
+  EXPECT_EQ(CollectOrDie(tracker, *r),
+            (Ranges{r->pages(5, 6), r->pages(2 * kChunkPages + 9, 2 * kChunkPages + 10)}));
+  EXPECT_EQ(internal::UffdSealedChunks(tracker, r->base()), 3u) << "chunks 0-2 in use";
+  EXPECT_EQ(CollectOrDie(tracker, *r), Ranges{});
+
+  // Sealed now: reads of pages seen before, of never-touched pages (pte
+  // markers), and of the image are still not writes; writes still are.
+  (void)Read(r->page(kChunkPages + 7));
+  (void)Read(r->page(kChunkPages + 8));
+  (void)Read(r->page(2 * kChunkPages + 200));
+  EXPECT_EQ(Read(r->page(3)), 'i');
+  Write(r->page(kChunkPages + 300));
+  Write(r->page(2 * kChunkPages + 201));
+  Write(r->page(2 * kChunkPages + 202));
+  Write(r->page(4));
+  EXPECT_EQ(CollectOrDie(tracker, *r),
+            (Ranges{r->pages(4, 5), r->pages(kChunkPages + 300, kChunkPages + 301),
+                    r->pages(2 * kChunkPages + 201, 2 * kChunkPages + 203)}));
+  EXPECT_EQ(CollectOrDie(tracker, *r), Ranges{});
+
+  // Dropping a clean private copy leaves the page protected.
+  ASSERT_EQ(::madvise(r->page(4), kPageSize, MADV_DONTNEED), 0);
+  (void)Read(r->page(4));
+  EXPECT_EQ(CollectOrDie(tracker, *r), Ranges{});
+  EXPECT_EQ(internal::UffdSealedChunks(tracker, r->base()), 3u);
+}
+
+// A Collect() of part of a range must not seal (or touch) chunks it only
+// partly covers: their other pages may hold writes it must not report.
+TEST(UffdTracker, PartialCollectLeavesStraddledChunksLazy) {
+  if (!UffdTrackerSupported()) GTEST_SKIP() << "uffd-wp tracker not supported by this kernel";
+  constexpr size_t kChunkPages = 512;
+  auto t = internal::NewUffdTracker(internal::UffdMode::kLazy);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  DirtyTracker& tracker = **t;
+  auto r = TestRegion::MemfdPrivate(2 * kChunkPages);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_TRUE(tracker.Add(r->base(), r->len()).ok());
+  Write(r->page(10));
+  Write(r->page(400));
+  (void)Read(r->page(401));
+  Write(r->page(kChunkPages + 1));
+  std::vector<PageRange> out;
+  // The first half of chunk 0 only.
+  ASSERT_TRUE(tracker.Collect(r->base(), 256 * kPageSize, &out).ok());
+  EXPECT_EQ(out, Ranges{r->pages(10, 11)});
+  EXPECT_EQ(internal::UffdSealedChunks(tracker, r->base()), 0u);
+  // The rest: page 400 still reported, page 401 (read) not.
+  out.clear();
+  ASSERT_TRUE(tracker.Collect(r->page(256), r->len() - 256 * kPageSize, &out).ok());
+  EXPECT_EQ(out, (Ranges{r->pages(400, 401), r->pages(kChunkPages + 1, kChunkPages + 2)}));
+  EXPECT_EQ(internal::UffdSealedChunks(tracker, r->base()), 1u) << "chunk 1 only";
+  EXPECT_EQ(CollectOrDie(tracker, *r), Ranges{});
+  // Chunk 0 is sealed the next time a scan sees a new entry in it.
+  Write(r->page(11));
+  EXPECT_EQ(CollectOrDie(tracker, *r), Ranges{r->pages(11, 12)});
+  EXPECT_EQ(internal::UffdSealedChunks(tracker, r->base()), 2u);
+  EXPECT_EQ(CollectOrDie(tracker, *r), Ranges{});
+}
+
 TEST(UffdTracker, ProbeChoseLazyMode) {
   if (!UffdTrackerSupported()) GTEST_SKIP() << "uffd-wp tracker not supported by this kernel";
   EXPECT_EQ(internal::UffdProbe().mode, internal::UffdMode::kLazy);
