@@ -1,0 +1,121 @@
+#include "runtime/reclaim.h"
+
+#include <algorithm>
+
+namespace spare {
+namespace {
+
+bool Before(const PageSpan& a, const PageSpan& b) {
+  return a.region != b.region ? a.region < b.region : a.offset < b.offset;
+}
+
+uint64_t End(const PageSpan& s) { return s.offset + s.length; }
+
+// Sorts and merges overlapping or adjacent spans in place.
+void Normalize(std::vector<PageSpan>* v) {
+  if (v->empty()) return;
+  std::sort(v->begin(), v->end(), Before);
+  size_t out = 0;
+  for (size_t i = 1; i < v->size(); ++i) {
+    PageSpan& last = (*v)[out];
+    const PageSpan& s = (*v)[i];
+    if (s.region == last.region && s.offset <= End(last)) {
+      last.length = std::max(End(last), End(s)) - last.offset;
+    } else {
+      (*v)[++out] = s;
+    }
+  }
+  v->resize(out + 1);
+}
+
+}  // namespace
+
+std::vector<PageSpan> UnionSpans(std::span<const PageSpan> a, std::span<const PageSpan> b) {
+  std::vector<PageSpan> v(a.begin(), a.end());
+  v.insert(v.end(), b.begin(), b.end());
+  Normalize(&v);
+  return v;
+}
+
+std::vector<PageSpan> SubtractSpans(std::span<const PageSpan> a, std::span<const PageSpan> b) {
+  std::vector<PageSpan> out;
+  size_t j = 0;
+  for (PageSpan cur : a) {
+    // Skip b spans wholly before cur.
+    while (j < b.size() && (b[j].region < cur.region ||
+                            (b[j].region == cur.region && End(b[j]) <= cur.offset))) {
+      ++j;
+    }
+    size_t k = j;
+    while (cur.length > 0 && k < b.size() && b[k].region == cur.region &&
+           b[k].offset < End(cur)) {
+      if (b[k].offset > cur.offset) out.push_back({cur.region, cur.offset, b[k].offset - cur.offset});
+      const uint64_t end = End(cur);
+      const uint64_t cut = std::min(end, End(b[k]));
+      cur.length = end - std::max(cur.offset, cut);
+      cur.offset = std::max(cur.offset, cut);
+      ++k;
+    }
+    if (cur.length > 0) out.push_back(cur);
+  }
+  return out;
+}
+
+void Reclaimer::Shipped(uint64_t epoch, uint64_t now_ns, std::span<const PageSpan> spans) {
+  if (!enabled()) return;
+  (void)now_ns;
+  young_.insert(young_.end(), spans.begin(), spans.end());
+  young_max_epoch_ = std::max(young_max_epoch_, epoch);
+  if (!droppable_.empty() && !spans.empty()) droppable_ = SubtractSpans(droppable_, spans);
+}
+
+void Reclaimer::Collected(std::span<const PageSpan> spans) {
+  if (!enabled()) return;
+  young_.insert(young_.end(), spans.begin(), spans.end());
+  if (!droppable_.empty() && !spans.empty()) droppable_ = SubtractSpans(droppable_, spans);
+}
+
+void Reclaimer::Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* out) {
+  if (!enabled()) return;
+  if (!started_) {
+    started_ = true;
+    interval_start_ns_ = now_ns;
+  }
+  // Swap generations once an interval has passed and every epoch of the
+  // old generation is in the image (else keep accumulating: not yet).
+  if (now_ns - interval_start_ns_ >= options_.clean_after_ns && durable >= old_max_epoch_) {
+    Normalize(&young_);
+    if (!old_.empty()) droppable_ = UnionSpans(droppable_, SubtractSpans(old_, young_));
+    old_ = std::move(young_);
+    young_.clear();
+    old_max_epoch_ = young_max_epoch_;
+    interval_start_ns_ = now_ns;
+  }
+  uint64_t bytes = 0;
+  size_t taken = 0;
+  while (taken < droppable_.size() && taken < options_.budget_spans &&
+         bytes < options_.budget_bytes) {
+    PageSpan s = droppable_[taken];
+    const uint64_t room = options_.budget_bytes - bytes;
+    if (s.length > room) {  // split: the rest waits for the next Take
+      droppable_[taken].offset += room;
+      droppable_[taken].length -= room;
+      s.length = room;
+      out->push_back(s);
+      bytes += room;
+      break;
+    }
+    out->push_back(s);
+    bytes += s.length;
+    ++taken;
+  }
+  droppable_.erase(droppable_.begin(), droppable_.begin() + static_cast<ptrdiff_t>(taken));
+}
+
+uint64_t Reclaimer::droppable_bytes() const {
+  uint64_t n = 0;
+  for (const PageSpan& s : droppable_) n += s.length;
+  return n;
+}
+
+}  // namespace spare

@@ -1,0 +1,103 @@
+#include "runtime/reclaim.h"
+
+#include <gtest/gtest.h>
+
+namespace spare {
+
+void PrintTo(const PageSpan& s, std::ostream* os) {
+  *os << "{r" << s.region << " " << s.offset << "+" << s.length << "}";
+}
+
+namespace {
+
+using Spans = std::vector<PageSpan>;
+constexpr uint64_t kP = 4096;
+constexpr uint64_t kSec = 1'000'000'000;
+
+PageSpan Pages(uint32_t region, uint64_t first, uint64_t count) {
+  return {region, first * kP, count * kP};
+}
+
+TEST(SpanSetsTest, SubtractCutsHolesAndKeepsRegionsApart) {
+  Spans a{Pages(0, 0, 10), Pages(0, 20, 5), Pages(1, 0, 4)};
+  Spans b{Pages(0, 2, 3), Pages(0, 8, 14), Pages(1, 4, 4), Pages(2, 0, 1)};
+  EXPECT_EQ(SubtractSpans(a, b),
+            (Spans{Pages(0, 0, 2), Pages(0, 5, 3), Pages(0, 22, 3), Pages(1, 0, 4)}));
+  EXPECT_EQ(SubtractSpans(a, a), Spans{});
+  EXPECT_EQ(SubtractSpans(a, Spans{}), a);
+  EXPECT_EQ(SubtractSpans(Spans{}, b), Spans{});
+}
+
+TEST(SpanSetsTest, UnionSortsAndMergesAdjacent) {
+  Spans a{Pages(1, 0, 2), Pages(0, 4, 2)};
+  Spans b{Pages(0, 0, 4), Pages(1, 1, 3)};
+  EXPECT_EQ(UnionSpans(a, b), (Spans{Pages(0, 0, 6), Pages(1, 0, 4)}));
+}
+
+Spans Take(Reclaimer& r, uint64_t durable, uint64_t now) {
+  Spans out;
+  r.Take(durable, now, &out);
+  return out;
+}
+
+TEST(ReclaimerTest, DropsPagesCleanForAWholeInterval) {
+  Reclaimer r({.clean_after_ns = kSec, .budget_bytes = 1 << 30, .budget_spans = 1000});
+  EXPECT_EQ(Take(r, 0, 0), Spans{});  // starts the first interval
+  Spans e1{Pages(0, 0, 4)}, e2{Pages(0, 10, 1)};
+  r.Shipped(1, 100, e1);
+  r.Shipped(2, 200, e2);
+  EXPECT_EQ(Take(r, 2, kSec / 2), Spans{}) << "written within this interval";
+  EXPECT_EQ(Take(r, 2, kSec), Spans{}) << "first swap: nothing older yet";
+  Spans e3{Pages(0, 10, 1)};  // page 10 written again in interval 2
+  r.Shipped(3, kSec + 1, e3);
+  EXPECT_EQ(Take(r, 3, 2 * kSec - 1), Spans{});
+  EXPECT_EQ(Take(r, 3, 2 * kSec), Spans{Pages(0, 0, 4)}) << "clean for an interval";
+  EXPECT_EQ(Take(r, 3, 3 * kSec), Spans{Pages(0, 10, 1)}) << "clean since interval 2";
+  EXPECT_EQ(Take(r, 3, 4 * kSec), Spans{});
+}
+
+TEST(ReclaimerTest, WaitsUntilTheOldGenerationIsDurable) {
+  Reclaimer r({.clean_after_ns = kSec, .budget_bytes = 1 << 30, .budget_spans = 1000});
+  (void)Take(r, 0, 0);
+  Spans e1{Pages(0, 0, 1)};
+  r.Shipped(1, 1, e1);
+  (void)Take(r, 0, kSec);          // swap: old = {epoch 1}
+  EXPECT_EQ(Take(r, 0, 2 * kSec), Spans{}) << "epoch 1 is not in the image yet";
+  EXPECT_EQ(Take(r, 1, 2 * kSec), Spans{Pages(0, 0, 1)});
+}
+
+TEST(ReclaimerTest, ShippingAgainWithdrawsADroppablePage) {
+  Reclaimer r({.clean_after_ns = kSec, .budget_bytes = 2 * kP, .budget_spans = 1000});
+  (void)Take(r, 0, 0);
+  Spans e1{Pages(0, 0, 8)};
+  r.Shipped(1, 1, e1);
+  (void)Take(r, 1, kSec);
+  EXPECT_EQ(Take(r, 1, 2 * kSec), Spans{Pages(0, 0, 2)}) << "budget: 2 pages per Take";
+  Spans again{Pages(0, 3, 1)};
+  r.Collected(again);  // deferred epoch: written, not shipped yet
+  Spans e2{Pages(0, 5, 2)};
+  r.Shipped(2, 2 * kSec + 1, e2);
+  EXPECT_EQ(Take(r, 2, 2 * kSec + 2), (Spans{Pages(0, 2, 1), Pages(0, 4, 1)}));
+  EXPECT_EQ(Take(r, 2, 2 * kSec + 3), Spans{Pages(0, 7, 1)});
+  EXPECT_EQ(r.droppable_bytes(), 0u);
+}
+
+TEST(ReclaimerTest, SpanBudgetBoundsOneTake) {
+  Reclaimer r({.clean_after_ns = kSec, .budget_bytes = 1 << 30, .budget_spans = 2});
+  (void)Take(r, 0, 0);
+  Spans e1{Pages(0, 0, 1), Pages(0, 2, 1), Pages(0, 4, 1)};
+  r.Shipped(1, 1, e1);
+  (void)Take(r, 1, kSec);
+  EXPECT_EQ(Take(r, 1, 2 * kSec), (Spans{Pages(0, 0, 1), Pages(0, 2, 1)}));
+  EXPECT_EQ(Take(r, 1, 2 * kSec), Spans{Pages(0, 4, 1)});
+}
+
+TEST(ReclaimerTest, DisabledNeverDrops) {
+  Reclaimer r({.clean_after_ns = 0});
+  Spans e1{Pages(0, 0, 1)};
+  r.Shipped(1, 1, e1);
+  for (uint64_t t : {kSec, 2 * kSec, 3 * kSec}) EXPECT_EQ(Take(r, 1, t), Spans{});
+}
+
+}  // namespace
+}  // namespace spare
