@@ -31,6 +31,8 @@
 //   pages_per_commit        pages the runtime reports committed per commit
 //                           (sanity: must be >= N when not pipelined)
 //   deferred, bp_waits      merged commits / back-pressure waits per commit
+//   helper_share            fraction of the committed bytes the copy helper
+//                           thread copied ($SPARE_COPY_THREADS; 0 when off)
 //
 // Flags besides Google Benchmark's:
 //   --iterations_scale=F    multiply the fixed iteration counts (default 1)
@@ -162,6 +164,11 @@ void BM_Commit(benchmark::State& state) {
   state.counters["deferred"] = static_cast<double>(s1.deferred_commits - s0.deferred_commits) / iters;
   state.counters["bp_waits"] =
       static_cast<double>(s1.backpressure_waits - s0.backpressure_waits) / iters;
+  const uint64_t committed = s1.bytes_committed - s0.bytes_committed;
+  state.counters["helper_share"] =
+      committed ? static_cast<double>(s1.bytes_copied_by_helpers - s0.bytes_copied_by_helpers) /
+                      static_cast<double>(committed)
+                : 0.0;
   state.SetBytesProcessed(static_cast<int64_t>(us.size() * n * kPage));
 }
 
@@ -266,6 +273,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("spare_protected", g_rt->protected_mode() ? "true" : "false");
   benchmark::AddCustomContext("spare_tracker", stats.tracker.empty() ? "none" : stats.tracker);
   benchmark::AddCustomContext("spare_region_bytes", std::to_string(kRegionBytes));
+  benchmark::AddCustomContext("spare_copy_helpers", std::to_string(stats.copy_helpers));
   const char* tls = std::getenv("UCX_TLS");
   benchmark::AddCustomContext("UCX_TLS", tls ? tls : "(unset)");
 

@@ -21,7 +21,11 @@
 //   ... epoll on rt->fd(); when readable: rt->poll();  // releases outputs
 //
 // Threading: a Runtime and everything it hands out belong to one thread
-// (the thread that calls commit). libspare starts no threads of its own.
+// (the thread that calls commit). libspare may start one helper thread of
+// its own ("spare-copy"; $SPARE_COPY_THREADS=N allows N, 0 none), the
+// first time commit() copies a large epoch (>= 1 MiB): it shares such
+// copies with the committing thread, sleeps between commits, blocks
+// asynchronous signals, and is joined when the Runtime is destroyed.
 // What may be stored in a region: see docs/REGIONS.md (plain data and
 // pointers into regions; no fds, no pointers to heap/stack/TLS, no mutexes
 // shared with other processes, no pointers into shared libraries).
@@ -86,6 +90,8 @@ struct RuntimeStats {
   uint64_t backpressure_waits = 0; // commits that blocked for a free slot
   uint64_t outputs_released = 0;
   std::string tracker;             // "uffd-wp" or "mprotect"
+  uint32_t copy_helpers = 0;       // helper threads allowed ($SPARE_COPY_THREADS)
+  uint64_t bytes_copied_by_helpers = 0;  // of bytes_committed
 };
 
 class Runtime {

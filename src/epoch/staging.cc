@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/check.h"
+#include "epoch/copy_pool.h"
 
 namespace spare::epoch {
 namespace {
@@ -95,13 +96,20 @@ EpochPlan PlanEpoch(const StagingView& view, std::span<const DirtyRun> runs, siz
 
 void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
                const EpochPlan& plan, std::span<const DirtyRun> runs,
-               std::span<const std::byte> record) {
+               std::span<const std::byte> record, CopyPool* pool) {
+  // Three passes, so that the page data of all parts can be copied as one
+  // job list (shared with the pool's helpers) while every slot's header is
+  // still written last: (1) record and entry table of each part, (2) all
+  // page data, fenced, (3) each part's header with the table hash.
+  std::vector<SlotHeader> headers(plan.parts);
+  std::vector<CopyPool::Job> jobs;
+  jobs.reserve(plan.pieces.size());
   size_t i = 0;
   for (uint32_t part = 0; part < plan.parts; ++part) {
     std::byte* slot = view.slot((first_slot + part) % view.slot_count);
     size_t end = i;
     while (end < plan.pieces.size() && plan.pieces[end].part == part) ++end;
-    SlotHeader h{};
+    SlotHeader& h = headers[part];
     h.magic = kSlotMagic;
     h.version = kStagingVersion;
     h.epoch = epoch;
@@ -116,14 +124,24 @@ void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
       const EpochPlan::Piece& p = plan.pieces[k];
       const DirtyRun& run = runs[p.run];
       table[k - i] = SlotEntry{run.region, 0, run.offset + p.skip, p.length};
-      std::memcpy(slot + at, run.src + p.skip, p.length);
+      jobs.push_back({slot + at, run.src + p.skip, p.length});
       at += p.length;
     }
     h.used = at;
     SPARE_CHECK(h.used <= view.slot_size);
+    i = end;
+  }
+  if (pool) {
+    pool->Copy(jobs);
+  } else {
+    CopyPool alone(0);
+    alone.Copy(jobs);
+  }
+  for (uint32_t part = 0; part < plan.parts; ++part) {
+    std::byte* slot = view.slot((first_slot + part) % view.slot_count);
+    SlotHeader& h = headers[part];
     h.table_hash = TableHash(slot, h);
     std::memcpy(slot, &h, sizeof(h));
-    i = end;
   }
 }
 

@@ -28,6 +28,8 @@
 
 namespace spare::epoch {
 
+class CopyPool;
+
 inline constexpr uint32_t kStagingMagic = 0x47545353;  // "SSTG"
 inline constexpr uint32_t kSlotMagic = 0x544f4c53;     // "SLOT"
 inline constexpr uint32_t kStagingVersion = 1;
@@ -106,10 +108,15 @@ struct EpochPlan {
 // slot-sized parts. parts may exceed view.slot_count: the caller checks.
 EpochPlan PlanEpoch(const StagingView& view, std::span<const DirtyRun> runs, size_t record_len);
 // Copies the planned pieces and the record into plan.parts slots starting
-// at first_slot (wrapping). REQUIRES: the caller owns those slots.
+// at first_slot (wrapping); each slot's header is written after its record,
+// table and data. The page data goes through `pool` (streaming stores, and
+// its helper threads for large epochs; copy_pool.h), or is copied by the
+// calling thread alone when pool is null. On return everything is in
+// memory and ordered before the caller's next store: send Commit then.
+// REQUIRES: the caller owns those slots.
 void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
                const EpochPlan& plan, std::span<const DirtyRun> runs,
-               std::span<const std::byte> record);
+               std::span<const std::byte> record, CopyPool* pool = nullptr);
 
 // Smallest slot_size accepted (a full record plus one page and headers).
 inline constexpr uint64_t kMinSlotSize = 128 * 1024;

@@ -76,7 +76,7 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
   if (plan.parts > FreeSlots()) return false;
   const uint64_t e = epoch_ + 1;
   const uint32_t first = next_slot_;
-  epoch::FillEpoch(staging_, e, first, plan, runs_, record);
+  epoch::FillEpoch(staging_, e, first, plan, runs_, record, copy_pool_.get());
   ipc::Message c;
   c.type = ipc::MsgType::kCommit;
   c.generation = generation_;

@@ -54,6 +54,8 @@ Result<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Attach() {
   if (const char* g = Env("SPARE_GENERATION")) rt->generation_ = std::strtoull(g, nullptr, 10);
   SPARE_ASSIGN_OR_RETURN(region::TrackerKind kind, region::TrackerKindFromEnv());
   SPARE_ASSIGN_OR_RETURN(rt->tracker_, region::DirtyTracker::Create(kind));
+  SPARE_ASSIGN_OR_RETURN(unsigned helpers, epoch::CopyHelpersFromEnv());
+  rt->copy_pool_ = std::make_unique<epoch::CopyPool>(helpers);
   SPARE_RETURN_IF_ERROR(NewEpollAndTimer(&rt->epfd_, &rt->timer_));
   SPARE_RETURN_IF_ERROR(rt->Connect(/*reattach=*/false));
   return rt;
@@ -193,6 +195,10 @@ RuntimeStats RuntimeImpl::stats() const {
   RuntimeStats s = stats_;
   s.outputs_released = gate_.released_outputs();
   s.tracker = tracker_ ? std::string(tracker_->name()) : "none";
+  if (copy_pool_) {
+    s.copy_helpers = copy_pool_->helpers();
+    s.bytes_copied_by_helpers = copy_pool_->helper_bytes();
+  }
   return s;
 }
 

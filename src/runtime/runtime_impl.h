@@ -9,7 +9,11 @@
 //   - the mapped staging area: slots [next_slot_ - busy_, next_slot_) are
 //     the agent's (handed over, not yet Applied), the rest are ours;
 //   - the dirty tracker, and `carry_`: pages collected but not yet copied
-//     to staging (a deferred epoch), which the next shipped epoch includes.
+//     to staging (a deferred epoch), which the next shipped epoch includes;
+//   - the copy pool that fills staging slots, with the helper thread(s) it
+//     starts for large epochs ($SPARE_COPY_THREADS, epoch/copy_pool.h);
+//     they touch nothing but the page data of the epoch being copied, and
+//     only inside commit().
 #pragma once
 
 #include <chrono>
@@ -20,6 +24,7 @@
 #include <vector>
 
 #include "common/fd.h"
+#include "epoch/copy_pool.h"
 #include "epoch/staging.h"
 #include "ipc/wire.h"
 #include "region/tracker.h"
@@ -102,6 +107,7 @@ class RuntimeImpl {
   std::vector<RegionState> regions_;
   UniqueFd staging_fd_;
   epoch::StagingView staging_;
+  std::unique_ptr<epoch::CopyPool> copy_pool_;
 
   bool resumed_ = false;
   std::string record_;  // record of the durable epoch

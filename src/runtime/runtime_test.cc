@@ -303,7 +303,46 @@ TEST_P(RuntimeTest, RecordTooLargeIsRefused) {
   EXPECT_TRUE(rt.commit("ok").ok());  // not sticky: nothing was changed
 }
 
+// An epoch above the parallel-copy threshold, spanning several slots, with
+// the copy helper allowed and not: the image equals the region either way.
+TEST_P(RuntimeTest, LargeEpochImageEqualsRegionWithAndWithoutHelper) {
+  for (const char* threads : {"1", "0"}) {
+    setenv("SPARE_COPY_THREADS", threads, 1);
+    FakeAgent agent(8, 1 << 20);
+    Runtime rt = Attach(agent);
+    unsetenv("SPARE_COPY_THREADS");
+    EXPECT_EQ(rt.stats().copy_helpers, threads[0] == '1' ? 1u : 0u);
+    Region* r = *rt.region("heap", 1024 * kPage);
+    for (int round = 0; round < 4; ++round) {
+      for (uint64_t p = round; p < 1024; p += (round % 2 ? 2 : 1))
+        std::memset(r->bytes() + p * kPage, 'a' + round + static_cast<int>(p % 7), kPage);
+      auto e = rt.commit("big" + std::to_string(round));
+      ASSERT_TRUE(e.ok()) << e.status().ToString();
+      Status w = rt.wait_durable(*e, 5000);
+      ASSERT_TRUE(w.ok()) << w.ToString();
+      ASSERT_EQ(agent.Image(1024 * kPage), View(r, 1024 * kPage))
+          << "threads " << threads << " round " << round;
+    }
+    if (threads[0] == '0') {
+      EXPECT_EQ(rt.stats().bytes_copied_by_helpers, 0u);
+    }
+    EXPECT_LE(rt.stats().bytes_copied_by_helpers, rt.stats().bytes_committed);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Trackers, RuntimeTest, ::testing::Values("uffd", "mprotect"));
+
+TEST(RuntimeAttach, BadCopyThreadsIsRefused) {
+  FakeAgent agent(4, 1 << 20);
+  setenv("SPARE_AGENT", agent.dir().c_str(), 1);
+  setenv("SPARE_INSTANCE", "t", 1);
+  setenv("SPARE_COPY_THREADS", "lots", 1);
+  auto rt = Runtime::Attach();
+  unsetenv("SPARE_COPY_THREADS");
+  ASSERT_FALSE(rt.ok());
+  EXPECT_EQ(rt.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(rt.status().message().find("SPARE_COPY_THREADS"), std::string::npos);
+}
 
 TEST(RuntimeAttach, WithoutAgentSaysHowToStart) {
   unsetenv("SPARE_AGENT");
