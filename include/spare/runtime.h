@@ -89,6 +89,8 @@ struct RuntimeStats {
   uint64_t commit_ns_max = 0;
   uint64_t backpressure_waits = 0; // commits that blocked for a free slot
   uint64_t outputs_released = 0;
+  uint64_t pages_dropped = 0;      // private copies of long-clean pages dropped ($SPARE_DROP_CLEAN_MS)
+  uint64_t drop_errors = 0;        // madvise calls refused (the copies were kept)
   std::string tracker;             // "uffd-wp" or "mprotect"
   uint32_t copy_helpers = 0;       // helper threads allowed ($SPARE_COPY_THREADS)
   uint64_t bytes_copied_by_helpers = 0;  // of bytes_committed
@@ -129,6 +131,11 @@ class Runtime {
   // the epoch is merged into the next commit (its outputs are covered by
   // that later epoch); past the merge bound it blocks until a slot frees.
   // Never drops a page. Returns the epoch number assigned.
+  // Call it where no other thread writes the regions (the quiescent point
+  // the epoch captures): it also drops the private copies of pages that
+  // stayed clean for $SPARE_DROP_CLEAN_MS (default 1000, 0 = never) once
+  // their epoch is durable — they read from the committed image again — a
+  // few MiB per call at most; a write racing with that would be lost.
   Result<uint64_t> commit(std::span<const std::byte> record = {});
   Result<uint64_t> commit(std::string_view record) {
     return commit(std::as_bytes(std::span(record.data(), record.size())));

@@ -1,5 +1,6 @@
 // The epoch pipeline: collect dirty pages, copy them into free staging
 // slots, hand the slots over, return. Applied answers free the slots.
+#include <sys/mman.h>
 #include <time.h>
 
 #include <algorithm>
@@ -33,6 +34,11 @@ Status RuntimeImpl::Collect() {
     SPARE_RETURN_IF_ERROR(tracker_->Collect(r.data(), r.size(), &scratch_));
     auto base = reinterpret_cast<uintptr_t>(r.data());
     for (const auto& pr : scratch_) carry_.push_back({i, pr.start - base, pr.bytes()});
+    if (reclaimer_.enabled() && !scratch_.empty()) {
+      spans_.clear();
+      for (const auto& pr : scratch_) spans_.push_back({i, pr.start - base, pr.bytes()});
+      reclaimer_.Written(epoch_ + 1, spans_);  // the next epoch shipped carries them
+    }
   }
   if (!had_carry) return Status::Ok();  // tracker output is already sorted and merged
   std::sort(carry_.begin(), carry_.end(), [](const Pending& a, const Pending& b) {
@@ -50,6 +56,24 @@ Status RuntimeImpl::Collect() {
   }
   carry_.resize(out + 1);
   return Status::Ok();
+}
+
+// Drops the private copies of pages that stayed clean for a while and
+// whose epoch is in the image (runtime/reclaim.h): they read from the image
+// again, still write-protected. Runs inside commit(), right after Collect(),
+// when nothing writes the regions — a page written between the collection
+// and the madvise would lose that write. A refused madvise just keeps the
+// copy (memory, not data).
+void RuntimeImpl::DropCleanCopies() {
+  spans_.clear();
+  reclaimer_.Take(durable_, NowNs(), &spans_);
+  for (const PageSpan& s : spans_) {
+    if (::madvise(regions_[s.region].region->bytes() + s.offset, s.length, MADV_DONTNEED) == 0) {
+      stats_.pages_dropped += s.length / region::kPageSize;
+    } else {
+      stats_.drop_errors++;
+    }
+  }
 }
 
 // Copies carry_ into free slots and sends Commit. False (and *error ok)
@@ -135,6 +159,7 @@ Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
     error_ = st;
     return st;
   }
+  if (reclaimer_.enabled()) DropCleanCopies();
   const uint64_t dt = NowNs() - t0;
   stats_.commit_ns_total += dt;
   stats_.commit_ns_max = std::max(stats_.commit_ns_max, dt);

@@ -1,6 +1,10 @@
 #include "runtime/reclaim.h"
 
+#include <errno.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 namespace spare {
 namespace {
@@ -61,18 +65,11 @@ std::vector<PageSpan> SubtractSpans(std::span<const PageSpan> a, std::span<const
   return out;
 }
 
-void Reclaimer::Shipped(uint64_t epoch, uint64_t now_ns, std::span<const PageSpan> spans) {
-  if (!enabled()) return;
-  (void)now_ns;
+void Reclaimer::Written(uint64_t epoch, std::span<const PageSpan> spans) {
+  if (!enabled() || spans.empty()) return;
   young_.insert(young_.end(), spans.begin(), spans.end());
   young_max_epoch_ = std::max(young_max_epoch_, epoch);
-  if (!droppable_.empty() && !spans.empty()) droppable_ = SubtractSpans(droppable_, spans);
-}
-
-void Reclaimer::Collected(std::span<const PageSpan> spans) {
-  if (!enabled()) return;
-  young_.insert(young_.end(), spans.begin(), spans.end());
-  if (!droppable_.empty() && !spans.empty()) droppable_ = SubtractSpans(droppable_, spans);
+  if (!droppable_.empty()) droppable_ = SubtractSpans(droppable_, spans);
 }
 
 void Reclaimer::Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* out) {
@@ -116,6 +113,21 @@ uint64_t Reclaimer::droppable_bytes() const {
   uint64_t n = 0;
   for (const PageSpan& s : droppable_) n += s.length;
   return n;
+}
+
+Result<uint64_t> DropCleanAfterNsFromEnv() {
+  const char* v = std::getenv("SPARE_DROP_CLEAN_MS");
+  if (!v || !*v) return uint64_t{1'000'000'000};
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long ms = std::strtoull(v, &end, 10);
+  if (*end != '\0' || errno != 0 || v[0] == '-' || ms > 86'400'000) {
+    return Status(Code::kInvalidArgument,
+                  "SPARE_DROP_CLEAN_MS=" + std::string(v) +
+                      " is not a number of milliseconds in 0..86400000 (0 = keep private "
+                      "copies of clean pages)");
+  }
+  return uint64_t{ms} * 1'000'000;
 }
 
 }  // namespace spare

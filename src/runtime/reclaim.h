@@ -7,13 +7,13 @@
 // became durable; the page then reads from the image again (identical
 // bytes), stays write-protected, and its next write is tracked as usual.
 //
-// Two generations of shipped pages, swapped every `clean_after`:
-//   young  pages shipped since the last swap
-//   old    pages shipped in the interval before
+// Two generations of written pages, swapped every `clean_after`:
+//   young  pages collected since the last swap
+//   old    pages collected in the interval before
 // At a swap, old − young (written in the previous interval, not in this
 // one) becomes droppable once every epoch of the old generation is durable.
-// Droppable pages leave that list again if a later epoch ships them (they
-// were written meanwhile), and are handed out a budget at a time so one
+// Droppable pages leave that list again when collected again (written
+// meanwhile), and are handed out a budget at a time so one
 // commit never pays for a large drop.
 //
 // Pure bookkeeping: the caller (commit(), at a quiescent point, right after
@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <span>
 #include <vector>
+
+#include "spare/status.h"
 
 namespace spare {
 
@@ -48,13 +50,10 @@ class Reclaimer {
 
   bool enabled() const { return options_.clean_after_ns != 0; }
 
-  // Epoch `epoch` was shipped at `now_ns` with `spans` (sorted by region
-  // then offset, non-overlapping).
-  void Shipped(uint64_t epoch, uint64_t now_ns, std::span<const PageSpan> spans);
-
-  // Pages collected but not shipped yet (a deferred epoch): they are
-  // being written, so they must not be dropped either.
-  void Collected(std::span<const PageSpan> spans);
+  // Pages just collected (written since the previous collection), which
+  // epoch `epoch` will carry to the image (the next one shipped, whether
+  // this commit ships or defers).
+  void Written(uint64_t epoch, std::span<const PageSpan> spans);
 
   // Appends to *out the spans to drop now, within the budget, given the
   // newest durable epoch. Advances the generations when due.
@@ -70,6 +69,11 @@ class Reclaimer {
   uint64_t young_max_epoch_ = 0, old_max_epoch_ = 0;
   bool old_pending_ = false;  // old_ waits for its epochs to be durable
 };
+
+// $SPARE_DROP_CLEAN_MS: how long a page must stay clean before its private
+// copy is dropped, 0 = never; default 1000. kInvalidArgument names a bad
+// value.
+Result<uint64_t> DropCleanAfterNsFromEnv();
 
 // Set operations on sorted, non-overlapping span lists (exposed for tests).
 std::vector<PageSpan> UnionSpans(std::span<const PageSpan> a, std::span<const PageSpan> b);

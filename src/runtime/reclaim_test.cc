@@ -44,12 +44,12 @@ TEST(ReclaimerTest, DropsPagesCleanForAWholeInterval) {
   Reclaimer r({.clean_after_ns = kSec, .budget_bytes = 1 << 30, .budget_spans = 1000});
   EXPECT_EQ(Take(r, 0, 0), Spans{});  // starts the first interval
   Spans e1{Pages(0, 0, 4)}, e2{Pages(0, 10, 1)};
-  r.Shipped(1, 100, e1);
-  r.Shipped(2, 200, e2);
+  r.Written(1, e1);
+  r.Written(2, e2);
   EXPECT_EQ(Take(r, 2, kSec / 2), Spans{}) << "written within this interval";
   EXPECT_EQ(Take(r, 2, kSec), Spans{}) << "first swap: nothing older yet";
   Spans e3{Pages(0, 10, 1)};  // page 10 written again in interval 2
-  r.Shipped(3, kSec + 1, e3);
+  r.Written(3, e3);
   EXPECT_EQ(Take(r, 3, 2 * kSec - 1), Spans{});
   EXPECT_EQ(Take(r, 3, 2 * kSec), Spans{Pages(0, 0, 4)}) << "clean for an interval";
   EXPECT_EQ(Take(r, 3, 3 * kSec), Spans{Pages(0, 10, 1)}) << "clean since interval 2";
@@ -60,7 +60,7 @@ TEST(ReclaimerTest, WaitsUntilTheOldGenerationIsDurable) {
   Reclaimer r({.clean_after_ns = kSec, .budget_bytes = 1 << 30, .budget_spans = 1000});
   (void)Take(r, 0, 0);
   Spans e1{Pages(0, 0, 1)};
-  r.Shipped(1, 1, e1);
+  r.Written(1, e1);
   (void)Take(r, 0, kSec);          // swap: old = {epoch 1}
   EXPECT_EQ(Take(r, 0, 2 * kSec), Spans{}) << "epoch 1 is not in the image yet";
   EXPECT_EQ(Take(r, 1, 2 * kSec), Spans{Pages(0, 0, 1)});
@@ -70,13 +70,13 @@ TEST(ReclaimerTest, ShippingAgainWithdrawsADroppablePage) {
   Reclaimer r({.clean_after_ns = kSec, .budget_bytes = 2 * kP, .budget_spans = 1000});
   (void)Take(r, 0, 0);
   Spans e1{Pages(0, 0, 8)};
-  r.Shipped(1, 1, e1);
+  r.Written(1, e1);
   (void)Take(r, 1, kSec);
   EXPECT_EQ(Take(r, 1, 2 * kSec), Spans{Pages(0, 0, 2)}) << "budget: 2 pages per Take";
   Spans again{Pages(0, 3, 1)};
-  r.Collected(again);  // deferred epoch: written, not shipped yet
+  r.Written(2, again);  // collected for epoch 2
   Spans e2{Pages(0, 5, 2)};
-  r.Shipped(2, 2 * kSec + 1, e2);
+  r.Written(2, e2);
   EXPECT_EQ(Take(r, 2, 2 * kSec + 2), (Spans{Pages(0, 2, 1), Pages(0, 4, 1)}));
   EXPECT_EQ(Take(r, 2, 2 * kSec + 3), Spans{Pages(0, 7, 1)});
   EXPECT_EQ(r.droppable_bytes(), 0u);
@@ -86,7 +86,7 @@ TEST(ReclaimerTest, SpanBudgetBoundsOneTake) {
   Reclaimer r({.clean_after_ns = kSec, .budget_bytes = 1 << 30, .budget_spans = 2});
   (void)Take(r, 0, 0);
   Spans e1{Pages(0, 0, 1), Pages(0, 2, 1), Pages(0, 4, 1)};
-  r.Shipped(1, 1, e1);
+  r.Written(1, e1);
   (void)Take(r, 1, kSec);
   EXPECT_EQ(Take(r, 1, 2 * kSec), (Spans{Pages(0, 0, 1), Pages(0, 2, 1)}));
   EXPECT_EQ(Take(r, 1, 2 * kSec), Spans{Pages(0, 4, 1)});
@@ -95,7 +95,7 @@ TEST(ReclaimerTest, SpanBudgetBoundsOneTake) {
 TEST(ReclaimerTest, DisabledNeverDrops) {
   Reclaimer r({.clean_after_ns = 0});
   Spans e1{Pages(0, 0, 1)};
-  r.Shipped(1, 1, e1);
+  r.Written(1, e1);
   for (uint64_t t : {kSec, 2 * kSec, 3 * kSec}) EXPECT_EQ(Take(r, 1, t), Spans{});
 }
 

@@ -56,6 +56,8 @@ Result<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Attach() {
   SPARE_ASSIGN_OR_RETURN(rt->tracker_, region::DirtyTracker::Create(kind));
   SPARE_ASSIGN_OR_RETURN(unsigned helpers, epoch::CopyHelpersFromEnv());
   rt->copy_pool_ = std::make_unique<epoch::CopyPool>(helpers);
+  SPARE_ASSIGN_OR_RETURN(uint64_t clean_after_ns, DropCleanAfterNsFromEnv());
+  rt->reclaimer_ = Reclaimer(Reclaimer::Options{.clean_after_ns = clean_after_ns});
   SPARE_RETURN_IF_ERROR(NewEpollAndTimer(&rt->epfd_, &rt->timer_));
   SPARE_RETURN_IF_ERROR(rt->Connect(/*reattach=*/false));
   return rt;

@@ -28,6 +28,7 @@
 #include "epoch/staging.h"
 #include "ipc/wire.h"
 #include "region/tracker.h"
+#include "runtime/reclaim.h"
 #include "spare/runtime.h"
 
 namespace spare {
@@ -90,6 +91,7 @@ class RuntimeImpl {
 
   // --- commit.cc: the epoch pipeline ---
   Status Collect();
+  void DropCleanCopies();
   bool TryShip(std::span<const std::byte> record, Status* error);
   uint32_t FreeSlots() const { return staging_.slot_count - busy_; }
 
@@ -119,6 +121,8 @@ class RuntimeImpl {
   std::vector<Pending> carry_;
   uint32_t deferrals_ = 0;
   std::vector<region::PageRange> scratch_;
+  Reclaimer reclaimer_{Reclaimer::Options{.clean_after_ns = 0}};
+  std::vector<PageSpan> spans_;  // scratch for the reclaimer
   std::vector<epoch::DirtyRun> runs_;
 
   Status error_;  // sticky

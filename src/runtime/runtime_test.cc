@@ -3,6 +3,7 @@
 // with the real ApplyEpoch. Its knobs (hold Applied, drop the connection)
 // are the fault-injection seam; end-to-end tests with the real agent
 // process live in tests/.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/mman.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -328,6 +330,67 @@ TEST_P(RuntimeTest, LargeEpochImageEqualsRegionWithAndWithoutHelper) {
     }
     EXPECT_LE(rt.stats().bytes_copied_by_helpers, rt.stats().bytes_committed);
   }
+}
+
+// /proc/self/pagemap says whether the page at p maps the memfd's page
+// (bit 61: file page) rather than a private copy.
+bool MapsImagePage(const void* p) {
+  UniqueFd pm(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+  uint64_t e = 0;
+  const off_t at = static_cast<off_t>(reinterpret_cast<uintptr_t>(p) / kPage * 8);
+  if (!pm.valid() || ::pread(pm.get(), &e, 8, at) != 8) return false;
+  return (e >> 63 & 1) && (e >> 61 & 1);
+}
+
+// DESIGN §2: private copies of pages that stayed clean for a while are
+// dropped; the page reads the same bytes from the image and its next write
+// is still tracked. A page kept hot is never dropped.
+TEST_P(RuntimeTest, DropsPrivateCopiesOfLongCleanPages) {
+  setenv("SPARE_DROP_CLEAN_MS", "20", 1);
+  FakeAgent agent(4, 1 << 20);
+  Runtime rt = Attach(agent);
+  unsetenv("SPARE_DROP_CLEAN_MS");
+  Region* r = *rt.region("heap", 64 * kPage);
+  for (int p = 0; p < 32; ++p) std::memset(r->bytes() + p * kPage, 'A' + p % 26, kPage);
+  auto e = rt.commit("cold");
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  ASSERT_FALSE(MapsImagePage(r->bytes())) << "a written page is a private copy";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (int round = 0; rt.stats().pages_dropped < 32; ++round) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+        << "dropped " << rt.stats().pages_dropped << " of 32 pages";
+    r->bytes()[40 * kPage] = std::byte(round & 0xff);  // page 40 stays hot
+    auto h = rt.commit("hot");
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    Status w = rt.wait_durable(*h, 5000);
+    ASSERT_TRUE(w.ok()) << w.ToString();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(rt.stats().pages_dropped, 32u) << "only the cold pages";
+  EXPECT_EQ(rt.stats().drop_errors, 0u);
+  for (int p = 0; p < 32; ++p) {
+    ASSERT_EQ(static_cast<char>(r->bytes()[p * kPage + 7]), 'A' + p % 26) << "page " << p;
+    EXPECT_TRUE(MapsImagePage(r->bytes() + p * kPage)) << "page " << p;
+  }
+  EXPECT_FALSE(MapsImagePage(r->bytes() + 40 * kPage)) << "the hot page keeps its copy";
+  // A dropped page's next write is tracked and reaches the image.
+  r->bytes()[3 * kPage + 1] = std::byte{'z'};
+  auto z = rt.commit("after");
+  ASSERT_TRUE(z.ok()) << z.status().ToString();
+  ASSERT_TRUE(rt.wait_durable(*z, 5000).ok());
+  EXPECT_EQ(agent.Image(64 * kPage), View(r, 64 * kPage));
+}
+
+TEST(RuntimeAttach, BadDropCleanMsIsRefused) {
+  FakeAgent agent(4, 1 << 20);
+  setenv("SPARE_AGENT", agent.dir().c_str(), 1);
+  setenv("SPARE_INSTANCE", "t", 1);
+  setenv("SPARE_DROP_CLEAN_MS", "soon", 1);
+  auto rt = Runtime::Attach();
+  unsetenv("SPARE_DROP_CLEAN_MS");
+  ASSERT_FALSE(rt.ok());
+  EXPECT_EQ(rt.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(rt.status().message().find("SPARE_DROP_CLEAN_MS"), std::string::npos);
 }
 
 INSTANTIATE_TEST_SUITE_P(Trackers, RuntimeTest, ::testing::Values("uffd", "mprotect"));
