@@ -31,6 +31,9 @@
 //   pages_per_commit        pages the runtime reports committed per commit
 //                           (sanity: must be >= N when not pipelined)
 //   deferred, bp_waits      merged commits / back-pressure waits per commit
+//   dropped                 private copies of long-clean pages dropped per
+//                           commit ($SPARE_DROP_CLEAN_MS; inside the timed
+//                           commit)
 //   helper_share            fraction of the committed bytes the copy helper
 //                           thread copied ($SPARE_COPY_THREADS; 0 when off)
 //
@@ -169,6 +172,7 @@ void BM_Commit(benchmark::State& state) {
       committed ? static_cast<double>(s1.bytes_copied_by_helpers - s0.bytes_copied_by_helpers) /
                       static_cast<double>(committed)
                 : 0.0;
+  state.counters["dropped"] = static_cast<double>(s1.pages_dropped - s0.pages_dropped) / iters;
   state.SetBytesProcessed(static_cast<int64_t>(us.size() * n * kPage));
 }
 

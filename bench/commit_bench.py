@@ -128,6 +128,8 @@ def summarize_runs(data: dict, tracker: str) -> list[dict]:
             "bp_waits_per_commit_median": bl.percentile([r["bp_waits"] for r in reps], 50),
             # fraction of the bytes the copy helper thread copied (absent before it existed)
             "helper_share_median": bl.percentile([r.get("helper_share", 0.0) for r in reps], 50),
+            # private copies dropped per commit, inside the timed commit (absent before)
+            "dropped_per_commit_median": bl.percentile([r.get("dropped", 0.0) for r in reps], 50),
         })
     rows.sort(key=lambda r: (r["resident"], r["strided"], r["pipelined"], r["pages"]))
     return rows, floor_rows
@@ -199,10 +201,12 @@ def main() -> int:
              "stride2" if r["strided"] else "contig", r["commit_us_mean"]["p50"],
              r["commit_us_p50_median"], r["commit_us_p99_median"], r["commit_us_p99_worst"],
              r["ms_per_10MB_median"], r["pages_per_commit_median"],
-             r["deferred_per_commit_median"], r["helper_share_median"]]
+             r["deferred_per_commit_median"], r["helper_share_median"],
+             r.get("dropped_per_commit_median", 0.0)]
             for r in summary["results"]]
     human = bl.table(["tracker", "resident", "pages", "mode", "pattern", "mean us", "p50 us", "p99 us",
-                      "p99 worst", "ms/10MB", "pages/c", "deferred/c", "helper"], rows)
+                      "p99 worst", "ms/10MB", "pages/c", "deferred/c", "helper",
+                      "dropped/c"], rows)
     human += "\n\nmedians over repetitions; p99 = per-run p99 of single commits."
     for f in summary["memcpy_floor"]:
         human += (f"\nmemcpy floor ({f['tracker']} run), {f['pages']} pages: "

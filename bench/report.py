@@ -87,15 +87,17 @@ def throughput(d: dict) -> str:
 def commit(d: dict) -> str:
     out = [f"`{d['command']}`", "", f"Machine: {machine(d['machine'])}.", ""]
     out.append("| tracker | resident | dirty pages | mode | pattern | commit µs (median of means) | "
-               "p50 µs | p99 µs (median) | p99 µs (worst run) | ms per 10 MB | deferred/commit |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+               "p50 µs | p99 µs (median) | p99 µs (worst run) | ms per 10 MB | deferred/commit | "
+               "helper share | dropped pages/commit |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in d["results"]:
         out.append(f"| {r['tracker']} | {'1 GiB' if r['resident'] else 'sparse'} | {r['pages']} | "
                    f"{'pipelined' if r['pipelined'] else 'wait'} | "
                    f"{'every 2nd page' if r['strided'] else 'contiguous'} | "
                    f"{f(r['commit_us_mean']['p50'])} | {f(r['commit_us_p50_median'])} | "
                    f"{f(r['commit_us_p99_median'])} | {f(r['commit_us_p99_worst'])} | "
-                   f"{f(r['ms_per_10MB_median'], 2) if r['pages'] >= 256 else '–'} | {f(r['deferred_per_commit_median'], 2)} |")
+                   f"{f(r['ms_per_10MB_median'], 2) if r['pages'] >= 256 else '–'} | {f(r['deferred_per_commit_median'], 2)} | "
+                   f"{f(r.get('helper_share_median', 0.0), 2)} | {f(r.get('dropped_per_commit_median', 0.0), 1)} |")
     out.append("")
     for fl in d.get("memcpy_floor", []):
         out.append(f"- memcpy floor in the {fl['tracker']} process, {fl['pages']} pages: "
