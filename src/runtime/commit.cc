@@ -27,34 +27,18 @@ uint64_t NowNs() {
 // sorted by (region, offset) and merged, so a page collected twice (once
 // in a deferred epoch, again after a later write) is shipped once.
 Status RuntimeImpl::Collect() {
-  bool had_carry = !carry_.empty();
+  const size_t had = carry_.size();
   for (uint32_t i = 0; i < regions_.size(); ++i) {
     Region& r = *regions_[i].region;
     scratch_.clear();
     SPARE_RETURN_IF_ERROR(tracker_->Collect(r.data(), r.size(), &scratch_));
     auto base = reinterpret_cast<uintptr_t>(r.data());
     for (const auto& pr : scratch_) carry_.push_back({i, pr.start - base, pr.bytes()});
-    if (reclaimer_.enabled() && !scratch_.empty()) {
-      spans_.clear();
-      for (const auto& pr : scratch_) spans_.push_back({i, pr.start - base, pr.bytes()});
-      reclaimer_.Written(epoch_ + 1, spans_);  // the next epoch shipped carries them
-    }
   }
-  if (!had_carry) return Status::Ok();  // tracker output is already sorted and merged
-  std::sort(carry_.begin(), carry_.end(), [](const Pending& a, const Pending& b) {
-    return a.region != b.region ? a.region < b.region : a.offset < b.offset;
-  });
-  size_t out = 0;
-  for (size_t i = 1; i < carry_.size(); ++i) {
-    Pending& last = carry_[out];
-    const Pending& p = carry_[i];
-    if (p.region == last.region && p.offset <= last.offset + last.length) {
-      last.length = std::max(last.length, p.offset + p.length - last.offset);
-    } else {
-      carry_[++out] = p;
-    }
-  }
-  carry_.resize(out + 1);
+  // New spans are sorted (regions in order, tracker output sorted); the
+  // next epoch shipped carries them.
+  reclaimer_.Written(epoch_ + 1, std::span(carry_).subspan(had));
+  if (had) NormalizeSpans(&carry_);  // else already sorted and merged
   return Status::Ok();
 }
 
@@ -65,9 +49,9 @@ Status RuntimeImpl::Collect() {
 // and the madvise would lose that write. A refused madvise just keeps the
 // copy (memory, not data).
 void RuntimeImpl::DropCleanCopies() {
-  spans_.clear();
-  reclaimer_.Take(durable_, NowNs(), &spans_);
-  for (const PageSpan& s : spans_) {
+  drops_.clear();
+  reclaimer_.Take(durable_, NowNs(), &drops_);
+  for (const PageSpan& s : drops_) {
     if (::madvise(regions_[s.region].region->bytes() + s.offset, s.length, MADV_DONTNEED) == 0) {
       stats_.pages_dropped += s.length / region::kPageSize;
     } else {
@@ -82,7 +66,7 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
   if (!connected_) return false;
   runs_.clear();
   uint64_t bytes = 0;
-  for (const Pending& p : carry_) {
+  for (const PageSpan& p : carry_) {
     runs_.push_back({p.region, regions_[p.region].region->bytes() + p.offset, p.offset, p.length});
     bytes += p.length;
   }

@@ -15,8 +15,9 @@ bool Before(const PageSpan& a, const PageSpan& b) {
 
 uint64_t End(const PageSpan& s) { return s.offset + s.length; }
 
-// Sorts and merges overlapping or adjacent spans in place.
-void Normalize(std::vector<PageSpan>* v) {
+}  // namespace
+
+void NormalizeSpans(std::vector<PageSpan>* v) {
   if (v->empty()) return;
   std::sort(v->begin(), v->end(), Before);
   size_t out = 0;
@@ -32,12 +33,10 @@ void Normalize(std::vector<PageSpan>* v) {
   v->resize(out + 1);
 }
 
-}  // namespace
-
 std::vector<PageSpan> UnionSpans(std::span<const PageSpan> a, std::span<const PageSpan> b) {
   std::vector<PageSpan> v(a.begin(), a.end());
   v.insert(v.end(), b.begin(), b.end());
-  Normalize(&v);
+  NormalizeSpans(&v);
   return v;
 }
 
@@ -81,7 +80,7 @@ void Reclaimer::Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* o
   // Swap generations once an interval has passed and every epoch of the
   // old generation is in the image (else keep accumulating: not yet).
   if (now_ns - interval_start_ns_ >= options_.clean_after_ns && durable >= old_max_epoch_) {
-    Normalize(&young_);
+    NormalizeSpans(&young_);
     if (!old_.empty()) droppable_ = UnionSpans(droppable_, SubtractSpans(old_, young_));
     old_ = std::move(young_);
     young_.clear();

@@ -67,7 +67,6 @@ class Reclaimer {
   bool started_ = false;
   std::vector<PageSpan> young_, old_, droppable_;
   uint64_t young_max_epoch_ = 0, old_max_epoch_ = 0;
-  bool old_pending_ = false;  // old_ waits for its epochs to be durable
 };
 
 // $SPARE_DROP_CLEAN_MS: how long a page must stay clean before its private
@@ -75,7 +74,9 @@ class Reclaimer {
 // value.
 Result<uint64_t> DropCleanAfterNsFromEnv();
 
-// Set operations on sorted, non-overlapping span lists (exposed for tests).
+// Sorts by (region, offset) and merges overlapping or adjacent spans.
+void NormalizeSpans(std::vector<PageSpan>* spans);
+// Set operations on sorted, non-overlapping span lists.
 std::vector<PageSpan> UnionSpans(std::span<const PageSpan> a, std::span<const PageSpan> b);
 std::vector<PageSpan> SubtractSpans(std::span<const PageSpan> a, std::span<const PageSpan> b);
 

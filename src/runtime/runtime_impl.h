@@ -71,12 +71,6 @@ class RuntimeImpl {
     uint32_t parts;
     std::string record;
   };
-  struct Pending {  // a collected range not yet copied to staging
-    uint32_t region;
-    uint64_t offset;
-    uint64_t length;
-  };
-
   RuntimeImpl() = default;
 
   // --- connection.cc: talking to the agent ---
@@ -118,11 +112,11 @@ class RuntimeImpl {
   std::deque<InFlight> in_flight_;
   uint32_t next_slot_ = 0;
   uint32_t busy_ = 0;
-  std::vector<Pending> carry_;
+  std::vector<PageSpan> carry_;  // collected, not yet copied to staging
   uint32_t deferrals_ = 0;
   std::vector<region::PageRange> scratch_;
   Reclaimer reclaimer_{Reclaimer::Options{.clean_after_ns = 0}};
-  std::vector<PageSpan> spans_;  // scratch for the reclaimer
+  std::vector<PageSpan> drops_;  // scratch: spans DropCleanCopies() drops
   std::vector<epoch::DirtyRun> runs_;
 
   Status error_;  // sticky

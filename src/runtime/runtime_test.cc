@@ -198,10 +198,8 @@ TEST_P(RuntimeTest, DurableEpochImageEqualsRegion) {
     for (int p = round % 7; p < 64; p += 5) r->bytes()[p * kPage + round] = std::byte(round + 1);
     auto e = rt.commit("r" + std::to_string(round));
     ASSERT_TRUE(e.ok()) << e.status().ToString();
-    {
     Status w = rt.wait_durable(*e, 5000);
     ASSERT_TRUE(w.ok()) << w.ToString();
-  }
     ASSERT_EQ(agent.Image(64 * kPage), View(r, 64 * kPage)) << "round " << round;
   }
   EXPECT_EQ(agent.epoch(), 20u);
