@@ -89,6 +89,10 @@ struct RuntimeStats {
   uint64_t commit_ns_max = 0;
   uint64_t backpressure_waits = 0; // commits that blocked for a free slot
   uint64_t outputs_released = 0;
+  uint64_t released_epoch = 0;     // newest epoch whose staging slots the agent released
+  uint64_t durable_epoch = 0;      // newest epoch the agent confirmed durable
+  uint64_t releases = 0;           // Released messages (slots freed)
+  uint64_t durables = 0;           // Durable messages (outputs released)
   uint64_t pages_dropped = 0;      // private copies of long-clean pages dropped ($SPARE_DROP_CLEAN_MS)
   uint64_t drop_errors = 0;        // madvise calls refused (the copies were kept)
   std::string tracker;             // "uffd-wp" or "mprotect"
@@ -143,7 +147,7 @@ class Runtime {
 
   uint64_t epoch() const;          // newest epoch handed over (or resumed from)
   uint64_t pending_epoch() const;  // epoch that outputs produced now depend on
-  uint64_t durable_epoch() const;  // newest epoch the agent confirmed
+  uint64_t durable_epoch() const;  // newest epoch the agent confirmed durable
   // True when the last commit() was merged into the next epoch (staging
   // busy, or the agent away). Only commit() ships epochs — its record must
   // match the state — so call commit() again soon (an event loop does this

@@ -31,6 +31,8 @@ enum class Code : uint8_t {
   kFailedPrecondition, // state does not allow the operation (e.g. instance failed)
   kUnsupported,        // kernel or platform lacks a feature
   kIoError,            // a system call failed; message carries errno text
+  kChecksumMismatch,   // data does not match the checksum sent with it (corrupted in transit or memory)
+  kTornImage,          // a committed image is between two epochs; nothing may resume from it
   kInternal,           // an invariant broke; a bug in spare
 };
 

@@ -42,6 +42,10 @@ Status Agent::Setup() {
   timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!timer_fd_.valid()) return Status::FromErrno("timerfd_create", errno);
   SPARE_RETURN_IF_ERROR(AddWatch(timer_fd_.get(), EPOLLIN, {WatchKind::kTimer}).status());
+  SPARE_ASSIGN_OR_RETURN(applier_, Worker::Create("spare-apply"));
+  SPARE_ASSIGN_OR_RETURN(io_, Worker::Create("spare-io"));
+  for (Worker* w : {applier_.get(), io_.get()})
+    SPARE_RETURN_IF_ERROR(AddWatch(w->notify_fd(), EPOLLIN, {WatchKind::kWorker}).status());
   if (options_.handle_signals) SPARE_RETURN_IF_ERROR(SetupSignals());
   SPARE_RETURN_IF_ERROR(OpenSocket());
   if (options_.metrics_port != 0) SPARE_RETURN_IF_ERROR(OpenHttp());
@@ -171,6 +175,9 @@ void Agent::HandleEvent(uint64_t token, uint32_t events) {
     case WatchKind::kPidfd:
       OnPidfdReadable(w.id);
       break;
+    case WatchKind::kWorker:
+      (w.fd == applier_->notify_fd() ? applier_ : io_)->RunCompletions();
+      break;
     case WatchKind::kConn: {
       auto c = conns_.find(w.fd);
       if (c == conns_.end()) break;
@@ -244,7 +251,17 @@ void Agent::ArmTimer() {
   ::timerfd_settime(timer_fd_.get(), 0, &its, nullptr);
 }
 
+void Agent::WaitIdle() {
+  // An apply's completion may post a state write, and a write's may not
+  // post anything: drain until both are empty.
+  while (applier_->outstanding() || io_->outstanding()) {
+    applier_->Drain();
+    io_->Drain();
+  }
+}
+
 void Agent::Shutdown() {
+  WaitIdle();  // queued epochs are applied and answered before the final save
   for (auto& [id, inst] : instances_) {
     if (inst->rec.state != InstanceState::kStopping || !inst->pidfd.valid()) continue;
     // The user asked for it to stop; do not leave that to the next agent.
@@ -255,6 +272,7 @@ void Agent::Shutdown() {
     inst->ReleaseImage();
   }
   SaveStateOrLog();
+  WaitIdle();
   if (socket_owned_) ::unlink(socket_path().c_str());
   socket_owned_ = false;
   listen_fd_.reset();

@@ -1,14 +1,20 @@
 // agent/agent.h — the per-host agent: launches and supervises instances,
 // owns their committed images and staging areas, applies their epochs.
 //
-// One thread runs everything: an epoll loop over the agent socket
+// One loop thread owns everything: an epoll loop over the agent socket
 // (DIR/agent.sock), each client connection, each instance's pidfd, a
 // signalfd (SIGTERM/SIGINT end the loop; instances keep running and are
-// re-adopted by the next agent), a timerfd (stop deadlines) and, when
-// configured, the HTTP metrics endpoint.
+// re-adopted by the next agent), a timerfd (stop deadlines), the
+// completions of its two workers and, when configured, the HTTP metrics
+// endpoint. Slow work runs on the workers (agent/worker.h), so the loop
+// answers within milliseconds whatever the instances commit:
+//   apply worker  validates and writes epochs into committed images
+//                 (apply.cc), one at a time, in order;
+//   io worker     writes state.json and config checkpoints (with fsync).
 //
 // Code map: agent.cc (setup, loop, watches), connection.cc (socket I/O,
 // dispatch), handlers_instance.cc (Attach, Region, Commit, Config*),
+// apply.cc (epochs on the apply worker, Released/Durable, torn images),
 // handlers_cli.cc (Run, Status, Stop), supervisor.cc (launch, crash,
 // restart, stop), persistence.cc (state.json, adoption at start),
 // metrics_http.cc, status.cc (status JSON, Prometheus text).
@@ -32,11 +38,14 @@
 #include "agent/instance.h"
 #include "agent/options.h"
 #include "agent/process.h"
+#include "agent/worker.h"
 #include "common/fd.h"
 #include "ipc/wire.h"
 #include "spare/status.h"
 
 namespace spare::agent {
+
+struct ApplyResult;  // apply.cc
 
 class Agent {
  public:
@@ -57,6 +66,9 @@ class Agent {
   // them. For tests that drive the agent step by step.
   Status PollOnce(int timeout_ms);
   void RequestStop() { stop_requested_ = true; }
+  // Waits for every job posted to the workers (applies, state writes) and
+  // runs their completions. For tests and shutdown.
+  void WaitIdle();
 
   // Serves an already-connected SEQPACKET socket as if it had been
   // accepted (tests use one end of a socketpair).
@@ -89,7 +101,9 @@ class Agent {
     std::string in, out;
     size_t sent = 0;
   };
-  enum class WatchKind { kListen, kSignal, kTimer, kHttpListen, kConn, kHttpConn, kPidfd };
+  enum class WatchKind {
+    kListen, kSignal, kTimer, kHttpListen, kConn, kHttpConn, kPidfd, kWorker
+  };
   struct Watch {
     WatchKind kind;
     int fd = -1;
@@ -136,7 +150,13 @@ class Agent {
   ipc::Message CreateRegion(Instance& inst, const std::string& name, uint64_t rounded,
                             uint64_t address);
   std::optional<ipc::Message> OnCommit(Conn& conn, ipc::Message& msg);
-  Status ApplyCommit(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts);
+
+  // apply.cc
+  Status PostApply(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts);
+  void OnApplied(const std::string& id, uint64_t serial, uint64_t epoch, ApplyResult& result);
+  void SendProgress(Instance& inst);
+  void MarkTorn(Instance& inst, uint64_t epoch, const Status& why);
+
   std::optional<ipc::Message> OnConfigGet(Conn& conn, ipc::Message& msg);
   std::optional<ipc::Message> OnConfigPut(Conn& conn, ipc::Message& msg);
   Result<Instance*> AttachedInstance(const Conn& conn, const ipc::Message& msg);
@@ -153,6 +173,7 @@ class Agent {
   void OnPidfdReadable(const std::string& id);
   void OnProcessGone(Instance& inst, const ExitInfo& exit);
   void OnCrash(Instance& inst, bool relaunch_possible);
+  void Relaunch(Instance& inst);
   void FinishStop(Instance& inst, const ExitInfo& exit);
   void ForgetProcess(Instance& inst);
   void AnswerRun(Instance& inst, const Status& error);
@@ -175,6 +196,7 @@ class Agent {
 
   AgentOptions options_;
   std::unique_ptr<Launcher> launcher_;
+  std::unique_ptr<Worker> applier_, io_;
   UniqueFd lock_fd_, listen_fd_, epoll_fd_, signal_fd_, timer_fd_, http_fd_;
   bool socket_owned_ = false;
   bool stop_requested_ = false;

@@ -59,6 +59,10 @@ Status Agent::CheckAttach(const Instance& inst, const Conn& conn, const ipc::Mes
                   "Attach from generation " + std::to_string(msg.generation) +
                       " refused: instance " + id + " was launched as generation " +
                       std::to_string(r.generation) + " (was SPARE_GENERATION changed?)");
+  if (!IsLive(r.state) || r.state == InstanceState::kStopping)
+    return Status(
+        Code::kFailedPrecondition,
+        "instance " + id + " is " + std::string(StateName(r.state)) + "; it cannot attach now");
   if (pid != static_cast<uint64_t>(r.pid))
     return Status(Code::kFailedPrecondition,
                   "instance " + id + " is pid " + std::to_string(r.pid) + " (generation " +
@@ -68,10 +72,6 @@ Status Agent::CheckAttach(const Instance& inst, const Conn& conn, const ipc::Mes
     return Status(Code::kFailedPrecondition, "Attach names pid " + std::to_string(pid) +
                                                  " but the socket's peer is pid " +
                                                  std::to_string(conn.peer_pid));
-  if (!IsLive(r.state) || r.state == InstanceState::kStopping)
-    return Status(
-        Code::kFailedPrecondition,
-        "instance " + id + " is " + std::string(StateName(r.state)) + "; it cannot attach now");
   bool needs_image = !inst.image_held() && (!r.regions.empty() || r.epoch > 0);
   if (needs_image && !reattach)
     return Status(Code::kFailedPrecondition,
@@ -93,6 +93,7 @@ Status Agent::AdoptImage(Instance& inst, ipc::Message& msg, uint64_t durable_epo
                       " are needed (staging, then each region in index order)");
   for (size_t i = 1; i < want; ++i) {
     const RegionRecord& r = inst.rec.regions[i - 1];
+    SPARE_RETURN_IF_ERROR(region::CheckSealed(msg.fds[i].get()).With("region " + r.name));
     struct stat st {};
     if (::fstat(msg.fds[i].get(), &st) != 0) return Status::FromErrno("fstat region fd", errno);
     if (static_cast<uint64_t>(st.st_size) < r.size)
@@ -142,8 +143,11 @@ std::optional<ipc::Message> Agent::OnAttach(Conn& conn, ipc::Message& msg) {
   auto reattach = b.Bool("reattach", false);
   auto tracker = b.String("tracker", "");
   auto durable = b.Uint("durable_epoch", 0);
-  for (const Status& st :
-       {id.status(), pid.status(), reattach.status(), tracker.status(), durable.status()})
+  // The image holds every released epoch (released >= durable); its record
+  // rides in the blob.
+  auto released = b.Uint("released_epoch", durable.ok() ? *durable : 0);
+  for (const Status& st : {id.status(), pid.status(), reattach.status(), tracker.status(),
+                           durable.status(), released.status()})
     if (!st.ok()) return ipc::ErrorMessage(st);
   Instance* inst = FindMutable(*id);
   if (!inst)
@@ -154,7 +158,9 @@ std::optional<ipc::Message> Agent::OnAttach(Conn& conn, ipc::Message& msg) {
   // A reattaching instance keeps using the staging area and images it has
   // mapped, so the agent must take exactly those over.
   if (st.ok() && !inst->image_held())
-    st = *reattach ? AdoptImage(*inst, msg, *durable) : EnsureStaging(*inst);
+    st = *reattach ? AdoptImage(*inst, msg, *released) : EnsureStaging(*inst);
+  if (st.ok() && inst->applies_in_flight == 0 && inst->epochs.in_flight() == 0)
+    inst->ResetImageState();  // a new process: nothing of the old one is queued
   if (!st.ok()) {
     spdlog::warn("instance {}: Attach from pid {} refused: {}", *id, *pid, st.ToString());
     return ipc::ErrorMessage(st);
@@ -270,6 +276,9 @@ ipc::Message Agent::CreateRegion(Instance& inst, const std::string& name, uint64
   return reply;
 }
 
+// Checks a Commit and queues its epoch for the apply worker (apply.cc).
+// The answer comes later, in epoch order: Released and Durable, or an Error
+// naming the epoch. Nothing here waits for the apply.
 std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
   Body b(msg.body, "Commit");
   auto epoch = b.Uint("epoch");
@@ -286,18 +295,25 @@ std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
   for (const Status& st : {epoch.status(), first_slot.status(), parts.status()})
     if (!st.ok()) return refuse(st);
   Instance& inst = **found;
-  uint64_t current = inst.rec.epoch;
-  if (*epoch <= current) {  // already in the image (e.g. re-sent after a reattach)
-    ipc::Message applied;
-    applied.type = ipc::MsgType::kApplied;
-    applied.body = {{"epoch", current}};
-    return applied;
+  if (inst.rec.image_torn)
+    return refuse(Status(Code::kTornImage, "instance " + inst.rec.spec.id +
+                                               " has a torn image; no epoch is accepted"));
+  const uint64_t last = inst.epochs.last();
+  if (*epoch <= last) {
+    // Re-sent after a reattach: already applied (answer again) or queued
+    // (its completion answers).
+    if (*epoch <= inst.epochs.released()) {
+      inst.sent_released = std::min(inst.sent_released, *epoch - 1);
+      inst.sent_durable = std::min(inst.sent_durable, *epoch - 1);
+      SendProgress(inst);
+    }
+    return std::nullopt;
   }
-  if (*epoch != current + 1)
+  if (*epoch != last + 1)
     return refuse(Status(Code::kTornEpoch, "epoch " + std::to_string(*epoch) +
-                                               " does not follow the committed epoch " +
-                                               std::to_string(current) + " (expected " +
-                                               std::to_string(current + 1) + "); nothing applied"));
+                                               " does not follow epoch " + std::to_string(last) +
+                                               " (expected " + std::to_string(last + 1) +
+                                               "); nothing applied"));
   uint32_t slots = inst.staging.view().slot_count;
   if (*first_slot >= slots || *parts == 0 || *parts > slots)
     return refuse(Status(Code::kInvalidArgument,
@@ -305,37 +321,10 @@ std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
                              std::to_string(*first_slot) + " / parts " + std::to_string(*parts) +
                              " do not fit the " + std::to_string(slots) + "-slot staging ring"));
   Status st =
-      ApplyCommit(inst, *epoch, static_cast<uint32_t>(*first_slot), static_cast<uint32_t>(*parts));
-  if (!st.ok()) {
-    spdlog::error(
-        "instance {}: epoch {} refused, the image stays at epoch {}: {}. The instance "
-        "handed over a malformed staging slot (a libspare bug or memory corruption); "
-        "if it repeats, `spare stop` and `spare run` it again",
-        inst.rec.spec.id, *epoch, current, st.ToString());
-    return refuse(st);
-  }
-  ipc::Message applied;
-  applied.type = ipc::MsgType::kApplied;
-  applied.body = {{"epoch", *epoch}};
-  return applied;
-}
-
-Status Agent::ApplyCommit(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts) {
-  std::vector<epoch::RegionTarget> targets;
-  for (size_t i = 0; i < inst.rec.regions.size(); ++i)
-    targets.push_back({inst.region_fds[i].get(), inst.rec.regions[i].size});
-  std::string record;
-  uint64_t bytes = 0;
-  auto t0 = std::chrono::steady_clock::now();
-  SPARE_RETURN_IF_ERROR(
-      epoch::ApplyEpoch(inst.staging.view(), epoch, first_slot, parts, targets, &record, &bytes));
-  inst.apply_seconds +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  inst.epochs_applied++;
-  inst.bytes_applied += bytes;
-  inst.rec.epoch = epoch;
-  inst.record = std::move(record);
-  return Status::Ok();
+      PostApply(inst, *epoch, static_cast<uint32_t>(*first_slot), static_cast<uint32_t>(*parts));
+  if (!st.ok()) return refuse(st.With("queueing epoch " + std::to_string(*epoch)));
+  inst.epochs.Push(*epoch, /*needs_ack=*/false);
+  return std::nullopt;
 }
 
 std::optional<ipc::Message> Agent::OnConfigGet(Conn& conn, ipc::Message& msg) {
@@ -362,10 +351,16 @@ std::optional<ipc::Message> Agent::OnConfigPut(Conn& conn, ipc::Message& msg) {
   auto fingerprint = b.Uint("fingerprint");
   for (const Status& st : {key.status(), fingerprint.status()})
     if (!st.ok()) return ipc::ErrorMessage(st);
-  ConfigStore store(InstanceDir((*found)->rec.spec.id) + "/config");
-  Status st = store.Put(*key, *fingerprint, msg.blob);
-  if (!st.ok()) return ipc::ErrorMessage(st);
-  return OkMessage(nlohmann::json::object());
+  // The write fsyncs (a checkpoint must survive a power loss): on the io
+  // worker, answered from the loop when it is done.
+  io_->Post([this, dir = InstanceDir((*found)->rec.spec.id) + "/config", key = *key,
+             fingerprint = *fingerprint, blob = std::move(msg.blob), to = RefOf(conn)]() {
+    Status st = ConfigStore(dir).Put(key, fingerprint, blob);
+    return [this, st, to] {
+      SendTo(to, st.ok() ? OkMessage(nlohmann::json::object()) : ipc::ErrorMessage(st));
+    };
+  });
+  return std::nullopt;
 }
 
 }  // namespace spare::agent

@@ -9,20 +9,10 @@
 
 namespace spare::agent {
 
-StagingArea& StagingArea::operator=(StagingArea&& o) noexcept {
-  if (this != &o) {
-    Reset();
-    fd_ = std::move(o.fd_);
-    view_ = o.view_;
-    o.view_ = {};
-  }
-  return *this;
-}
+const epoch::StagingView StagingArea::kNoView{};
 
-void StagingArea::Reset() {
-  if (view_.base) ::munmap(view_.base, view_.size);
-  view_ = {};
-  fd_.reset();
+StagingArea::Mapping::~Mapping() {
+  if (view.base) ::munmap(view.base, view.size);
 }
 
 Result<StagingArea> StagingArea::Create(const std::string& id, uint32_t slot_count,
@@ -31,16 +21,15 @@ Result<StagingArea> StagingArea::Create(const std::string& id, uint32_t slot_cou
   SPARE_ASSIGN_OR_RETURN(UniqueFd fd, region::CreateMemfd("spare-staging-" + id, bytes));
   SPARE_ASSIGN_OR_RETURN(void* base, region::MapShared(fd.get(), bytes, /*writable=*/true));
   StagingArea area;
-  area.fd_ = std::move(fd);
-  area.view_.base = static_cast<std::byte*>(base);
-  area.view_.size = bytes;
-  area.view_.slot_count = slot_count;
-  area.view_.slot_size = slot_size;
-  epoch::InitStaging(area.view_);
+  area.m_ = std::make_shared<Mapping>();
+  area.m_->fd = std::move(fd);
+  area.m_->view = {static_cast<std::byte*>(base), bytes, slot_count, slot_size};
+  epoch::InitStaging(area.m_->view);
   return area;
 }
 
 Result<StagingArea> StagingArea::Adopt(UniqueFd fd) {
+  SPARE_RETURN_IF_ERROR(region::CheckSealed(fd.get()).With("staging area handed back on reattach"));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("fstat staging fd", errno);
   if (st.st_size < static_cast<off_t>(epoch::kSlotBase))
@@ -54,12 +43,23 @@ Result<StagingArea> StagingArea::Adopt(UniqueFd fd) {
     return view.status().With("staging area handed back on reattach");
   }
   StagingArea area;
-  area.fd_ = std::move(fd);
-  area.view_ = view.value();
+  area.m_ = std::make_shared<Mapping>();
+  area.m_->fd = std::move(fd);
+  area.m_->view = view.value();
   return area;
 }
 
+void Instance::ResetImageState() {
+  ++image_serial;
+  chain = std::make_shared<ApplyChain>();
+  chain->epoch = rec.epoch;
+  epochs.Reset(rec.epoch);
+  sent_released = sent_durable = rec.epoch;
+}
+
 void Instance::ReleaseImage() {
+  ++image_serial;
+  chain.reset();
   staging.Reset();
   region_fds.clear();
   rec.regions.clear();

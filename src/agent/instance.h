@@ -14,10 +14,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "agent/epoch_queue.h"
 #include "agent/state.h"
 #include "common/fd.h"
 #include "epoch/staging.h"
@@ -36,28 +38,42 @@ struct ConnRef {
   bool operator==(const ConnRef&) const = default;
 };
 
-// The staging memfd and the agent's MAP_SHARED mapping of it.
+// The staging memfd and the agent's MAP_SHARED mapping of it. The mapping
+// is reference counted: an apply running on the agent's worker thread holds
+// a Share() of it, so releasing the image on the loop (stop, failure) never
+// unmaps memory a job is still reading.
 class StagingArea {
  public:
-  StagingArea() = default;
-  StagingArea(StagingArea&& o) noexcept { *this = std::move(o); }
-  StagingArea& operator=(StagingArea&& o) noexcept;
-  ~StagingArea() { Reset(); }
+  struct Mapping {
+    UniqueFd fd;
+    epoch::StagingView view;
+    ~Mapping();
+  };
 
-  // A fresh area: CreateMemfd + MapShared + InitStaging.
+  // A fresh area: CreateMemfd (sealed against resizing) + MapShared +
+  // InitStaging.
   static Result<StagingArea> Create(const std::string& id, uint32_t slot_count, uint64_t slot_size);
-  // An area handed back by a live instance (reattach): checks its size and
-  // header before trusting it.
+  // An area handed back by a live instance (reattach): checks its seals,
+  // size and header before trusting it.
   static Result<StagingArea> Adopt(UniqueFd fd);
 
-  bool valid() const { return fd_.valid(); }
-  int fd() const { return fd_.get(); }
-  const epoch::StagingView& view() const { return view_; }
-  void Reset();
+  bool valid() const { return m_ != nullptr; }
+  int fd() const { return m_ ? m_->fd.get() : -1; }
+  const epoch::StagingView& view() const { return m_ ? m_->view : kNoView; }
+  std::shared_ptr<const Mapping> Share() const { return m_; }
+  void Reset() { m_.reset(); }
 
  private:
-  UniqueFd fd_;
-  epoch::StagingView view_;
+  static const epoch::StagingView kNoView;
+  std::shared_ptr<Mapping> m_;
+};
+
+// Where the apply worker has brought one committed image. Created by the
+// loop when an image is made or adopted (no apply in flight then); from
+// then on only the apply worker reads or writes it (agent/apply.cc).
+struct ApplyChain {
+  uint64_t epoch = 0;  // newest epoch wholly written into the image
+  bool torn = false;   // a write failed for good: the image is between epochs
 };
 
 struct Instance {
@@ -73,6 +89,15 @@ struct Instance {
   StagingArea staging;
   std::vector<UniqueFd> region_fds;  // parallel to rec.regions
   std::string record;                // record of rec.epoch
+  uint64_t image_serial = 0;         // bumped when the image is made, adopted or released
+  std::shared_ptr<ApplyChain> chain;  // the apply worker's view of this image
+
+  // Epochs handed over and not yet durable (Commit → Released → Durable).
+  EpochQueue epochs;
+  uint64_t sent_released = 0, sent_durable = 0;  // last numbers sent to the instance
+  uint32_t applies_in_flight = 0;  // posted to the apply worker, completion not yet seen
+  bool relaunch_pending = false;   // crashed; relaunch once in-flight applies are done
+  uint32_t crashes_in_window = 0;  // of the last crash, for the relaunch log line
 
   // Who is talking to us about it.
   ConnRef conn;                       // the attached instance's socket
@@ -86,11 +111,16 @@ struct Instance {
   uint64_t epochs_applied = 0;
   uint64_t bytes_applied = 0;
   double apply_seconds = 0;
+  double apply_seconds_max = 0;
+  uint64_t apply_retries = 0;  // writes of an epoch started again after a failure
   std::optional<SteadyTime> crash_detected_at;
   std::optional<double> last_restart_ms;
   std::string last_exit;  // ExitInfo::Describe() of the last exit
 
   bool image_held() const { return staging.valid(); }
+  // A new apply chain and epoch queue at rec.epoch, for an image just made
+  // or adopted. REQUIRES: no apply in flight for this instance.
+  void ResetImageState();
   // Drops the committed image (stop, or a re-run that starts fresh).
   void ReleaseImage();
 };

@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 
+#include "epoch/staging.h"
 #include "spare/status.h"
 
 namespace spare::agent {
@@ -26,6 +27,9 @@ struct AgentOptions {
   uint64_t restart_window_s = 60;
   uint16_t metrics_port = 0;   // 0: no HTTP endpoint
   bool handle_signals = true;  // SIGTERM/SIGINT end Run(); off in unit tests
+  // Test seam: how the apply worker writes epochs into region memfds
+  // (a fault injector); empty: pwrite(2). Never set from configuration.
+  epoch::WriteFn apply_write;
 };
 
 // Limits shared by the config file, `spare run` flags and the Run message.

@@ -7,15 +7,26 @@
 
 namespace spare::agent {
 
+// Encodes the state here (cheap: launch specs and region tables) and
+// writes it on the io worker: the rename can take milliseconds on a loaded
+// disk, and this runs on every lifecycle change, the restart path included.
+// Writes land in the order they were asked for (one worker, FIFO).
 void Agent::SaveStateOrLog() {
   AgentStateValue value;
   for (const auto& [id, inst] : instances_) value.instances.push_back(inst->rec);
-  Status st = SaveState(options_.dir + "/state.json", value);
-  if (!st.ok())
-    spdlog::error(
-        "cannot save {}/state.json: {} (a restarted agent would not know the latest "
-        "lifecycle changes)",
-        options_.dir, st.ToString());
+  auto write = [path = options_.dir + "/state.json", text = EncodeState(value)]() {
+    Status st = WriteState(path, text);
+    if (!st.ok())
+      spdlog::error(
+          "cannot save {}: {} (a restarted agent would not know the latest lifecycle changes)",
+          path, st.ToString());
+    return Worker::Completion();
+  };
+  if (io_) {
+    io_->Post(std::move(write));
+  } else {
+    write();  // before the workers exist (Create) or after they are gone
+  }
 }
 
 Status Agent::LoadAndAdopt() {

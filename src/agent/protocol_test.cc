@@ -4,12 +4,16 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 
 #include "agent/agent.h"
 #include "agent/state.h"
@@ -24,14 +28,30 @@ using ipc::MsgType;
 
 // "Launches" the test process itself, so the test can attach with its own
 // pid (the agent checks the socket peer's pid).
+// With stand_in, the pidfd the agent gets is a paused child's, so a test
+// can watch the agent kill "the instance" without killing itself.
 class SelfLauncher : public Launcher {
  public:
+  ~SelfLauncher() override {
+    if (stand_in_pid > 0 && ::kill(stand_in_pid, SIGKILL) == 0) ::waitpid(stand_in_pid, nullptr, 0);
+  }
   Result<Launched> Launch(const LaunchRequest& req) override {
     requests.push_back(req);
-    SPARE_ASSIGN_OR_RETURN(UniqueFd pidfd, PidfdOpen(::getpid()));
+    pid_t target = ::getpid();
+    if (stand_in) {
+      stand_in_pid = ::fork();
+      if (stand_in_pid == 0) {
+        ::pause();
+        ::_exit(0);
+      }
+      target = stand_in_pid;
+    }
+    SPARE_ASSIGN_OR_RETURN(UniqueFd pidfd, PidfdOpen(target));
     return Launched{::getpid(), std::move(pidfd), /*is_child=*/false};
   }
   std::vector<LaunchRequest> requests;
+  bool stand_in = false;
+  pid_t stand_in_pid = 0;
 };
 
 Message Make(MsgType type, nlohmann::json body, uint64_t generation = 0) {
@@ -55,6 +75,10 @@ class ProtocolTest : public ::testing::Test {
     o.handle_signals = false;
     o.slot_count = 4;
     o.slot_size = 256 * 1024;
+    // Runs on the agent's apply worker; tests set write_ before they commit.
+    o.apply_write = [this](int fd, const void* buf, size_t n, off_t off) {
+      return write_ ? write_(fd, buf, n, off) : ::pwrite(fd, buf, n, off);
+    };
     auto agent = Agent::Create(o, std::move(launcher));
     ASSERT_TRUE(agent.ok()) << agent.status().ToString();
     agent_ = std::move(agent).value();
@@ -150,7 +174,38 @@ class ProtocolTest : public ::testing::Test {
     EXPECT_EQ(run->body["generation"], 1);
   }
 
+  // Creates region "heap" (1 MiB) and returns its memfd.
+  UniqueFd Heap() {
+    Message r = Exchange(inst_.get(), Make(MsgType::kRegion,
+                                           {{"name", "heap"}, {"size", 1 << 20}, {"address", 0}}, 1));
+    EXPECT_EQ(r.type, MsgType::kOk) << r.body.dump();
+    return r.fds.empty() ? UniqueFd() : std::move(r.fds[0]);
+  }
+  // Fills slot 0 with epoch `e` by `generation`: pages of `fill` at each
+  // page offset given, and the record "rec-<e>".
+  void Fill(uint64_t e, std::vector<uint64_t> pages, char fill, uint64_t generation = 1) {
+    page_ = std::string(4096, fill);
+    std::vector<epoch::DirtyRun> runs;
+    for (uint64_t p : pages)
+      runs.push_back({0, reinterpret_cast<const std::byte*>(page_.data()), p * 4096, 4096});
+    record_ = "rec-" + std::to_string(e);
+    auto plan = epoch::PlanEpoch(view_, runs, record_.size());
+    ASSERT_EQ(plan.parts, 1u);
+    epoch::FillEpoch(view_, generation, e, 0, plan, runs,
+                     std::as_bytes(std::span(record_.data(), record_.size())));
+  }
+  static Message CommitMsg(uint64_t e) {
+    return Make(MsgType::kCommit, {{"epoch", e}, {"first_slot", 0}, {"parts", 1}}, 1);
+  }
+  static char ImageAt(int memfd, uint64_t page) {
+    char c = 0;
+    EXPECT_EQ(::pread(memfd, &c, 1, static_cast<off_t>(page * 4096)), 1);
+    return c;
+  }
+
   std::string dir_;
+  std::function<ssize_t(int, const void*, size_t, off_t)> write_;
+  std::string page_, record_;
   SelfLauncher* launcher_ = nullptr;
   std::unique_ptr<Agent> agent_;
   UniqueFd cli_, inst_;
@@ -234,6 +289,7 @@ TEST_F(ProtocolTest, AttachChecksGenerationAndPid) {
 
   Attach();
   EXPECT_EQ(agent_->Find("t1")->rec.state, InstanceState::kRunning);
+  agent_->WaitIdle();  // state.json is written on the io worker
   auto saved = LoadState(dir_ + "/state.json");
   ASSERT_TRUE(saved.ok() && saved.value());
   ASSERT_EQ(saved.value()->instances.size(), 1u);
@@ -293,7 +349,7 @@ TEST_F(ProtocolTest, CommitsApplyInOrderOnly) {
   };
   // Out of order: nothing applied, the error names both epochs.
   Message torn = Exchange(inst_.get(), commit(5, 1));
-  ExpectError(torn, Code::kTornEpoch, "epoch 5 does not follow the committed epoch 0");
+  ExpectError(torn, Code::kTornEpoch, "epoch 5 does not follow epoch 0");
   EXPECT_EQ(torn.body["epoch"], 5);
   ExpectError(Exchange(inst_.get(), commit(1, 0)), Code::kStaleGeneration, "generation 0");
   ExpectError(Exchange(inst_.get(), Make(MsgType::kCommit, {{"epoch", "one"}}, 1)),
@@ -308,11 +364,15 @@ TEST_F(ProtocolTest, CommitsApplyInOrderOnly) {
   std::string record = "resume here";
   auto plan = epoch::PlanEpoch(view_, std::span(&run, 1), record.size());
   ASSERT_EQ(plan.parts, 1u);
-  epoch::FillEpoch(view_, 1, 0, plan, std::span(&run, 1),
+  epoch::FillEpoch(view_, 1, 1, 0, plan, std::span(&run, 1),
                    std::as_bytes(std::span(record.data(), record.size())));
-  Message applied = Exchange(inst_.get(), commit(1, 1));
-  ASSERT_EQ(applied.type, MsgType::kApplied) << applied.body.dump();
-  EXPECT_EQ(applied.body["epoch"], 1);
+  Message released = Exchange(inst_.get(), commit(1, 1));
+  ASSERT_EQ(released.type, MsgType::kReleased) << released.body.dump();
+  EXPECT_EQ(released.body["epoch"], 1);
+  auto durable = Next(inst_.get());
+  ASSERT_TRUE(durable.has_value());
+  ASSERT_EQ(durable->type, MsgType::kDurable) << durable->body.dump();
+  EXPECT_EQ(durable->body["epoch"], 1);
   const Instance* inst = agent_->Find("t1");
   EXPECT_EQ(inst->rec.epoch, 1u);
   EXPECT_EQ(inst->record, record);
@@ -320,11 +380,158 @@ TEST_F(ProtocolTest, CommitsApplyInOrderOnly) {
   char got[4096];
   ASSERT_EQ(::pread(memfd, got, sizeof(got), 8192), 4096);
   EXPECT_EQ(std::string(got, 4096), page);
-  // Re-sent (e.g. after a reattach): answered with the current epoch.
+  // Re-sent (e.g. after a reattach): answered again, not applied again.
   Message dup = Exchange(inst_.get(), commit(1, 1));
-  ASSERT_EQ(dup.type, MsgType::kApplied);
+  ASSERT_EQ(dup.type, MsgType::kReleased);
   EXPECT_EQ(dup.body["epoch"], 1);
+  ASSERT_EQ(Next(inst_.get())->type, MsgType::kDurable);
   EXPECT_EQ(agent_->Find("t1")->epochs_applied, 1u);
+}
+
+// Issue 6 item 4: a slot names the generation that filled it and carries a
+// hash of its data; either mismatch is refused with a named error and
+// nothing is written.
+TEST_F(ProtocolTest, SlotsFromAnotherGenerationOrWithBadDataAreRefused) {
+  StartInstance();
+  Attach();
+  UniqueFd heap = Heap();
+  Fill(1, {2}, 'G', /*generation=*/7);
+  ExpectError(Exchange(inst_.get(), CommitMsg(1)), Code::kStaleGeneration,
+              "filled by generation 7, the instance is at generation 1");
+  EXPECT_EQ(ImageAt(heap.get(), 2), 0);
+  Fill(1, {2, 3}, 'D');
+  // Flip one byte of page data after the copy: the table hash still
+  // matches, the data hash does not.
+  auto* h = reinterpret_cast<const epoch::SlotHeader*>(view_.slot(0));
+  view_.slot(0)[h->used - 100] ^= std::byte{1};
+  ExpectError(Exchange(inst_.get(), CommitMsg(1)), Code::kChecksumMismatch, "page data hash");
+  EXPECT_EQ(ImageAt(heap.get(), 2), 0);
+  EXPECT_EQ(ImageAt(heap.get(), 3), 0);
+  EXPECT_EQ(agent_->Find("t1")->rec.epoch, 0u);
+  // Refused epochs may be sent again, and then apply.
+  Fill(1, {2, 3}, 'D');
+  EXPECT_EQ(Exchange(inst_.get(), CommitMsg(1)).type, MsgType::kReleased);
+  EXPECT_EQ(ImageAt(heap.get(), 3), 'D');
+}
+
+// Issue 6 item 3: a write that fails once is retried from the start of the
+// epoch and the epoch applies; the slots are answered only after that.
+TEST_F(ProtocolTest, FailedApplyIsRetriedFromTheStart) {
+  StartInstance();
+  Attach();
+  UniqueFd heap = Heap();
+  std::atomic<int> calls{0};
+  write_ = [&](int fd, const void* buf, size_t n, off_t off) -> ssize_t {
+    if (++calls == 2) {  // the second write of the first attempt
+      errno = ENOSPC;
+      return -1;
+    }
+    return ::pwrite(fd, buf, n, off);
+  };
+  Fill(1, {4, 6}, 'R');  // two runs: two writes per attempt
+  Message released = Exchange(inst_.get(), CommitMsg(1));
+  ASSERT_EQ(released.type, MsgType::kReleased) << released.body.dump();
+  ASSERT_EQ(Next(inst_.get())->type, MsgType::kDurable);
+  EXPECT_EQ(calls.load(), 4);  // 1 ok + 1 failed, then 2 ok
+  EXPECT_EQ(ImageAt(heap.get(), 4), 'R');
+  EXPECT_EQ(ImageAt(heap.get(), 6), 'R');
+  const Instance* inst = agent_->Find("t1");
+  EXPECT_EQ(inst->apply_retries, 1u);
+  EXPECT_EQ(inst->rec.epoch, 1u);
+  EXPECT_EQ(inst->record, "rec-1");
+  EXPECT_FALSE(inst->rec.image_torn);
+}
+
+// Issue 6 item 3: a write that keeps failing leaves the image between two
+// epochs. It is marked torn (persisted), the instance fails with a reason
+// that says what happened and what to do, the epoch is never made durable
+// (so no output of it reaches a client), and nothing resumes from it.
+TEST_F(ProtocolTest, ApplyThatCannotCompleteMarksTheImageTorn) {
+  launcher_->stand_in = true;  // the agent SIGKILLs a failed instance
+  StartInstance();
+  Attach();
+  UniqueFd heap = Heap();
+  Fill(1, {1}, 'a');
+  ASSERT_EQ(Exchange(inst_.get(), CommitMsg(1)).type, MsgType::kReleased);
+  ASSERT_EQ(Next(inst_.get())->type, MsgType::kDurable);
+  std::atomic<int> calls{0};
+  write_ = [&](int fd, const void* buf, size_t n, off_t off) -> ssize_t {
+    if (++calls % 2 == 0) {  // the second write of every attempt
+      errno = EIO;
+      return -1;
+    }
+    return ::pwrite(fd, buf, n, off);
+  };
+  Fill(2, {1, 5}, 'b');
+  Message refused = Exchange(inst_.get(), CommitMsg(2));
+  ExpectError(refused, Code::kTornImage, "torn");
+  EXPECT_EQ(refused.body["epoch"], 2);
+  EXPECT_EQ(calls.load(), 6);  // three attempts
+  // Half of epoch 2 is in the image: that is why nothing may resume from it.
+  EXPECT_EQ(ImageAt(heap.get(), 1), 'b');
+  EXPECT_EQ(ImageAt(heap.get(), 5), 0);
+  // No Durable for epoch 2, ever: the agent kills the instance and closes
+  // its socket; nothing but that close follows the Error.
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(agent_->PollOnce(5).ok());
+    auto more = ipc::Receive(inst_.get(), /*dont_wait=*/true);
+    if (!more.ok()) break;  // closed
+    if (more->has_value()) {
+      ADD_FAILURE() << "after the torn epoch: " << ipc::MsgTypeName((*more)->type);
+    }
+  }
+  agent_->WaitIdle();
+  const Instance* inst = agent_->Find("t1");
+  EXPECT_TRUE(inst->rec.image_torn);
+  EXPECT_EQ(inst->rec.state, InstanceState::kFailed);
+  EXPECT_EQ(inst->rec.epoch, 1u);
+  EXPECT_NE(inst->rec.reason.find("Input/output error"), std::string::npos) << inst->rec.reason;
+  EXPECT_NE(inst->rec.reason.find("spare stop t1"), std::string::npos) << inst->rec.reason;
+  auto saved = LoadState(dir_ + "/state.json");
+  ASSERT_TRUE(saved.ok() && saved.value()) << saved.status().ToString();
+  EXPECT_TRUE(saved.value()->instances.at(0).image_torn);
+  // Nothing attaches to it again.
+  UniqueFd again = Connect();
+  ExpectError(Exchange(again.get(), Make(MsgType::kAttach, AttachBody(::getpid()), 1)),
+              Code::kFailedPrecondition, "failed");
+  // And the status says so.
+  Message st = Exchange(cli_.get(), Make(MsgType::kStatus, nlohmann::json::object()));
+  EXPECT_EQ(st.body["instances"][0]["image_torn"], true);
+  // The agent killed the process, and did not relaunch it.
+  int status = 0;
+  ASSERT_EQ(::waitpid(launcher_->stand_in_pid, &status, 0), launcher_->stand_in_pid);
+  launcher_->stand_in_pid = 0;
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(agent_->PollOnce(5).ok());
+  EXPECT_EQ(launcher_->requests.size(), 1u);
+  EXPECT_EQ(agent_->Find("t1")->rec.state, InstanceState::kFailed);
+}
+
+// Issue 6 item 5: the loop answers while an epoch is being applied. A
+// 400 ms write stalls the apply worker, not the loop: Status is answered
+// at once, and the epoch's answer comes when the write is done.
+TEST_F(ProtocolTest, LoopAnswersWhileAnApplyIsSlow) {
+  StartInstance();
+  Attach();
+  UniqueFd heap = Heap();
+  write_ = [&](int fd, const void* buf, size_t n, off_t off) -> ssize_t {
+    ::usleep(400'000);
+    return ::pwrite(fd, buf, n, off);
+  };
+  Fill(1, {0}, 's');
+  ASSERT_TRUE(ipc::Send(inst_.get(), CommitMsg(1)).ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(agent_->PollOnce(5).ok());  // the Commit is taken
+  auto t0 = std::chrono::steady_clock::now();
+  Message st = Exchange(cli_.get(), Make(MsgType::kStatus, nlohmann::json::object()));
+  auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(st.type, MsgType::kOk);
+  EXPECT_LT(ms, 200) << "Status waited behind the apply";
+  EXPECT_EQ(st.body["instances"][0]["epochs_queued"], 1);
+  EXPECT_EQ(st.body["instances"][0]["durable_epoch"], 0);
+  auto released = Next(inst_.get(), 5000);
+  ASSERT_TRUE(released.has_value());
+  EXPECT_EQ(released->type, MsgType::kReleased);
+  EXPECT_EQ(ImageAt(heap.get(), 0), 's');
 }
 
 TEST_F(ProtocolTest, ConfigCheckpoints) {

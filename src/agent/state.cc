@@ -37,6 +37,7 @@ nlohmann::json RecordToJson(const InstanceRecord& r) {
           {"restarts", r.restarts},
           {"crash_times_ms", r.crash_times_ms},
           {"epoch", r.epoch},
+          {"image_torn", r.image_torn},
           {"regions", regions}};
 }
 
@@ -89,6 +90,7 @@ Result<InstanceRecord> RecordFromJson(const nlohmann::json& j) {
   SPARE_ASSIGN_OR_RETURN(r.generation, b.Uint("generation"));
   SPARE_ASSIGN_OR_RETURN(r.restarts, Uint32(b, "restarts"));
   SPARE_ASSIGN_OR_RETURN(r.epoch, b.Uint("epoch"));
+  SPARE_ASSIGN_OR_RETURN(r.image_torn, b.Bool("image_torn", false));
   const auto& crashes = j.contains("crash_times_ms") ? j["crash_times_ms"] : nlohmann::json();
   if (!crashes.is_array()) return Status(Code::kInvalidArgument, "crash_times_ms is not an array");
   for (const auto& c : crashes) {
@@ -169,9 +171,17 @@ Result<AgentStateValue> StateFromJson(const nlohmann::json& json) {
   return out;
 }
 
-Status SaveState(const std::string& path, const AgentStateValue& state) {
+std::string EncodeState(const AgentStateValue& state) {
   std::string text = ToJson(state).dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
   text += '\n';
+  return text;
+}
+
+Status SaveState(const std::string& path, const AgentStateValue& state) {
+  return WriteState(path, EncodeState(state));
+}
+
+Status WriteState(const std::string& path, const std::string& text) {
   // No fsync: this value describes live processes and the memfds they and
   // the agent hold, all of which a power loss ends anyway; it must survive
   // an agent crash, which rename alone guarantees. An fsync here sat on the

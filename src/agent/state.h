@@ -6,8 +6,9 @@
 // state, crash history and region table. It is rebuilt into live objects
 // by the agent (agent/adopt.cc), never a dump of them.
 //
-// Written atomically (tmp file, fsync, rename, fsync dir) on lifecycle
-// changes only: launch, attach, region creation, crash, stop. The epoch in
+// Written atomically (tmp file, rename) on lifecycle changes only: launch,
+// attach, region creation, crash, stop, torn image — encoded on the agent
+// loop, written by its io worker. The epoch in
 // it may lag the committed image; the instance reports its own on reattach.
 //
 // The file holds the instances' environments, so it is created mode 0600.
@@ -73,6 +74,7 @@ struct InstanceRecord {
   uint32_t restarts = 0;                // relaunches after crashes since `spare run`
   std::vector<int64_t> crash_times_ms;  // wall clock, newest last (bounded)
   uint64_t epoch = 0;                   // may lag the committed image
+  bool image_torn = false;              // an apply failed for good: never resume from the image
   std::vector<RegionRecord> regions;    // in index order
   bool operator==(const InstanceRecord&) const = default;
 };
@@ -88,7 +90,10 @@ nlohmann::json ToJson(const AgentStateValue& state);
 // kUnsupported for a version this agent does not know.
 Result<AgentStateValue> StateFromJson(const nlohmann::json& json);
 
-// Atomic replace of `path` (mode 0600).
+// The file's text (a JSON document).
+std::string EncodeState(const AgentStateValue& state);
+// Atomic replace of `path` (mode 0600) with `text` from EncodeState.
+Status WriteState(const std::string& path, const std::string& text);
 Status SaveState(const std::string& path, const AgentStateValue& state);
 // nullopt when the file does not exist.
 Result<std::optional<AgentStateValue>> LoadState(const std::string& path);

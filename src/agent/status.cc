@@ -81,6 +81,21 @@ const Metric kMetrics[] = {
      [](const nlohmann::json& i) { return Num(i, "last_restart_ms") / 1000.0; }},
     {"spare_instance_epoch", "gauge", "Newest epoch in the committed image.",
      [](const nlohmann::json& i) { return Num(i, "epoch"); }},
+    {"spare_instance_released_epoch", "gauge",
+     "Newest epoch whose staging slots the instance may reuse.",
+     [](const nlohmann::json& i) { return Num(i, "released_epoch"); }},
+    {"spare_instance_durable_epoch", "gauge",
+     "Newest durable epoch: outputs up to it may leave the instance.",
+     [](const nlohmann::json& i) { return Num(i, "durable_epoch"); }},
+    {"spare_epochs_queued", "gauge", "Epochs handed over and not yet durable.",
+     [](const nlohmann::json& i) { return Num(i, "epochs_queued"); }},
+    {"spare_apply_retries_total", "counter",
+     "Epoch writes started again after a failed write into the committed image.",
+     [](const nlohmann::json& i) { return Num(i, "apply_retries"); }},
+    {"spare_apply_seconds_max", "gauge", "Longest apply of one epoch.",
+     [](const nlohmann::json& i) { return Num(i, "apply_seconds_max"); }},
+    {"spare_image_torn", "gauge", "1 when the committed image is torn (never resumed from).",
+     [](const nlohmann::json& i) { return i.value("image_torn", false) ? 1.0 : 0.0; }},
 };
 
 }  // namespace
@@ -95,6 +110,10 @@ nlohmann::json InstanceStatusJson(const Instance& inst) {
           {"policy", r.spec.policy},
           {"state", std::string(StateName(r.state))},
           {"epoch", r.epoch},
+          {"released_epoch", inst.epochs.released()},
+          {"durable_epoch", inst.epochs.durable()},
+          {"epochs_queued", inst.epochs.in_flight()},
+          {"image_torn", r.image_torn},
           {"generation", r.generation},
           {"restarts", r.restarts},
           {"last_restart_ms",
@@ -104,7 +123,9 @@ nlohmann::json InstanceStatusJson(const Instance& inst) {
           {"regions", regions},
           {"epochs_applied", inst.epochs_applied},
           {"bytes_applied", inst.bytes_applied},
-          {"apply_seconds", inst.apply_seconds}};
+          {"apply_seconds", inst.apply_seconds},
+          {"apply_seconds_max", inst.apply_seconds_max},
+          {"apply_retries", inst.apply_retries}};
 }
 
 std::string MetricsText(const nlohmann::json& status) {

@@ -48,6 +48,7 @@ Status Agent::EnsureStaging(Instance& inst) {
   if (inst.staging.valid() && v.slot_count == s.slot_count && v.slot_size == s.slot_size)
     return Status::Ok();
   SPARE_ASSIGN_OR_RETURN(inst.staging, StagingArea::Create(s.id, s.slot_count, s.slot_size));
+  inst.ResetImageState();
   return Status::Ok();
 }
 
@@ -110,6 +111,12 @@ void Agent::OnProcessGone(Instance& inst, const ExitInfo& exit) {
   int64_t pid = inst.rec.pid;
   inst.rec.pid = 0;
   if (inst.rec.state == InstanceState::kStopping) return FinishStop(inst, exit);
+  if (inst.rec.image_torn) {  // MarkTorn failed it and killed it; never resume
+    spdlog::info("instance {}: pid {} ended ({}); its image is torn, not restarted",
+                 inst.rec.spec.id, pid, inst.last_exit);
+    SaveStateOrLog();
+    return;
+  }
   if (exit.clean()) {
     inst.rec.state = InstanceState::kExited;
     inst.rec.reason = "exited with status 0";
@@ -142,24 +149,48 @@ void Agent::OnCrash(Instance& inst, bool relaunch_possible) {
   } else if (!decision.restart) {
     failed = Status(Code::kFailedPrecondition, policy.FailureReason(decision, inst.last_exit));
   } else {
-    Status st = Launch(inst);
-    if (st.ok()) {
-      r.restarts++;
-      r.state = InstanceState::kRestarting;
-      spdlog::info(
-          "instance {}: relaunched as pid {} generation {} from epoch {} (crash {} of "
-          "{} allowed in the window)",
-          id, r.pid, r.generation, r.epoch, decision.crashes_in_window, r.spec.max_restarts);
+    inst.crashes_in_window = decision.crashes_in_window;
+    r.state = InstanceState::kRestarting;
+    if (inst.applies_in_flight > 0) {
+      // Epochs it handed over before dying are still being applied: the
+      // replacement must map the image only once they are in it (its
+      // resume point is the image's epoch).
+      inst.relaunch_pending = true;
       SaveStateOrLog();
       return;
     }
-    failed = Status(Code::kFailedPrecondition, "restart failed: " + st.message());
+    return Relaunch(inst);
   }
   r.state = InstanceState::kFailed;
   r.reason = failed.message();
   inst.crash_detected_at.reset();
   spdlog::error("instance {}: failed: {}", id, r.reason);
   AnswerRun(inst, failed.With("instance " + id + " (see " + InstanceDir(id) + "/log)"));
+  SaveStateOrLog();
+}
+
+// Launches the next generation of a crashed instance from its image.
+void Agent::Relaunch(Instance& inst) {
+  InstanceRecord& r = inst.rec;
+  const std::string& id = r.spec.id;
+  if (r.state != InstanceState::kRestarting) return;  // stopped or failed meanwhile
+  Status st = r.image_torn ? Status(Code::kTornImage, r.reason) : Launch(inst);
+  if (st.ok()) {
+    r.restarts++;
+    r.state = InstanceState::kRestarting;
+    spdlog::info(
+        "instance {}: relaunched as pid {} generation {} from epoch {} (crash {} of "
+        "{} allowed in the window)",
+        id, r.pid, r.generation, r.epoch, inst.crashes_in_window, r.spec.max_restarts);
+    SaveStateOrLog();
+    return;
+  }
+  r.state = InstanceState::kFailed;
+  r.reason = "restart failed: " + st.message();
+  inst.crash_detected_at.reset();
+  spdlog::error("instance {}: failed: {}", id, r.reason);
+  AnswerRun(inst, Status(Code::kFailedPrecondition, r.reason)
+                      .With("instance " + id + " (see " + InstanceDir(id) + "/log)"));
   SaveStateOrLog();
 }
 

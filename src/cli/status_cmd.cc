@@ -28,6 +28,7 @@ std::vector<std::string> Row(const nlohmann::json& i) {
           StrField(i, "policy"),
           StrField(i, "state"),
           Fixed(NumField(i, "epoch"), 0),
+          Fixed(NumField(i, "durable_epoch"), 0),
           Fixed(NumField(i, "generation"), 0),
           Fixed(NumField(i, "restarts"), 0),
           last ? Fixed(*last, 2) : "-",
@@ -36,7 +37,7 @@ std::vector<std::string> Row(const nlohmann::json& i) {
 }
 
 void PrintTable(const nlohmann::json& instances) {
-  std::vector<std::vector<std::string>> rows = {{"ID", "PID", "POLICY", "STATE", "EPOCH", "GEN",
+  std::vector<std::vector<std::string>> rows = {{"ID", "PID", "POLICY", "STATE", "EPOCH", "DURABLE", "GEN",
                                                  "RESTARTS", "LAST RESTART (ms)", "TRACKER",
                                                  "NOTE"}};
   for (const auto& i : instances) rows.push_back(Row(i));
@@ -86,7 +87,8 @@ Command AddStatusCommand(CLI::App& app) {
       "Show what every instance of the agent is doing. One line each: its pid, policy, "
       "lifecycle state (starting, running, restarting, adopting, stopping, stopped, exited, "
       "failed), the newest epoch in "
-      "its committed image, its generation (one per launch), how often it was restarted and "
+      "its committed image, the newest durable one (outputs up to it may leave; with `local` "
+      "the same once applied), its generation (one per launch), how often it was restarted and "
       "how long the last restart took (crash detected to re-attached), its dirty-page tracker "
       "and a note saying why it is not running. --json prints the same as JSON with stable "
       "field names, plus its regions and apply counters.");

@@ -20,6 +20,8 @@ std::string_view CodeName(Code code) {
     case Code::kFailedPrecondition: return "FailedPrecondition";
     case Code::kUnsupported: return "Unsupported";
     case Code::kIoError: return "IoError";
+    case Code::kChecksumMismatch: return "ChecksumMismatch";
+    case Code::kTornImage: return "TornImage";
     case Code::kInternal: return "Internal";
   }
   return "Unknown";

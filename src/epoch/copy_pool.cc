@@ -12,6 +12,7 @@
 #include <system_error>
 
 #include "epoch/copy.h"
+#include "epoch/data_hash.h"
 
 namespace spare::epoch {
 
@@ -55,13 +56,22 @@ void CopyPool::Copy(std::span<const Job> jobs) {
   }
 }
 
-void CopyPool::CopyAlone(std::span<const Job> jobs, bool stream) {
-  if (!stream) {
-    for (const Job& j : jobs) std::memcpy(j.dst, j.src, j.n);
-    return;
+namespace {
+
+void CopyJob(const CopyPool::Job& j, bool stream) {
+  if (stream) {
+    StreamCopy(j.dst, j.src, j.n);
+  } else {
+    std::memcpy(j.dst, j.src, j.n);
   }
-  for (const Job& j : jobs) StreamCopy(j.dst, j.src, j.n);
-  StreamFence();
+  if (j.hash) *j.hash = Hash64(j.src, j.n);  // the source is hot in this core's cache now
+}
+
+}  // namespace
+
+void CopyPool::CopyAlone(std::span<const Job> jobs, bool stream) {
+  for (const Job& j : jobs) CopyJob(j, stream);
+  if (stream) StreamFence();
 }
 
 bool CopyPool::StartHelpers() {
@@ -88,15 +98,29 @@ bool CopyPool::StartHelpers() {
 
 // Cuts the jobs so that every chunk is exactly kChunk bytes (the last one
 // may be shorter). Jobs are page multiples in staging, so cuts stay on
-// page boundaries.
+// page boundaries. A hashed job is never cut (its hash needs all of it on
+// one thread): it closes the open chunk if it would not fit.
 void CopyPool::Cut(std::span<const Job> jobs) {
   cuts_.clear();
   ends_.clear();
   size_t fill = 0;  // bytes in the open chunk
   for (const Job& j : jobs) {
+    if (j.hash) {
+      if (fill && fill + j.n > kChunk) {
+        ends_.push_back(static_cast<uint32_t>(cuts_.size()));
+        fill = 0;
+      }
+      cuts_.push_back(j);
+      fill += j.n;
+      if (fill >= kChunk) {
+        ends_.push_back(static_cast<uint32_t>(cuts_.size()));
+        fill = 0;
+      }
+      continue;
+    }
     for (size_t off = 0; off < j.n;) {
       const size_t len = std::min(j.n - off, kChunk - fill);
-      cuts_.push_back({j.dst + off, j.src + off, len});
+      cuts_.push_back({j.dst + off, j.src + off, len, nullptr});
       off += len;
       fill += len;
       if (fill == kChunk) {
@@ -111,7 +135,7 @@ void CopyPool::Cut(std::span<const Job> jobs) {
 size_t CopyPool::CopyChunk(uint32_t chunk) {
   size_t bytes = 0;
   for (uint32_t k = chunk ? ends_[chunk - 1] : 0; k < ends_[chunk]; ++k) {
-    StreamCopy(cuts_[k].dst, cuts_[k].src, cuts_[k].n);
+    CopyJob(cuts_[k], /*stream=*/true);
     bytes += cuts_[k].n;
   }
   return bytes;

@@ -52,6 +52,10 @@ class CopyPool {
     std::byte* dst;
     const std::byte* src;
     size_t n;
+    // When set, receives Hash64(src, n) (data_hash.h), computed by the
+    // thread that copied the job right after copying it, while the bytes
+    // are in its cache. A hashed job is never cut: keep it <= kHashLeaf.
+    uint64_t* hash = nullptr;
   };
   static constexpr size_t kStreamMin = 256 * 1024;     // total bytes: stream, not memcpy
   static constexpr size_t kParallelMin = 1024 * 1024;  // total bytes: wake the helpers
@@ -63,7 +67,8 @@ class CopyPool {
   CopyPool(const CopyPool&) = delete;
   CopyPool& operator=(const CopyPool&) = delete;
 
-  // Copies every job. On return every byte is written and ordered before
+  // Copies (and hashes, where asked) every job. On return every byte is
+  // written, every hash stored, and ordered before
   // the caller's later stores (each thread that copied has fenced, and the
   // caller acquired the helpers' completion), so the caller may publish.
   // REQUIRES: no destination overlaps another job's source or destination.

@@ -17,6 +17,8 @@
 namespace spare::epoch {
 namespace {
 
+constexpr uint64_t kGen = 3;  // the generation every test slot is filled by
+
 constexpr uint64_t kPage = 4096;
 
 std::vector<std::byte> Random(size_t n, uint32_t seed) {
@@ -193,14 +195,14 @@ TEST(CopyPool, ParallelFillMatchesSingleAndApplies) {
     EpochPlan plan = PlanEpoch(a.view, runs, rec.size());
     ASSERT_EQ(plan.parts, 3u);
     CopyPool pool(helpers);
-    FillEpoch(a.view, 7, 2, plan, runs, record, &pool);  // slots 2, 3, 0
+    FillEpoch(a.view, kGen, 7, 2, plan, runs, record, &pool);  // slots 2, 3, 0
     (helpers ? slots_pooled : slots_alone) = a.Slots();
-    auto v = ValidateEpoch(a.view, 7, 2, plan.parts, a.targets);
+    auto v = ValidateEpoch(a.view, kGen, 7, 2, plan.parts, a.targets);
     ASSERT_TRUE(v.ok()) << v.status().ToString();
     EXPECT_EQ(v->record, rec);
     std::string got_record;
     uint64_t bytes = 0;
-    ASSERT_TRUE(ApplyEpoch(a.view, 7, 2, plan.parts, a.targets, &got_record, &bytes).ok());
+    ASSERT_TRUE(ApplyEpoch(a.view, kGen, 7, 2, plan.parts, a.targets, &got_record, &bytes).ok());
     EXPECT_EQ(bytes, (1500 + 224 + 800) * kPage);
     const std::vector<std::byte> img0 = a.Image(0), img1 = a.Image(1);
     for (uint64_t p = 0; p < 2048; ++p) {

@@ -4,11 +4,14 @@
 #define XXH_STATIC_LINKING_ONLY  // XXH64_state_t on the stack
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "common/check.h"
 #include "epoch/copy_pool.h"
+#include "epoch/data_hash.h"
 
 namespace spare::epoch {
 namespace {
@@ -33,6 +36,12 @@ uint64_t TableHash(const std::byte* slot, const SlotHeader& h) {
   XXH64_update(&st, slot + sizeof(SlotHeader), h.record_len);
   XXH64_update(&st, slot + TableOffset(h.record_len), uint64_t{h.n_entries} * sizeof(SlotEntry));
   return XXH64_digest(&st);
+}
+
+std::string Hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof(buf), "0x%016llx", static_cast<unsigned long long>(v));
+  return buf;
 }
 
 Status Torn(uint64_t epoch, uint32_t part, const std::string& what) {
@@ -94,16 +103,22 @@ EpochPlan PlanEpoch(const StagingView& view, std::span<const DirtyRun> runs, siz
   return plan;
 }
 
-void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
+void FillEpoch(const StagingView& view, uint64_t generation, uint64_t epoch, uint32_t first_slot,
                const EpochPlan& plan, std::span<const DirtyRun> runs,
                std::span<const std::byte> record, CopyPool* pool) {
   // Three passes, so that the page data of all parts can be copied as one
   // job list (shared with the pool's helpers) while every slot's header is
-  // still written last: (1) record and entry table of each part, (2) all
-  // page data, fenced, (3) each part's header with the table hash.
+  // still written last: (1) record and entry table of each part, and one
+  // copy job per hash leaf, (2) all page data, copied and hashed, fenced,
+  // (3) each part's header with its data hash and table hash.
   std::vector<SlotHeader> headers(plan.parts);
   std::vector<CopyPool::Job> jobs;
-  jobs.reserve(plan.pieces.size());
+  std::vector<uint64_t> leaves;         // one hash per leaf, all parts
+  std::vector<size_t> leaf_end(plan.parts);  // part p's leaves end here
+  uint64_t n_leaves = 0;
+  for (const EpochPlan::Piece& p : plan.pieces) n_leaves += LeafCount(p.length);
+  leaves.resize(n_leaves);
+  jobs.reserve(n_leaves);
   size_t i = 0;
   for (uint32_t part = 0; part < plan.parts; ++part) {
     std::byte* slot = view.slot((first_slot + part) % view.slot_count);
@@ -112,6 +127,7 @@ void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
     SlotHeader& h = headers[part];
     h.magic = kSlotMagic;
     h.version = kStagingVersion;
+    h.generation = generation;
     h.epoch = epoch;
     h.part = part;
     h.parts = plan.parts;
@@ -124,9 +140,13 @@ void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
       const EpochPlan::Piece& p = plan.pieces[k];
       const DirtyRun& run = runs[p.run];
       table[k - i] = SlotEntry{run.region, 0, run.offset + p.skip, p.length};
-      jobs.push_back({slot + at, run.src + p.skip, p.length});
+      for (uint64_t off = 0; off < p.length; off += kHashLeaf) {
+        const uint64_t n = std::min<uint64_t>(kHashLeaf, p.length - off);
+        jobs.push_back({slot + at + off, run.src + p.skip + off, n, &leaves[jobs.size()]});
+      }
       at += p.length;
     }
+    leaf_end[part] = jobs.size();
     h.used = at;
     SPARE_CHECK(h.used <= view.slot_size);
     i = end;
@@ -140,13 +160,16 @@ void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
   for (uint32_t part = 0; part < plan.parts; ++part) {
     std::byte* slot = view.slot((first_slot + part) % view.slot_count);
     SlotHeader& h = headers[part];
+    const size_t begin = part ? leaf_end[part - 1] : 0;
+    h.data_hash =
+        CombineLeafHashes(std::span(leaves).subspan(begin, leaf_end[part] - begin));
     h.table_hash = TableHash(slot, h);
     std::memcpy(slot, &h, sizeof(h));
   }
 }
 
-Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t epoch,
-                                     uint32_t first_slot, uint32_t parts,
+Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generation,
+                                     uint64_t epoch, uint32_t first_slot, uint32_t parts,
                                      std::span<const RegionTarget> regions) {
   if (parts == 0 || parts > view.slot_count || first_slot >= view.slot_count)
     return Status(Code::kTornEpoch, "epoch " + std::to_string(epoch) + " names slots " +
@@ -154,12 +177,19 @@ Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t epoch,
                                         std::to_string(parts) + " outside the ring of " +
                                         std::to_string(view.slot_count));
   ValidatedEpoch v;
+  std::vector<uint64_t> leaves;
   for (uint32_t part = 0; part < parts; ++part) {
     const std::byte* slot = view.slot((first_slot + part) % view.slot_count);
     SlotHeader h;  // a private copy: the instance could change the slot under us
     std::memcpy(&h, slot, sizeof(h));
     if (h.magic != kSlotMagic || h.version != kStagingVersion)
       return Torn(epoch, part, "slot has bad magic or version");
+    if (h.generation != generation)
+      return Status(Code::kStaleGeneration,
+                    "epoch " + std::to_string(epoch) + " part " + std::to_string(part) +
+                        ": slot was filled by generation " + std::to_string(h.generation) +
+                        ", the instance is at generation " + std::to_string(generation) +
+                        "; nothing applied");
     if (h.epoch != epoch)
       return Torn(epoch, part, "slot holds epoch " + std::to_string(h.epoch));
     if (h.part != part || h.parts != parts)
@@ -181,6 +211,7 @@ Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t epoch,
     if (part == 0) v.record.assign(local.data() + sizeof(SlotHeader), h.record_len);
     const auto* table = reinterpret_cast<const SlotEntry*>(lbase + TableOffset(h.record_len));
     uint64_t at = data;
+    leaves.clear();
     for (uint32_t k = 0; k < h.n_entries; ++k) {
       SlotEntry e;
       std::memcpy(&e, &table[k], sizeof(e));
@@ -200,33 +231,48 @@ Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t epoch,
                                               std::to_string(part) +
                                               ": entry data runs past the slot's used bytes");
       v.writes.push_back({e.region, e.offset, e.length, slot + at});
+      for (uint64_t off = 0; off < e.length; off += kHashLeaf)
+        leaves.push_back(Hash64(slot + at + off, std::min<uint64_t>(kHashLeaf, e.length - off)));
       at += e.length;
       v.bytes += e.length;
     }
     if (at != h.used) return Torn(epoch, part, "used bytes do not match the entries");
+    const uint64_t got = CombineLeafHashes(leaves);
+    if (got != h.data_hash)
+      return Status(Code::kChecksumMismatch,
+                    "epoch " + std::to_string(epoch) + " part " + std::to_string(part) +
+                        ": page data hash " + Hex(got) + " does not match the slot's " +
+                        Hex(h.data_hash) + " (corrupted after it was copied); nothing applied");
   }
   return v;
 }
 
-Status ApplyEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot, uint32_t parts,
-                  std::span<const RegionTarget> regions, std::string* record, uint64_t* bytes) {
-  SPARE_ASSIGN_OR_RETURN(ValidatedEpoch v, ValidateEpoch(view, epoch, first_slot, parts, regions));
+Status WriteEpoch(const ValidatedEpoch& v, std::span<const RegionTarget> regions,
+                  const WriteFn* write) {
   for (const auto& w : v.writes) {
     uint64_t done = 0;
     while (done < w.length) {
-      ssize_t n = ::pwrite(regions[w.region].fd, w.src + done, w.length - done,
-                           static_cast<off_t>(w.offset + done));
+      const auto off = static_cast<off_t>(w.offset + done);
+      ssize_t n = write ? (*write)(regions[w.region].fd, w.src + done, w.length - done, off)
+                        : ::pwrite(regions[w.region].fd, w.src + done, w.length - done, off);
       if (n < 0 && errno == EINTR) continue;
-      // The image is now partly at epoch, partly before: applying the same
-      // epoch again (idempotent) is the repair, so say so.
       if (n <= 0)
-        return Status::FromErrno("applying epoch " + std::to_string(epoch) +
-                                     " to region " + std::to_string(w.region) +
-                                     " (retry the apply; the image is between epochs)",
+        return Status::FromErrno("writing " + std::to_string(w.length - done) +
+                                     " bytes at offset " + std::to_string(w.offset + done) +
+                                     " of region " + std::to_string(w.region),
                                  n < 0 ? errno : EIO);
       done += static_cast<uint64_t>(n);
     }
   }
+  return Status::Ok();
+}
+
+Status ApplyEpoch(const StagingView& view, uint64_t generation, uint64_t epoch,
+                  uint32_t first_slot, uint32_t parts, std::span<const RegionTarget> regions,
+                  std::string* record, uint64_t* bytes) {
+  SPARE_ASSIGN_OR_RETURN(ValidatedEpoch v,
+                         ValidateEpoch(view, generation, epoch, first_slot, parts, regions));
+  SPARE_RETURN_IF_ERROR(WriteEpoch(v, regions).With("applying epoch " + std::to_string(epoch)));
   if (record) *record = std::move(v.record);
   if (bytes) *bytes = v.bytes;
   return Status::Ok();

@@ -8,18 +8,25 @@
 //   SlotHeader | record bytes (part 0 only) | entries[] | page data
 // An entry {region, offset, length} names `length` bytes of region `region`
 // at byte `offset` (page aligned), whose data follows the entry table in
-// entry order.
+// entry order. The header names the instance generation that filled it
+// and carries two checksums: of the header, record and table, and of the
+// page data (epoch/data_hash.h), so a slot can cross hosts and still be
+// checked by whoever applies it.
 //
 // Ownership: a slot is FREE, then the instance owns it while filling, then
 // hands it over with a Commit message (first_slot, parts); from then the
 // agent owns it until it answers Applied(epoch), which frees the epoch's
-// slots. Neither side writes a slot it does not own. The agent never trusts
+// slots (docs/ARCHITECTURE.md: Released frees slots, Durable releases
+// outputs). Neither side writes a slot it does not own. The agent never trusts
 // what it reads: ValidateEpoch() checks magic, epoch, part numbering,
 // lengths and every entry's bounds before ApplyEpoch() writes anything.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,7 +39,7 @@ class CopyPool;
 
 inline constexpr uint32_t kStagingMagic = 0x47545353;  // "SSTG"
 inline constexpr uint32_t kSlotMagic = 0x544f4c53;     // "SLOT"
-inline constexpr uint32_t kStagingVersion = 1;
+inline constexpr uint32_t kStagingVersion = 2;
 inline constexpr size_t kSlotBase = 4096;
 inline constexpr size_t kMaxRecord = 64 * 1024;
 
@@ -47,14 +54,17 @@ struct StagingHeader {
 struct SlotHeader {
   uint32_t magic;
   uint32_t version;
+  uint64_t generation;  // of the instance that filled the slot
   uint64_t epoch;
   uint32_t part;        // 0-based
   uint32_t parts;       // parts of this epoch
   uint32_t record_len;  // non-zero only in part 0
   uint32_t n_entries;
   uint64_t used;        // bytes of the slot in use, header included
+  uint64_t data_hash;   // of the page data (epoch/data_hash.h)
   uint64_t table_hash;  // XXH64 of the header (with this field 0), record, entries
 };
+static_assert(sizeof(SlotHeader) == 64);
 
 struct SlotEntry {
   uint32_t region;
@@ -111,10 +121,13 @@ EpochPlan PlanEpoch(const StagingView& view, std::span<const DirtyRun> runs, siz
 // at first_slot (wrapping); each slot's header is written after its record,
 // table and data. The page data goes through `pool` (streaming stores, and
 // its helper threads for large epochs; copy_pool.h), or is copied by the
-// calling thread alone when pool is null. On return everything is in
-// memory and ordered before the caller's next store: send Commit then.
-// REQUIRES: the caller owns those slots.
-void FillEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot,
+// calling thread alone when pool is null; it is hashed as it is copied.
+// On return everything is in memory and ordered before the caller's next
+// store: send Commit then.
+// REQUIRES: the caller owns those slots; nothing writes the runs' source
+// bytes meanwhile (commit() is called at a quiescent point), or the data
+// hash would not match the copy and the epoch would be refused.
+void FillEpoch(const StagingView& view, uint64_t generation, uint64_t epoch, uint32_t first_slot,
                const EpochPlan& plan, std::span<const DirtyRun> runs,
                std::span<const std::byte> record, CopyPool* pool = nullptr);
 
@@ -137,16 +150,29 @@ struct ValidatedEpoch {
   uint64_t bytes = 0;
 };
 // Checks every part of `epoch` in slots [first_slot, first_slot+parts)
-// (wrapping) without writing anything.
-Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t epoch,
-                                     uint32_t first_slot, uint32_t parts,
+// (wrapping) without writing anything: layout and bounds, then that every
+// slot was filled by `generation` (else kStaleGeneration) and that its data
+// matches its data hash (else kChecksumMismatch).
+Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generation,
+                                     uint64_t epoch, uint32_t first_slot, uint32_t parts,
                                      std::span<const RegionTarget> regions);
-// Validates, then writes every entry into its region's memfd (pwrite) and
-// copies the record to *record. Idempotent: applying the same epoch again
-// gives the same image. On a validation error nothing has been written.
-// *bytes (optional) receives the page bytes written.
-Status ApplyEpoch(const StagingView& view, uint64_t epoch, uint32_t first_slot, uint32_t parts,
-                  std::span<const RegionTarget> regions, std::string* record,
-                  uint64_t* bytes = nullptr);
+
+// How bytes reach a region's memfd: pwrite(2), or a test's fault injector.
+using WriteFn = std::function<ssize_t(int fd, const void* buf, size_t n, off_t offset)>;
+
+// Writes every write of a validated epoch into its region's memfd, in
+// order. kIoError names the region, offset and errno when a write fails;
+// the image is then partly at this epoch: writing the same epoch again
+// from the start (idempotent) repairs it. `write` null: pwrite(2).
+// REQUIRES: the slots stay owned by the caller until it returns.
+Status WriteEpoch(const ValidatedEpoch& v, std::span<const RegionTarget> regions,
+                  const WriteFn* write = nullptr);
+
+// ValidateEpoch, then WriteEpoch, then the record to *record. Idempotent:
+// applying the same epoch again gives the same image. On a validation
+// error nothing has been written. *bytes (optional): page bytes written.
+Status ApplyEpoch(const StagingView& view, uint64_t generation, uint64_t epoch,
+                  uint32_t first_slot, uint32_t parts, std::span<const RegionTarget> regions,
+                  std::string* record, uint64_t* bytes = nullptr);
 
 }  // namespace spare::epoch

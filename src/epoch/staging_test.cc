@@ -12,6 +12,8 @@
 namespace spare::epoch {
 namespace {
 
+constexpr uint64_t kGen = 3;  // the generation every test slot is filled by
+
 constexpr uint64_t kPage = 4096;
 
 // A staging area in plain memory plus regions as memfds.
@@ -69,10 +71,10 @@ TEST(Staging, FillThenApplyWritesExactlyTheRuns) {
   std::vector<DirtyRun> runs = {f.Run(0, 3, 2), f.Run(1, 15, 1)};
   EpochPlan plan = PlanEpoch(f.view, runs, 5);
   ASSERT_EQ(plan.parts, 1u);
-  FillEpoch(f.view, 1, 0, plan, runs, Rec("rec-1"));
+  FillEpoch(f.view, kGen, 1, 0, plan, runs, Rec("rec-1"));
   std::string record;
   uint64_t bytes = 0;
-  ASSERT_TRUE(ApplyEpoch(f.view, 1, 0, 1, f.targets, &record, &bytes).ok());
+  ASSERT_TRUE(ApplyEpoch(f.view, kGen, 1, 0, 1, f.targets, &record, &bytes).ok());
   EXPECT_EQ(record, "rec-1");
   EXPECT_EQ(bytes, 3 * kPage);
   EXPECT_EQ(f.Image(0, 3), 'a');
@@ -80,7 +82,7 @@ TEST(Staging, FillThenApplyWritesExactlyTheRuns) {
   EXPECT_EQ(f.Image(0, 5), 0);
   EXPECT_EQ(f.Image(1, 15), 'c');
   // Idempotent: applying again gives the same image.
-  ASSERT_TRUE(ApplyEpoch(f.view, 1, 0, 1, f.targets, &record).ok());
+  ASSERT_TRUE(ApplyEpoch(f.view, kGen, 1, 0, 1, f.targets, &record).ok());
   EXPECT_EQ(f.Image(0, 3), 'a');
 }
 
@@ -91,11 +93,11 @@ TEST(Staging, LargeEpochSpansPartsAndWraps) {
   std::vector<DirtyRun> runs = {f.Run(0, 0, 70)};
   EpochPlan plan = PlanEpoch(f.view, runs, 0);
   ASSERT_EQ(plan.parts, 3u);  // 70 pages at < 32 per slot
-  FillEpoch(f.view, 9, 2, plan, runs, {});  // slots 2, 3, 0
-  ASSERT_TRUE(ApplyEpoch(f.view, 9, 2, 3, f.targets, nullptr).ok());
+  FillEpoch(f.view, kGen, 9, 2, plan, runs, {});  // slots 2, 3, 0
+  ASSERT_TRUE(ApplyEpoch(f.view, kGen, 9, 2, 3, f.targets, nullptr).ok());
   for (uint64_t p = 0; p < 70; ++p) EXPECT_EQ(f.Image(0, p), static_cast<char>('A' + p % 26));
   // Naming too few parts is a torn epoch, and nothing is written.
-  auto v = ValidateEpoch(f.view, 9, 2, 2, f.targets);
+  auto v = ValidateEpoch(f.view, kGen, 9, 2, 2, f.targets);
   EXPECT_EQ(v.status().code(), Code::kTornEpoch);
 }
 
@@ -103,8 +105,8 @@ TEST(Staging, RefusesWrongEpochWithoutWriting) {
   Fixture f(2, kMinSlotSize, {8 * kPage});
   f.Write(0, 1, 'z');
   std::vector<DirtyRun> runs = {f.Run(0, 1, 1)};
-  FillEpoch(f.view, 5, 0, PlanEpoch(f.view, runs, 0), runs, {});
-  Status st = ApplyEpoch(f.view, 6, 0, 1, f.targets, nullptr);
+  FillEpoch(f.view, kGen, 5, 0, PlanEpoch(f.view, runs, 0), runs, {});
+  Status st = ApplyEpoch(f.view, kGen, 6, 0, 1, f.targets, nullptr);
   EXPECT_EQ(st.code(), Code::kTornEpoch);
   EXPECT_NE(st.message().find("holds epoch 5"), std::string::npos);
   EXPECT_EQ(f.Image(0, 1), 0);
@@ -117,8 +119,8 @@ TEST(Staging, RefusesOutOfBoundsEntryWithoutWriting) {
   // Region 1's run is planned against a bigger fake region: page 7 + 2 pages.
   std::vector<std::byte> fake(16 * kPage);
   std::vector<DirtyRun> runs = {f.Run(0, 0, 1), {1, fake.data(), 7 * kPage, 2 * kPage}};
-  FillEpoch(f.view, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
-  Status st = ApplyEpoch(f.view, 1, 0, 1, f.targets, nullptr);
+  FillEpoch(f.view, kGen, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
+  Status st = ApplyEpoch(f.view, kGen, 1, 0, 1, f.targets, nullptr);
   EXPECT_EQ(st.code(), Code::kOutOfBounds);
   EXPECT_NE(st.message().find("region 1"), std::string::npos) << st.message();
   EXPECT_EQ(f.Image(0, 0), 0);  // the valid first entry was not applied either
@@ -128,19 +130,19 @@ TEST(Staging, RefusesUnknownRegion) {
   Fixture f(2, kMinSlotSize, {8 * kPage});
   std::vector<std::byte> fake(kPage);
   std::vector<DirtyRun> runs = {{3, fake.data(), 0, kPage}};
-  FillEpoch(f.view, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
-  EXPECT_EQ(ApplyEpoch(f.view, 1, 0, 1, f.targets, nullptr).code(), Code::kOutOfBounds);
+  FillEpoch(f.view, kGen, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
+  EXPECT_EQ(ApplyEpoch(f.view, kGen, 1, 0, 1, f.targets, nullptr).code(), Code::kOutOfBounds);
 }
 
 TEST(Staging, RefusesTamperedTable) {
   Fixture f(2, kMinSlotSize, {8 * kPage});
   f.Write(0, 2, 'q');
   std::vector<DirtyRun> runs = {f.Run(0, 2, 1)};
-  FillEpoch(f.view, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
+  FillEpoch(f.view, kGen, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
   // Redirect the entry to page 0 without fixing the hash.
   auto* e = reinterpret_cast<SlotEntry*>(f.view.slot(0) + 48);
   e->offset = 0;
-  Status st = ApplyEpoch(f.view, 1, 0, 1, f.targets, nullptr);
+  Status st = ApplyEpoch(f.view, kGen, 1, 0, 1, f.targets, nullptr);
   EXPECT_EQ(st.code(), Code::kTornEpoch);
   EXPECT_NE(st.message().find("checksum"), std::string::npos);
   EXPECT_EQ(f.Image(0, 0), 0);
@@ -149,18 +151,18 @@ TEST(Staging, RefusesTamperedTable) {
 
 TEST(Staging, RefusesSlotsOutsideRing) {
   Fixture f(2, kMinSlotSize, {8 * kPage});
-  EXPECT_EQ(ApplyEpoch(f.view, 1, 2, 1, f.targets, nullptr).code(), Code::kTornEpoch);
-  EXPECT_EQ(ApplyEpoch(f.view, 1, 0, 3, f.targets, nullptr).code(), Code::kTornEpoch);
-  EXPECT_EQ(ApplyEpoch(f.view, 1, 0, 0, f.targets, nullptr).code(), Code::kTornEpoch);
+  EXPECT_EQ(ApplyEpoch(f.view, kGen, 1, 2, 1, f.targets, nullptr).code(), Code::kTornEpoch);
+  EXPECT_EQ(ApplyEpoch(f.view, kGen, 1, 0, 3, f.targets, nullptr).code(), Code::kTornEpoch);
+  EXPECT_EQ(ApplyEpoch(f.view, kGen, 1, 0, 0, f.targets, nullptr).code(), Code::kTornEpoch);
 }
 
 TEST(Staging, EmptyEpochCarriesRecord) {
   Fixture f(2, kMinSlotSize, {8 * kPage});
   EpochPlan plan = PlanEpoch(f.view, {}, 3);
   EXPECT_EQ(plan.parts, 1u);
-  FillEpoch(f.view, 4, 1, plan, {}, Rec("abc"));
+  FillEpoch(f.view, kGen, 4, 1, plan, {}, Rec("abc"));
   std::string record;
-  ASSERT_TRUE(ApplyEpoch(f.view, 4, 1, 1, f.targets, &record).ok());
+  ASSERT_TRUE(ApplyEpoch(f.view, kGen, 4, 1, 1, f.targets, &record).ok());
   EXPECT_EQ(record, "abc");
 }
 

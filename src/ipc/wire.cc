@@ -42,7 +42,8 @@ const char* MsgTypeName(MsgType type) {
     case MsgType::kAttach: return "Attach";
     case MsgType::kRegion: return "Region";
     case MsgType::kCommit: return "Commit";
-    case MsgType::kApplied: return "Applied";
+    case MsgType::kReleased: return "Released";
+    case MsgType::kDurable: return "Durable";
     case MsgType::kConfigGet: return "ConfigGet";
     case MsgType::kConfigPut: return "ConfigPut";
     case MsgType::kRun: return "Run";

@@ -27,7 +27,7 @@
 namespace spare::ipc {
 
 inline constexpr uint32_t kMagic = 0x45525053;  // "SPRE"
-inline constexpr uint16_t kVersion = 1;
+inline constexpr uint16_t kVersion = 2;  // 2: Applied split into Released and Durable
 inline constexpr size_t kHeaderSize = 32;
 inline constexpr size_t kMaxJson = 64 * 1024;
 inline constexpr size_t kMaxBlob = 128 * 1024;
@@ -35,16 +35,19 @@ inline constexpr size_t kMaxFds = 16;
 inline constexpr size_t kMaxFrame = kHeaderSize + kMaxJson + kMaxBlob;
 
 // Requests name what they ask; kOk / kError answer the request before them
-// on the same socket; kApplied is unsolicited (agent → instance).
+// on the same socket; kReleased and kDurable are unsolicited (agent →
+// instance), and so is a kError naming an epoch.
 enum class MsgType : uint16_t {
   kOk = 1,          // body: request-specific result
   kError = 2,       // body: {code: "<CodeName>", message}
   kAttach = 10,     // instance → agent, see docs/WIRE.md for every body
   kRegion = 11,
   kCommit = 12,
-  kApplied = 13,
+  // 13 was Applied (version 1).
   kConfigGet = 14,
   kConfigPut = 15,
+  kReleased = 16,   // agent → instance: slots of epochs <= N are free again
+  kDurable = 17,    // agent → instance: epochs <= N are durable; outputs may leave
   kRun = 20,        // CLI → agent
   kStatus = 21,
   kStop = 22,

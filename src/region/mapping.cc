@@ -1,6 +1,7 @@
 #include "region/mapping.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -8,12 +9,15 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "common/check.h"
 
 namespace spare::region {
 namespace {
+
+constexpr int kSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
 constexpr uint64_t kSlotSize = 1ULL << 30;  // regions start on 1 GiB boundaries
 
@@ -88,14 +92,34 @@ uint64_t DeriveAddress(std::string_view instance_id, std::string_view region, si
 
 Result<UniqueFd> CreateMemfd(std::string_view name, size_t size) {
   std::string n(name);
-  UniqueFd fd(::memfd_create(n.c_str(), MFD_CLOEXEC));
+  UniqueFd fd(::memfd_create(n.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd.valid()) return Status::FromErrno("memfd_create(\"" + n + "\")", errno);
   const size_t len = RoundUpToPage(size);
   if (::ftruncate(fd.get(), static_cast<off_t>(len)) != 0) {
     return Status::FromErrno("ftruncate memfd \"" + n + "\" to " + std::to_string(len) + " bytes",
                              errno);
   }
+  // Its size is part of the region's geometry: nobody holding a dup (the
+  // instance, a bug) may shrink it under a mapping (SIGBUS) or grow it, and
+  // F_SEAL_SEAL keeps anyone from adding F_SEAL_WRITE, which would make
+  // the agent's applies fail.
+  if (::fcntl(fd.get(), F_ADD_SEALS, kSeals) != 0)
+    return Status::FromErrno("sealing memfd \"" + n + "\"", errno);
   return fd;
+}
+
+Status CheckSealed(int fd) {
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals < 0)
+    return Status(Code::kFailedPrecondition,
+                  std::string("fd is not a sealable memfd (F_GET_SEALS: ") + std::strerror(errno) +
+                      "); only memfds made by the agent are accepted");
+  if ((seals & kSeals) != kSeals)
+    return Status(Code::kFailedPrecondition,
+                  "memfd is not sealed against shrinking, growing and resealing (seals " +
+                      std::to_string(seals) + ", need " + std::to_string(kSeals) +
+                      "); only memfds made by the agent are accepted");
+  return Status::Ok();
 }
 
 Result<void*> MapPrivateFixed(int fd, uint64_t address, size_t size) {

@@ -36,6 +36,9 @@ uint64_t DeriveAddress(std::string_view instance_id, std::string_view region, si
 
 // memfd_create(name, MFD_CLOEXEC) sized to `size` (page rounded).
 Result<UniqueFd> CreateMemfd(std::string_view name, size_t size);
+// Refuses (kFailedPrecondition, naming what is missing) an fd that is not a
+// memfd sealed by CreateMemfd: F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL.
+Status CheckSealed(int fd);
 
 // Maps fd MAP_PRIVATE read/write at exactly `address` (MAP_FIXED_NOREPLACE).
 // kResourceExhausted names the address when something else is there.

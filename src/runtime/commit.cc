@@ -1,9 +1,11 @@
 // The epoch pipeline: collect dirty pages, copy them into free staging
-// slots, hand the slots over, return. Applied answers free the slots.
+// slots, hand the slots over, return. Released answers free the slots;
+// Durable answers release the outputs (connection.cc).
 #include <sys/mman.h>
 #include <time.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "common/check.h"
 #include "region/mapping.h"
@@ -14,6 +16,18 @@ namespace {
 
 // Past these a commit blocks for free slots instead of deferring.
 constexpr uint32_t kMaxDeferrals = 256;
+// How long a blocked commit waits for a free slot before it gives up with
+// kUnavailable (the collected pages stay in carry_ for the next commit).
+// $SPARE_COMMIT_WAIT_MS overrides it.
+constexpr int64_t kDefaultCommitWaitMs = 30'000;
+
+int64_t CommitWaitMs() {
+  const char* v = std::getenv("SPARE_COMMIT_WAIT_MS");
+  if (v == nullptr || *v == '\0') return kDefaultCommitWaitMs;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  return *end == '\0' && n > 0 ? n : kDefaultCommitWaitMs;
+}
 
 uint64_t NowNs() {
   timespec ts;
@@ -84,7 +98,7 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
   if (plan.parts > FreeSlots()) return false;
   const uint64_t e = epoch_ + 1;
   const uint32_t first = next_slot_;
-  epoch::FillEpoch(staging_, e, first, plan, runs_, record, copy_pool_.get());
+  epoch::FillEpoch(staging_, generation_, e, first, plan, runs_, record, copy_pool_.get());
   ipc::Message c;
   c.type = ipc::MsgType::kCommit;
   c.generation = generation_;
@@ -132,7 +146,18 @@ Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
       stats_.deferred_commits++;
     } else {
       stats_.backpressure_waits++;
+      const int64_t wait_ms = CommitWaitMs();
+      const uint64_t deadline = t0 + static_cast<uint64_t>(wait_ms) * 1'000'000;
       while (st.ok() && !shipped && ship_error.ok()) {
+        if (NowNs() >= deadline) {
+          // Not sticky: nothing is lost (carry_ keeps the pages), and the
+          // next commit() tries again.
+          return Status(Code::kUnavailable,
+                        "commit waited " + std::to_string(wait_ms) +
+                            " ms for a free staging slot; the agent released none (is it "
+                            "stopped or overloaded?). The epoch's pages are kept for the "
+                            "next commit; outputs stay held");
+        }
         st = WaitEvent(20);
         if (st.ok()) shipped = TryShip(record, &ship_error);
       }

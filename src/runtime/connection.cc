@@ -1,5 +1,5 @@
 // The instance's side of the agent protocol (docs/WIRE.md): attach,
-// requests, Applied, and reattaching after the agent restarts.
+// requests, Released and Durable, and reattaching after the agent restarts.
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
@@ -40,9 +40,10 @@ Status RuntimeImpl::Connect(bool reattach) {
             {"pid", static_cast<int64_t>(::getpid())},
             {"reattach", reattach},
             {"tracker", std::string(tracker_->name())},
-            {"durable_epoch", durable_}};
+            {"durable_epoch", durable_},
+            {"released_epoch", released_}};
   if (reattach) {
-    m.blob = record_;
+    m.blob = released_record_;  // the image holds every released epoch
     m.fds.emplace_back(::dup(staging_fd_.get()));
     for (auto& r : regions_) m.fds.emplace_back(::dup(r.memfd.get()));
   }
@@ -75,9 +76,10 @@ Status RuntimeImpl::Connect(bool reattach) {
   staging_fd_ = std::move(reply->fds[0]);
   SPARE_ASSIGN_OR_RETURN(void* base, region::MapShared(staging_fd_.get(), bytes, true));
   SPARE_ASSIGN_OR_RETURN(staging_, epoch::OpenStaging(static_cast<std::byte*>(base), bytes));
-  durable_ = epoch_;
+  durable_ = released_ = epoch_;
   resumed_ = epoch_ > 0;
   record_ = std::move(reply->blob);
+  released_record_ = record_;
   (void)gate_.release(durable_);
   gate_.set_pending_epoch(epoch_ + 1);
   return Status::Ok();
@@ -112,7 +114,8 @@ Status RuntimeImpl::TryReconnect() {
   return Status::Ok();
 }
 
-// Sends `request` and waits for its Ok/Error, handling Applied meanwhile.
+// Sends `request` and waits for its Ok/Error, handling Released and
+// Durable meanwhile.
 Result<ipc::Message> RuntimeImpl::Request(ipc::Message request, int timeout_ms) {
   if (!connected_) return Status(Code::kUnavailable, "the agent is not reachable");
   const char* what = ipc::MsgTypeName(request.type);
@@ -143,12 +146,17 @@ Result<ipc::Message> RuntimeImpl::Request(ipc::Message request, int timeout_ms) 
 Status RuntimeImpl::Handle(ipc::Message msg) {
   uint64_t e = 0;
   switch (msg.type) {
-    case ipc::MsgType::kApplied:
+    case ipc::MsgType::kReleased:
+    case ipc::MsgType::kDurable:
       if (!json::GetU64(msg.body, "epoch", &e) || e > epoch_)
-        return Status(Code::kBadMessage, "Applied names epoch " + std::to_string(e) +
-                                             " but only " + std::to_string(epoch_) +
-                                             " were handed over");
-      OnApplied(e);
+        return Status(Code::kBadMessage, std::string(ipc::MsgTypeName(msg.type)) +
+                                             " names epoch " + std::to_string(e) + " but only " +
+                                             std::to_string(epoch_) + " were handed over");
+      if (msg.type == ipc::MsgType::kReleased) {
+        OnReleased(e);
+      } else {
+        OnDurable(e);
+      }
       return Status::Ok();
     case ipc::MsgType::kError:  // only commits are answered out of band
       json::GetU64(msg.body, "epoch", &e);
@@ -159,16 +167,37 @@ Status RuntimeImpl::Handle(ipc::Message msg) {
   }
 }
 
-void RuntimeImpl::OnApplied(uint64_t e) {
+// The agent has what it needs from the slots of every epoch <= e: they are
+// ours again. Outputs still wait for Durable.
+void RuntimeImpl::OnReleased(uint64_t e) {
   while (!in_flight_.empty() && in_flight_.front().epoch <= e) {
-    busy_ -= in_flight_.front().parts;
-    record_ = std::move(in_flight_.front().record);
+    InFlight& f = in_flight_.front();
+    busy_ -= f.parts;
+    unconfirmed_.push_back({f.epoch, std::move(f.record)});
     in_flight_.pop_front();
   }
+  if (e > released_) {
+    released_ = e;
+    for (const Unconfirmed& u : unconfirmed_)
+      if (u.epoch == e) released_record_ = u.record;
+  }
+  stats_.releases++;
+}
+
+// Every epoch <= e is durable: its outputs may leave. Durable implies
+// Released (the agent sends released >= durable), so an epoch still in
+// flight is released here too.
+void RuntimeImpl::OnDurable(uint64_t e) {
+  if (e > released_) OnReleased(e);
+  while (!unconfirmed_.empty() && unconfirmed_.front().epoch <= e) {
+    record_ = std::move(unconfirmed_.front().record);
+    unconfirmed_.pop_front();
+  }
   if (e > durable_) durable_ = e;
-  stats_.outputs_released = gate_.released_outputs();
+  stats_.durables++;
   // A failed write only means that client is gone; it sees so on read.
   (void)gate_.release(durable_);
+  stats_.outputs_released = gate_.released_outputs();
 }
 
 Status RuntimeImpl::Drain() {

@@ -196,6 +196,8 @@ Status RuntimeImpl::config_save(std::string_view key, uint64_t fingerprint,
 RuntimeStats RuntimeImpl::stats() const {
   RuntimeStats s = stats_;
   s.outputs_released = gate_.released_outputs();
+  s.released_epoch = released_;
+  s.durable_epoch = durable_;
   s.tracker = tracker_ ? std::string(tracker_->name()) : "none";
   if (copy_pool_) {
     s.copy_helpers = copy_pool_->helpers();

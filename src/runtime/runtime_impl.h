@@ -7,7 +7,9 @@
 //   - the region memfds it was handed (kept open so a restarted agent can
 //     be handed them back) and their MAP_PRIVATE mappings;
 //   - the mapped staging area: slots [next_slot_ - busy_, next_slot_) are
-//     the agent's (handed over, not yet Applied), the rest are ours;
+//     the agent's (handed over, not yet Released), the rest are ours;
+//   - the epochs handed over: in_flight_ until Released (their slots are
+//     the agent's), then unconfirmed_ until Durable (their outputs wait);
 //   - the dirty tracker, and `carry_`: pages collected but not yet copied
 //     to staging (a deferred epoch), which the next shipped epoch includes;
 //   - the copy pool that fills staging slots, with the helper thread(s) it
@@ -81,7 +83,8 @@ class RuntimeImpl {
   Status Handle(ipc::Message msg);
   Status Drain();                  // handle everything that is there now
   Status WaitEvent(int timeout_ms);  // block for agent news (or reconnect tick)
-  void OnApplied(uint64_t epoch);
+  void OnReleased(uint64_t epoch);
+  void OnDurable(uint64_t epoch);
 
   // --- commit.cc: the epoch pipeline ---
   Status Collect();
@@ -109,7 +112,14 @@ class RuntimeImpl {
   std::string record_;  // record of the durable epoch
   uint64_t epoch_ = 0;
   uint64_t durable_ = 0;
-  std::deque<InFlight> in_flight_;
+  std::deque<InFlight> in_flight_;  // handed over, slots not yet released
+  struct Unconfirmed {
+    uint64_t epoch;
+    std::string record;
+  };
+  std::deque<Unconfirmed> unconfirmed_;  // released, not yet durable
+  uint64_t released_ = 0;                // newest epoch whose slots were released
+  std::string released_record_;          // its record (the image's, on reattach)
   uint32_t next_slot_ = 0;
   uint32_t busy_ = 0;
   std::vector<PageSpan> carry_;  // collected, not yet copied to staging

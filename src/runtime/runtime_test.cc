@@ -52,6 +52,12 @@ class FakeAgent {
   }
   const std::string& dir() const { return dir_; }
   void Hold(bool hold) { hold_ = hold; }
+  // Applies and releases slots at once, but sends Durable only when told
+  // (a standby that acknowledges late).
+  void HoldDurable(bool hold) {
+    hold_durable_ = hold;
+    if (!hold) send_durable_ = true;
+  }
   void DropConnection() { drop_ = true; }
   uint64_t epoch() const { return epoch_; }
   int attaches() const { return attaches_; }
@@ -79,6 +85,7 @@ class FakeAgent {
           continue;
         }
       }
+      if (send_durable_.exchange(false)) Reply(conn.get(), Progress(ipc::MsgType::kDurable, epoch_));
       while (!hold_ && !held.empty()) {
         Commit(conn.get(), held.front());
         held.pop_front();
@@ -144,19 +151,23 @@ class FakeAgent {
     Status st = refuse_ ? Status(Code::kStaleGeneration, "refused by test") : Status::Ok();
     if (st.ok()) {
       std::lock_guard<std::mutex> l(mu_);
-      st = epoch::ApplyEpoch(view_, e, static_cast<uint32_t>(first), static_cast<uint32_t>(parts),
-                             regions_, &record_);
+      st = epoch::ApplyEpoch(view_, m.generation, e, static_cast<uint32_t>(first),
+                             static_cast<uint32_t>(parts), regions_, &record_);
     }
-    ipc::Message out;
-    if (st.ok()) {
-      epoch_ = e;
-      out.type = ipc::MsgType::kApplied;
-      out.body = {{"epoch", e}};
-    } else {
-      out = ipc::ErrorMessage(st);
+    if (!st.ok()) {
+      ipc::Message out = ipc::ErrorMessage(st);
       out.body["epoch"] = e;
+      return Reply(conn, out);
     }
-    Reply(conn, out);
+    epoch_ = e;
+    Reply(conn, Progress(ipc::MsgType::kReleased, e));
+    if (!hold_durable_) Reply(conn, Progress(ipc::MsgType::kDurable, e));
+  }
+  static ipc::Message Progress(ipc::MsgType type, uint64_t e) {
+    ipc::Message out;
+    out.type = type;
+    out.body = {{"epoch", e}};
+    return out;
   }
 
   static inline std::atomic<int> counter_{0};
@@ -169,6 +180,7 @@ class FakeAgent {
   std::atomic<uint64_t> epoch_;
   std::string record_;
   std::atomic<bool> stop_{false}, hold_{false}, drop_{false}, refuse_{false};
+  std::atomic<bool> hold_durable_{false}, send_durable_{false};
   std::atomic<int> attaches_{0};
   std::atomic<size_t> reattach_fds_{0};
   std::thread thread_;
@@ -227,6 +239,73 @@ TEST_P(RuntimeTest, GateReleasesOnlyAfterApplied) {
     ASSERT_TRUE(w.ok()) << w.ToString();
   }
   EXPECT_EQ(read(client.get(), buf, sizeof buf), 5);
+}
+
+// Released frees slots; only Durable lets outputs leave (issue 6 item 2).
+// With 2 slots and Durable withheld, ten commits still ship one by one
+// (none deferred), while every reply stays held until Durable comes.
+TEST_P(RuntimeTest, ReleasedFreesSlotsButOnlyDurableReleasesOutputs) {
+  FakeAgent agent(2, epoch::kMinSlotSize);
+  Runtime rt = Attach(agent);
+  Region* r = *rt.region("heap", 16 * kPage);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+  UniqueFd app(sv[0]), client(sv[1]);
+  agent.HoldDurable(true);
+  uint64_t last = 0;
+  for (int i = 0; i < 10; ++i) {
+    r->bytes()[(i % 16) * kPage] = std::byte(i + 1);
+    rt.gate().send(app.get(), "+OK\r\n");
+    auto e = rt.commit();
+    ASSERT_TRUE(e.ok()) << e.status().ToString();
+    last = *e;
+    // Wait for the slots to come back before the next commit.
+    for (int t = 0; t < 500 && rt.stats().released_epoch < last; ++t) {
+      usleep(1000);
+      ASSERT_TRUE(rt.poll().ok());
+    }
+    ASSERT_EQ(rt.stats().released_epoch, last);
+  }
+  EXPECT_EQ(rt.stats().deferred_commits, 0u);
+  EXPECT_EQ(rt.stats().backpressure_waits, 0u);
+  EXPECT_EQ(rt.durable_epoch(), 0u);
+  EXPECT_EQ(rt.stats().durables, 0u);
+  char buf[64];
+  EXPECT_EQ(read(client.get(), buf, sizeof buf), -1);  // every reply still held
+  agent.HoldDurable(false);
+  ASSERT_TRUE(rt.wait_durable(last, 5000).ok());
+  EXPECT_EQ(rt.stats().durable_epoch, last);
+  EXPECT_EQ(read(client.get(), buf, sizeof buf), 50);  // all ten at once
+}
+
+// A commit that must block for a slot gives up after $SPARE_COMMIT_WAIT_MS
+// with kUnavailable instead of hanging, and loses nothing: once the agent
+// answers again the next commit ships the pages.
+TEST_P(RuntimeTest, BlockedCommitHasADeadline) {
+  FakeAgent agent(2, epoch::kMinSlotSize);
+  Runtime rt = Attach(agent);
+  Region* r = *rt.region("heap", 32 * kPage);
+  agent.Hold(true);
+  setenv("SPARE_COMMIT_WAIT_MS", "200", 1);
+  Status blocked = Status::Ok();
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 300 && blocked.ok(); ++i) {  // 2 in flight, 256 deferred, then blocks
+    r->bytes()[(i % 32) * kPage] = std::byte(i + 1);
+    blocked = rt.commit().status();
+  }
+  unsetenv("SPARE_COMMIT_WAIT_MS");
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                  t0)
+                .count();
+  EXPECT_EQ(blocked.code(), Code::kUnavailable) << blocked.ToString();
+  EXPECT_NE(blocked.message().find("free staging slot"), std::string::npos);
+  EXPECT_LT(ms, 5000);
+  agent.Hold(false);
+  ASSERT_TRUE(rt.wait_durable(rt.epoch(), 5000).ok());
+  auto e = rt.commit();  // not sticky: ships everything collected
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  ASSERT_TRUE(rt.wait_durable(*e, 5000).ok());
+  EXPECT_EQ(agent.Image(32 * kPage), View(r, 32 * kPage));
 }
 
 TEST_P(RuntimeTest, BusyStagingDefersAndMergesWithoutLosingPages) {
