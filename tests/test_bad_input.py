@@ -60,7 +60,7 @@ def xxh64(data, seed=0):
 
 
 HEADER = struct.Struct("<IHHIIQQ")  # docs/WIRE.md §1
-MAGIC, VERSION = 0x45525053, 1
+MAGIC, VERSION = 0x45525053, 2
 T_OK, T_ERROR, T_COMMIT, T_RUN, T_STATUS, T_STOP = 1, 2, 12, 20, 21, 22
 
 
