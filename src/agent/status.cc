@@ -81,6 +81,15 @@ const Metric kMetrics[] = {
      [](const nlohmann::json& i) { return Num(i, "last_restart_ms") / 1000.0; }},
     {"spare_instance_epoch", "gauge", "Newest epoch in the committed image.",
      [](const nlohmann::json& i) { return Num(i, "epoch"); }},
+    {"spare_config_hits_total", "counter",
+     "Configuration checkpoint lookups that found the saved value (discovery skipped).",
+     [](const nlohmann::json& i) { return Num(i, "config_hits"); }},
+    {"spare_config_stale_total", "counter",
+     "Configuration checkpoint lookups whose fingerprint had changed (discovery redone).",
+     [](const nlohmann::json& i) { return Num(i, "config_stale"); }},
+    {"spare_config_missing_total", "counter",
+     "Configuration checkpoint lookups of keys never saved.",
+     [](const nlohmann::json& i) { return Num(i, "config_missing"); }},
 };
 
 }  // namespace
@@ -104,7 +113,11 @@ nlohmann::json InstanceStatusJson(const Instance& inst) {
           {"regions", regions},
           {"epochs_applied", inst.epochs_applied},
           {"bytes_applied", inst.bytes_applied},
-          {"apply_seconds", inst.apply_seconds}};
+          {"apply_seconds", inst.apply_seconds},
+          {"config_hits", inst.config_hits},
+          {"config_stale", inst.config_stale},
+          {"config_missing", inst.config_missing},
+          {"config_stale_keys", inst.config_stale_keys}};
 }
 
 std::string MetricsText(const nlohmann::json& status) {
