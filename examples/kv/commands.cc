@@ -50,28 +50,48 @@ std::string_view FormatInt(int64_t v, char (&buf)[24]) {
 
 }  // namespace
 
+// Spec flags.
+constexpr int kDenyOom = 1;  // may grow memory: refused past maxmemory
+constexpr int kNoAuth = 2;   // allowed before AUTH
+
 struct Commands::Spec {
   std::string_view name;  // lowercase
   int arity;              // > 0: exactly; < 0: at least -arity (name included)
   void (Commands::*fn)(Call&);
+  int flags = 0;
 };
 
 const Commands::Spec* Commands::Lookup(std::string_view name) {
   static const Spec kSpecs[] = {
-      {"ping", -1, &Commands::Ping},        {"echo", 2, &Commands::Echo},
-      {"get", 2, &Commands::Get},           {"set", -3, &Commands::Set},
-      {"del", -2, &Commands::Del},          {"unlink", -2, &Commands::Del},
-      {"exists", -2, &Commands::Exists},    {"incr", 2, &Commands::Incr},
-      {"decr", 2, &Commands::Decr},         {"incrby", 3, &Commands::IncrBy},
-      {"decrby", 3, &Commands::DecrBy},     {"mget", -2, &Commands::MGet},
-      {"mset", -3, &Commands::MSet},        {"ttl", 2, &Commands::Ttl},
-      {"pttl", 2, &Commands::Pttl},         {"expire", 3, &Commands::Expire},
-      {"pexpire", 3, &Commands::PExpire},   {"persist", 2, &Commands::Persist},
-      {"dbsize", 1, &Commands::DbSize},     {"flushall", -1, &Commands::FlushAll},
-      {"flushdb", -1, &Commands::FlushAll}, {"info", -1, &Commands::Info},
-      {"quit", -1, &Commands::Quit},        {"select", 2, &Commands::Select},
-      {"command", -1, &Commands::Command},  {"config", -2, &Commands::Config},
-      {"client", -2, &Commands::Client},    {"debug", -2, &Commands::Debug},
+      {"ping", -1, &Commands::Ping},
+      {"echo", 2, &Commands::Echo},
+      {"get", 2, &Commands::Get},
+      {"set", -3, &Commands::Set, kDenyOom},
+      {"del", -2, &Commands::Del},
+      {"unlink", -2, &Commands::Del},
+      {"exists", -2, &Commands::Exists},
+      {"incr", 2, &Commands::Incr, kDenyOom},
+      {"decr", 2, &Commands::Decr, kDenyOom},
+      {"incrby", 3, &Commands::IncrBy, kDenyOom},
+      {"decrby", 3, &Commands::DecrBy, kDenyOom},
+      {"mget", -2, &Commands::MGet},
+      {"mset", -3, &Commands::MSet, kDenyOom},
+      {"ttl", 2, &Commands::Ttl},
+      {"pttl", 2, &Commands::Pttl},
+      {"expire", 3, &Commands::Expire},
+      {"pexpire", 3, &Commands::PExpire},
+      {"persist", 2, &Commands::Persist},
+      {"dbsize", 1, &Commands::DbSize},
+      {"flushall", -1, &Commands::FlushAll},
+      {"flushdb", -1, &Commands::FlushAll},
+      {"info", -1, &Commands::Info},
+      {"quit", -1, &Commands::Quit, kNoAuth},
+      {"select", 2, &Commands::Select},
+      {"command", -1, &Commands::Command},
+      {"config", -2, &Commands::Config},
+      {"client", -2, &Commands::Client},
+      {"debug", -2, &Commands::Debug, kDenyOom},
+      {"auth", -2, &Commands::Auth, kNoAuth},
   };
   static const auto* kByName = [] {
     auto* m = new std::unordered_map<std::string_view, const Spec*>();
@@ -88,7 +108,8 @@ const Commands::Spec* Commands::Lookup(std::string_view name) {
   return it == kByName->end() ? nullptr : it->second;
 }
 
-bool Commands::Execute(std::span<const std::string_view> args, int64_t now_ms, std::string* out) {
+bool Commands::Execute(std::span<const std::string_view> args, int64_t now_ms, std::string* out,
+                       Session* session) {
   ++stats_.commands;
   const Spec* spec = Lookup(args[0]);
   if (spec == nullptr) {
@@ -105,7 +126,17 @@ bool Commands::Execute(std::span<const std::string_view> args, int64_t now_ms, s
     AppendError(out, "ERR wrong number of arguments for '" + std::string(spec->name) + "' command");
     return false;
   }
-  Call call{args, now_ms, out};
+  if (options_.users && !(spec->flags & kNoAuth) &&
+      (session == nullptr || !session->authenticated)) {
+    AppendError(out, "NOAUTH Authentication required.");
+    return false;
+  }
+  if ((spec->flags & kDenyOom) && options_.maxmemory > 0 &&
+      store_->stats().used_bytes > options_.maxmemory) {
+    AppendError(out, kErrOom);
+    return false;
+  }
+  Call call{args, now_ms, out, session};
   (this->*spec->fn)(call);
   return call.close;
 }
@@ -305,7 +336,7 @@ void Commands::Select(Call& c) {
 
 // Enough for clients that probe on connect (redis-cli sends COMMAND DOCS).
 void Commands::Command(Call& c) {
-  if (c.argc() >= 2 && EqualsIgnoreCase(c.args[1], "count")) return AppendInteger(c.out, 28);
+  if (c.argc() >= 2 && EqualsIgnoreCase(c.args[1], "count")) return AppendInteger(c.out, 29);
   AppendArrayHeader(c.out, 0);
 }
 
@@ -329,10 +360,13 @@ void Commands::Config(Call& c) {
       {"databases", "1"},
       {"port", std::to_string(options_.port)},
       {"bind", options_.bind},
-      {"maxmemory", std::to_string(store_->stats().capacity_bytes)},
+      {"maxmemory", std::to_string(options_.maxmemory > 0 ? options_.maxmemory
+                                                          : store_->stats().capacity_bytes)},
       {"maxmemory-policy", "noeviction"},
       {"maxclients", std::to_string(options_.max_clients)},
       {"proto-max-bulk-len", std::to_string(options_.max_bulk)},
+      {"hz", std::to_string(options_.hz)},
+      {"client-query-buffer-limit", std::to_string(options_.max_query_buffer)},
   };
   std::vector<const std::pair<std::string, std::string>*> hits;
   for (const auto& p : params) {
@@ -362,6 +396,32 @@ void Commands::Debug(Call& c) {
   if (EqualsIgnoreCase(c.args[1], "populate")) return Populate(c);
   AppendError(c.out, "ERR unknown subcommand '" + std::string(c.args[1].substr(0, 64)) +
                          "'. spare-kv supports DEBUG POPULATE count [prefix] [size].");
+}
+
+// AUTH [username] password: as Redis 7 (the default user is `default`).
+void Commands::Auth(Call& c) {
+  if (c.argc() > 3) return AppendError(c.out, kErrSyntax);
+  const std::string_view user = c.argc() == 3 ? c.args[1] : "default";
+  const std::string_view pass = c.args[c.argc() - 1];
+  bool ok;
+  if (!options_.users) {  // the default user is on and nopass
+    if (c.argc() == 2) {
+      return AppendError(c.out,
+                         "ERR AUTH <password> called without any password configured for the "
+                         "default user. Are you sure your configuration is correct?");
+    }
+    ok = user == "default";
+  } else {
+    ok = options_.users->Check(user, pass);
+  }
+  if (!ok) {
+    return AppendError(c.out, "WRONGPASS invalid username-password pair or user is disabled.");
+  }
+  if (c.session != nullptr) {
+    c.session->authenticated = true;
+    c.session->user.assign(user);
+  }
+  AppendSimple(c.out, "OK");
 }
 
 // DEBUG POPULATE count [prefix] [size]: keys prefix:0.. with values

@@ -6,18 +6,27 @@
 // error texts: PING ECHO GET SET(EX PX EXAT PXAT NX XX KEEPTTL GET) DEL
 // EXISTS INCR INCRBY DECR DECRBY MGET MSET TTL PTTL EXPIRE PEXPIRE PERSIST
 // DBSIZE FLUSHALL FLUSHDB INFO QUIT SELECT COMMAND CONFIG(GET RESETSTAT)
-// CLIENT(SETNAME SETINFO GETNAME) DEBUG POPULATE.
+// CLIENT(SETNAME SETINFO GETNAME) DEBUG POPULATE AUTH.
+//
+// Authentication: when options.users is set, a Session that has not
+// passed AUTH may run only AUTH and QUIT; anything else is answered
+// -NOAUTH (unknown commands and wrong arity are reported first, as Redis
+// does). With options.maxmemory > 0, commands that may grow memory (SET,
+// MSET, INCR..., DEBUG POPULATE) are refused with -OOM once the store uses
+// more than that.
 //
 // Threading: one thread, with its Store.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 
 #include "store.h"
+#include "users.h"
 
 namespace kv {
 
@@ -35,6 +44,16 @@ struct CommandsOptions {
   std::string bind = "127.0.0.1";
   size_t max_bulk = 512 * 1024 * 1024;
   size_t max_clients = 10000;
+  uint64_t maxmemory = 0;               // 0: up to the region
+  uint64_t hz = 10;                     // reported by CONFIG GET
+  uint64_t max_query_buffer = 1 << 30;  // reported by CONFIG GET
+  std::shared_ptr<const Users> users;   // null: no authentication
+};
+
+// One connection's state the commands need.
+struct Session {
+  bool authenticated = false;
+  std::string user;  // who authenticated
 };
 
 struct CommandStats {
@@ -49,10 +68,12 @@ class Commands {
   Commands(Store* store, InfoSource* info, CommandsOptions options)
       : store_(store), info_(info), options_(std::move(options)) {}
 
-  // Runs one request (args non-empty) at CLOCK_REALTIME now_ms and appends
-  // the reply to *out. Returns true when the connection must close once the
+  // Runs one request (args non-empty) at CLOCK_REALTIME now_ms for
+  // `session` (null: a connection that never authenticated) and appends the
+  // reply to *out. Returns true when the connection must close once the
   // reply is written (QUIT).
-  bool Execute(std::span<const std::string_view> args, int64_t now_ms, std::string* out);
+  bool Execute(std::span<const std::string_view> args, int64_t now_ms, std::string* out,
+               Session* session = nullptr);
 
   const CommandStats& stats() const { return stats_; }
 
@@ -67,6 +88,7 @@ class Commands {
     std::span<const std::string_view> args;
     int64_t now_ms;
     std::string* out;
+    Session* session;
     bool close = false;
     size_t argc() const { return args.size(); }
   };
@@ -99,6 +121,7 @@ class Commands {
   void Config(Call& c);
   void Client(Call& c);
   void Debug(Call& c);
+  void Auth(Call& c);
 
   void IncrementBy(Call& c, int64_t delta);
   void ExpireGeneric(Call& c, int64_t unit_ms);

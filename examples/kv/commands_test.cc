@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,10 +33,10 @@ class CommandsTest : public ::testing::Test {
   }
   void TearDown() override { munmap(mem_, kSize); }
 
-  std::string Run(std::vector<std::string> args) {
+  std::string Run(std::vector<std::string> args, Session* session = nullptr) {
     std::vector<std::string_view> views(args.begin(), args.end());
     std::string out;
-    last_close_ = commands_->Execute(views, now_, &out);
+    last_close_ = commands_->Execute(views, now_, &out, session);
     return out;
   }
 
@@ -158,6 +159,66 @@ TEST_F(CommandsTest, Info) {
   std::string spare = Run({"INFO", "SPARE"});
   EXPECT_EQ(spare.find("# Memory"), std::string::npos);
   EXPECT_NE(spare.find("durable_epoch:6"), std::string::npos);
+}
+
+TEST_F(CommandsTest, AuthWithoutUsers) {
+  Session s;
+  EXPECT_EQ(Run({"GET", "k"}, &s), "$-1\r\n");
+  EXPECT_EQ(Run({"AUTH", "pw"}, &s),
+            "-ERR AUTH <password> called without any password configured for the default user. "
+            "Are you sure your configuration is correct?\r\n");
+  EXPECT_EQ(Run({"AUTH", "default", "anything"}, &s), "+OK\r\n");
+  EXPECT_EQ(Run({"AUTH", "bob", "x"}, &s),
+            "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+}
+
+TEST_F(CommandsTest, AuthWithUsers) {
+  CommandsOptions o;
+  auto users = ParseUsers("user default on >d\nuser alice on >a\nuser bob off >b\n", "u");
+  ASSERT_TRUE(users.ok());
+  o.users = std::make_shared<Users>(*users);
+  commands_.emplace(&*store_, &info_, o);
+  Session s;
+  const std::string noauth = "-NOAUTH Authentication required.\r\n";
+  const std::string wrong = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+  EXPECT_EQ(Run({"PING"}, &s), noauth);
+  EXPECT_EQ(Run({"SET", "k", "v"}, &s), noauth);
+  EXPECT_EQ(Run({"SET", "k", "v"}), noauth);  // no session: never authenticated
+  EXPECT_EQ(Run({"NOPE"}, &s).substr(0, 20), "-ERR unknown command");  // reported first
+  EXPECT_EQ(Run({"AUTH"}, &s), "-ERR wrong number of arguments for 'auth' command\r\n");
+  EXPECT_EQ(Run({"AUTH", "a", "b", "c"}, &s), "-ERR syntax error\r\n");
+  EXPECT_EQ(Run({"AUTH", "a"}, &s), wrong);         // default's password is d
+  EXPECT_EQ(Run({"AUTH", "bob", "b"}, &s), wrong);  // off
+  EXPECT_EQ(Run({"AUTH", "alice", "d"}, &s), wrong);
+  EXPECT_FALSE(s.authenticated);
+  EXPECT_EQ(Run({"AUTH", "alice", "a"}, &s), "+OK\r\n");
+  EXPECT_EQ(s.user, "alice");
+  EXPECT_EQ(Run({"SET", "k", "v"}, &s), "+OK\r\n");
+  EXPECT_EQ(Run({"AUTH", "alice", "wrong"}, &s), wrong);
+  EXPECT_EQ(Run({"GET", "k"}, &s), "$1\r\nv\r\n");  // a failed AUTH keeps the login
+  Session t;
+  EXPECT_EQ(Run({"AUTH", "d"}, &t), "+OK\r\n");
+  EXPECT_EQ(t.user, "default");
+  EXPECT_EQ(Run({"QUIT"}, &t), "+OK\r\n");
+  Session u;
+  EXPECT_EQ(Run({"QUIT"}, &u), "+OK\r\n");  // allowed before AUTH
+}
+
+TEST_F(CommandsTest, MaxmemoryRefusesGrowth) {
+  CommandsOptions o;
+  o.maxmemory = store_->stats().used_bytes + 4096;
+  commands_.emplace(&*store_, &info_, o);
+  const std::string oom = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+  std::string value(8192, 'x');
+  EXPECT_EQ(Run({"SET", "a", value}), "+OK\r\n");  // under the limit when it started
+  EXPECT_EQ(Run({"SET", "b", "1"}), oom);
+  EXPECT_EQ(Run({"INCR", "c"}), oom);
+  EXPECT_EQ(Run({"MSET", "d", "1"}), oom);
+  EXPECT_EQ(Run({"GET", "b"}), "$-1\r\n");
+  EXPECT_EQ(Run({"DEL", "a"}), ":1\r\n");  // deletes still work, and free memory
+  EXPECT_EQ(Run({"SET", "b", "1"}), "+OK\r\n");
+  EXPECT_NE(Run({"CONFIG", "GET", "maxmemory"}).find(std::to_string(o.maxmemory)),
+            std::string::npos);
 }
 
 }  // namespace

@@ -9,8 +9,8 @@
 namespace kv {
 namespace {
 
-constexpr std::string_view kSections[] = {"server", "clients",  "memory",
-                                          "stats",  "keyspace", "spare"};
+constexpr std::string_view kSections[] = {"server",   "clients", "memory",    "stats",
+                                          "keyspace", "spare",   "checkpoint"};
 
 std::string Human(uint64_t bytes) {
   const char* units = "BKMGT";
@@ -54,8 +54,9 @@ void Commands::AppendInfoSection(std::string_view section, std::string* out) {
   if (section == "memory") {
     Field(out, "used_memory", st.used_bytes);
     Field(out, "used_memory_human", Human(st.used_bytes));
-    Field(out, "maxmemory", st.capacity_bytes);
-    Field(out, "maxmemory_human", Human(st.capacity_bytes));
+    const uint64_t limit = options_.maxmemory > 0 ? options_.maxmemory : st.capacity_bytes;
+    Field(out, "maxmemory", limit);
+    Field(out, "maxmemory_human", Human(limit));
     Field(out, "maxmemory_policy", "noeviction");
     Field(out, "kv_table_slots", st.table_slots);
     Field(out, "kv_table_resizing", st.resizing ? 1 : 0);

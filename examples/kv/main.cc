@@ -1,9 +1,11 @@
 // spare-kv — a Redis-protocol key-value server whose whole dataset lives in
 // a spare region. Run it under an agent (`spare run -- spare-kv --port P`)
 // to have it protected, or with --unprotected as a plain server.
+// --config and --users files are checkpointed with the agent (checkpoint.h).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "checkpoint.h"
 #include "server.h"
 #include "spare/runtime.h"
 
@@ -36,6 +38,13 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->transform(CLI::AsSizeValue(false))
       ->check(CLI::Range(size_t{1}, size_t{512} << 20));
+  std::string config_path, users_path;
+  app.add_option("--config", config_path,
+                 "redis.conf-style file: maxclients, hz, maxmemory, maxmemory-policy, "
+                 "proto-max-bulk-len, client-query-buffer-limit, requirepass (flags given on "
+                 "the command line win)");
+  app.add_option("--users", users_path,
+                 "users file (`user NAME on >password` per line): clients must AUTH first");
   CLI11_PARSE(app, argc, argv);
 
   auto runtime = unprotected ? spare::Runtime::Unprotected() : spare::Runtime::Attach();
@@ -48,6 +57,27 @@ int main(int argc, char** argv) {
     }
     return 2;
   }
+  auto files = kv::LoadCheckpointedFiles(*runtime, config_path, users_path);
+  if (!files.ok()) {
+    std::fprintf(stderr, "spare-kv: %s\n", files.status().message().c_str());
+    return 1;
+  }
+  if (files->config) {  // a flag given on the command line wins over the file
+    const kv::KvConfig& c = *files->config;
+    auto given = [&](const char* flag) { return app.count(flag) > 0; };
+    if (c.maxclients && !given("--max-clients")) options.max_clients = *c.maxclients;
+    if (c.proto_max_bulk_len && !given("--max-bulk"))
+      options.limits.max_bulk = *c.proto_max_bulk_len;
+    if (c.client_query_buffer_limit) options.max_query_buffer = *c.client_query_buffer_limit;
+    if (c.hz) options.hz = *c.hz;
+    if (c.maxmemory) options.maxmemory = *c.maxmemory;
+    if (c.requirepass && !c.requirepass->empty()) {
+      options.users = std::make_shared<kv::Users>(
+          kv::Users{{kv::User{"default", true, false, {*c.requirepass}}}});
+    }
+  }
+  if (files->users) options.users = std::make_shared<kv::Users>(std::move(*files->users));
+  options.checkpoints = std::move(files->reports);
   auto server = kv::Server::Create(std::move(runtime).value(), options);
   if (!server.ok()) {
     std::fprintf(stderr, "spare-kv: %s\n", server.status().ToString().c_str());

@@ -74,6 +74,10 @@ spare::Result<std::unique_ptr<Server>> Server::Create(spare::Runtime runtime,
   copts.bind = s->options_.bind;
   copts.max_bulk = s->options_.limits.max_bulk;
   copts.max_clients = s->options_.max_clients;
+  copts.maxmemory = s->options_.maxmemory;
+  copts.hz = s->options_.hz;
+  copts.max_query_buffer = s->options_.max_query_buffer;
+  copts.users = s->options_.users;
   s->commands_ = std::make_unique<Commands>(s->store_.get(), s.get(), copts);
   Server* self = s.get();
   s->commands_->set_checkpoint([self] {
@@ -138,6 +142,11 @@ spare::Status Server::Listen() {
   std::fprintf(stderr, "spare-kv: listening on %s:%d, %s (instance %s, tracker %s), %s\n",
                options_.bind.c_str(), options_.port, protected_ ? "protected" : "UNPROTECTED",
                rt_.instance_id().c_str(), rt_.stats().tracker.c_str(), resumed.c_str());
+  for (const CheckpointReport& r : options_.checkpoints) {
+    std::fprintf(stderr, "spare-kv: %s %s: checkpoint %s%s, loaded in %llu us\n", r.key.c_str(),
+                 r.path.c_str(), r.state.c_str(), r.saved ? " (parsed, saved)" : "",
+                 static_cast<unsigned long long>(r.load_us));
+  }
   return spare::Status::Ok();
 }
 
@@ -211,6 +220,34 @@ void Server::AppendInfo(std::string_view section, std::string* out) {
     Field(out, "held_bytes", rt_.gate().held_bytes());
     Field(out, "region_bytes", options_.region_size);
     Field(out, "arena_footprint_bytes", arena_->footprint_bytes());
+  } else if (section == "checkpoint") {
+    AppendCheckpointInfo(out);
+  }
+}
+
+// Per configuration checkpoint key: what this start found and did.
+void Server::AppendCheckpointInfo(std::string* out) const {
+  uint64_t hits = 0, stale = 0, missing = 0;
+  std::string keys;
+  for (const CheckpointReport& r : options_.checkpoints) {
+    hits += r.state == "hit";
+    stale += r.state == "stale";
+    missing += r.state == "missing";
+    keys += (keys.empty() ? "" : ",") + r.key;
+  }
+  Field(out, "checkpoint_keys", keys);
+  Field(out, "checkpoint_hits", hits);
+  Field(out, "checkpoint_stale", stale);
+  Field(out, "checkpoint_missing", missing);
+  for (const CheckpointReport& r : options_.checkpoints) {
+    char fp[24];
+    std::snprintf(fp, sizeof fp, "%016llx", static_cast<unsigned long long>(r.fingerprint));
+    Field(out, r.key + "_file", r.path);
+    Field(out, r.key + "_state", r.state);
+    Field(out, r.key + "_fingerprint", fp);
+    Field(out, r.key + "_file_bytes", r.file_bytes);
+    Field(out, r.key + "_load_us", r.load_us);
+    Field(out, r.key + "_saved", r.saved ? 1 : 0);
   }
 }
 

@@ -19,7 +19,8 @@
 //      close clients that asked to (QUIT, fatal protocol error, EOF) once
 //      all their replies are written.
 // While rt->commit_deferred(), the loop commits again at least every 2 ms.
-// Every 100 ms it also reclaims expired keys and advances a table resize.
+// `hz` times a second (default 10) it also reclaims expired keys and
+// advances a table resize.
 //
 // Unprotected mode (--unprotected) runs the same loop over anonymous
 // memory; the gate releases at once and commit() costs nothing.
@@ -30,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint.h"
 #include "commands.h"
 #include "resp.h"
 #include "spare/runtime.h"
@@ -47,7 +49,11 @@ struct ServerOptions {
   size_t group_commit_us = 1000;
   size_t max_clients = 10000;
   size_t max_query_buffer = size_t{1} << 30;  // unparsed input per client
+  uint64_t hz = 10;                           // cron runs per second
+  uint64_t maxmemory = 0;                     // 0: up to the region
   RespLimits limits;
+  std::shared_ptr<const Users> users;         // null: no AUTH needed
+  std::vector<CheckpointReport> checkpoints;  // what loading --config/--users did
 };
 
 class Server : public InfoSource {
@@ -81,6 +87,8 @@ class Server : public InfoSource {
   spare::Status Commit();
   spare::Status Shutdown();
   int Timeout() const;
+  int64_t CronUs() const { return 1'000'000 / static_cast<int64_t>(options_.hz); }
+  void AppendCheckpointInfo(std::string* out) const;
   void Cron(int64_t now_ms);
 
   spare::Runtime rt_;

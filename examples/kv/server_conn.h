@@ -41,6 +41,7 @@ struct Server::Conn {
   std::unique_ptr<char[]> buf;
   size_t cap = 0, start = 0, end = 0;
   RequestParser parser;
+  Session session;            // AUTH state
   std::string out;            // replies of the current batch
   uint64_t last_epoch = 0;    // epoch the newest reply depends on
   bool closing = false;       // QUIT or fatal protocol error: close once replies are out

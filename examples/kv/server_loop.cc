@@ -18,7 +18,6 @@
 namespace kv {
 namespace {
 
-constexpr int kCronMs = 100;
 constexpr int kDeferredCommitMs = 2;
 constexpr size_t kSweepSlots = 4096;
 constexpr size_t kCronResizeSlots = 1 << 16;
@@ -35,7 +34,7 @@ int64_t Us(clockid_t clock) {
 spare::Status Server::Run() {
   const int64_t mono = Us(CLOCK_MONOTONIC);
   last_commit_us_ = mono;
-  next_cron_us_ = mono + kCronMs * 1000;
+  next_cron_us_ = mono + CronUs();
   epoll_event events[256];
   while (!stop_) {
     int n = epoll_wait(epoll_fd_, events, 256, Timeout());
@@ -108,7 +107,7 @@ void Server::Cron(int64_t now_ms) {
     ev.data.fd = listen_fd_;
     accept_paused_ = epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev) != 0;
   }
-  next_cron_us_ = Us(CLOCK_MONOTONIC) + kCronMs * 1000;
+  next_cron_us_ = Us(CLOCK_MONOTONIC) + CronUs();
   store_->SweepExpired(now_ms, kSweepSlots);
   store_->ResizeStep(kCronResizeSlots);
 }
@@ -121,8 +120,8 @@ void Server::Accept() {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         // Out of fds: stop accepting until the next cron tick rather than
         // spin on a listening socket that stays readable.
-        std::fprintf(stderr, "spare-kv: accept: %s; pausing accepts for %d ms\n", strerror(errno),
-                     kCronMs);
+        std::fprintf(stderr, "spare-kv: accept: %s; pausing accepts for %lld ms\n", strerror(errno),
+                     static_cast<long long>(CronUs() / 1000));
         epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
         accept_paused_ = true;
       } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -228,7 +227,7 @@ void Server::Execute(Conn* c, size_t* budget) {
       --*budget;
       ++uncommitted_requests_;
       touch();
-      if (commands_->Execute(args, now_ms_, &c->out)) {
+      if (commands_->Execute(args, now_ms_, &c->out, &c->session)) {
         c->closing = true;
         SetWantWrite(c, c->want_write);
       }

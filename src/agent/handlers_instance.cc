@@ -338,6 +338,18 @@ std::optional<ipc::Message> Agent::OnConfigGet(Conn& conn, ipc::Message& msg) {
   ConfigStore store(InstanceDir((*found)->rec.spec.id) + "/config");
   auto value = store.Get(*key, *fingerprint);
   if (!value.ok()) return ipc::ErrorMessage(value.status());
+  Instance& inst = **found;
+  auto& stale = inst.config_stale_keys;
+  auto at = stale.begin();  // sorted, a handful of keys
+  while (at != stale.end() && *at < *key) ++at;
+  const bool listed = at != stale.end() && *at == *key;
+  if (value->state == ConfigHit::kStale) {
+    inst.config_stale++;
+    if (!listed) stale.insert(at, *key);
+  } else {
+    (value->state == ConfigHit::kHit ? inst.config_hits : inst.config_missing)++;
+    if (listed) stale.erase(at);
+  }
   ipc::Message reply = OkMessage({{"state", std::string(ConfigHitName(value->state))}});
   reply.blob = std::move(value->blob);
   return reply;

@@ -116,6 +116,12 @@ struct Instance {
   std::optional<SteadyTime> crash_detected_at;
   std::optional<double> last_restart_ms;
   std::string last_exit;  // ExitInfo::Describe() of the last exit
+  // Configuration checkpoint lookups (ConfigGet) answered for it by this
+  // agent, and the keys whose last lookup found them stale.
+  uint64_t config_hits = 0;
+  uint64_t config_stale = 0;
+  uint64_t config_missing = 0;
+  std::vector<std::string> config_stale_keys;  // sorted
 
   bool image_held() const { return staging.valid(); }
   // A new apply chain and epoch queue at rec.epoch, for an image just made

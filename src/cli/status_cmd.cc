@@ -19,6 +19,23 @@ std::string Fixed(double v, int decimals) {
   return buf;
 }
 
+// "3/1/2" hits/stale/missing of config checkpoint lookups, then the keys
+// stale at their last lookup; "-" before any lookup.
+std::string ConfigCell(const nlohmann::json& i) {
+  double h = NumField(i, "config_hits"), s = NumField(i, "config_stale"),
+         m = NumField(i, "config_missing");
+  if (h + s + m == 0) return "-";
+  std::string cell = Fixed(h, 0) + "/" + Fixed(s, 0) + "/" + Fixed(m, 0);
+  auto it = i.find("config_stale_keys");
+  if (it != i.end() && it->is_array() && !it->empty()) {
+    std::string keys;
+    for (const auto& k : *it)
+      if (k.is_string()) keys += (keys.empty() ? "" : ",") + k.get<std::string>();
+    cell += " stale:" + keys;
+  }
+  return cell;
+}
+
 std::vector<std::string> Row(const nlohmann::json& i) {
   double pid = NumField(i, "pid");
   auto last = OptNumField(i, "last_restart_ms");
@@ -33,13 +50,14 @@ std::vector<std::string> Row(const nlohmann::json& i) {
           Fixed(NumField(i, "restarts"), 0),
           last ? Fixed(*last, 2) : "-",
           tracker.empty() ? "-" : tracker,
+          ConfigCell(i),
           StrField(i, "reason")};
 }
 
 void PrintTable(const nlohmann::json& instances) {
-  std::vector<std::vector<std::string>> rows = {{"ID", "PID", "POLICY", "STATE", "EPOCH", "DURABLE", "GEN",
-                                                 "RESTARTS", "LAST RESTART (ms)", "TRACKER",
-                                                 "NOTE"}};
+  std::vector<std::vector<std::string>> rows = {{"ID", "PID", "POLICY", "STATE", "EPOCH", "DURABLE",
+                                                 "GEN", "RESTARTS", "LAST RESTART (ms)", "TRACKER",
+                                                 "CONFIG H/S/M", "NOTE"}};
   for (const auto& i : instances) rows.push_back(Row(i));
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& r : rows)
@@ -89,8 +107,10 @@ Command AddStatusCommand(CLI::App& app) {
       "failed), the newest epoch in "
       "its committed image, the newest durable one (outputs up to it may leave; with `local` "
       "the same once applied), its generation (one per launch), how often it was restarted and "
-      "how long the last restart took (crash detected to re-attached), its dirty-page tracker "
-      "and a note saying why it is not running. --json prints the same as JSON with stable "
+      "how long the last restart took (crash detected to re-attached), its dirty-page tracker, "
+      "its configuration checkpoint lookups (CONFIG H/S/M: hits/stale/missing, then the keys "
+      "stale at their last lookup) and a note saying why it is not running. --json prints the "
+      "same as JSON with stable "
       "field names, plus its regions and apply counters.");
   sub->add_option("--agent", f->agent, "agent directory (default: $SPARE_AGENT)");
   sub->add_flag("--json", f->json, "print JSON instead of a table");
