@@ -81,7 +81,6 @@ const Metric kMetrics[] = {
      [](const nlohmann::json& i) { return Num(i, "last_restart_ms") / 1000.0; }},
     {"spare_instance_epoch", "gauge", "Newest epoch in the committed image.",
      [](const nlohmann::json& i) { return Num(i, "epoch"); }},
-<<<<<<< HEAD
     {"spare_instance_released_epoch", "gauge",
      "Newest epoch whose staging slots the instance may reuse.",
      [](const nlohmann::json& i) { return Num(i, "released_epoch"); }},
@@ -97,7 +96,6 @@ const Metric kMetrics[] = {
      [](const nlohmann::json& i) { return Num(i, "apply_seconds_max"); }},
     {"spare_image_torn", "gauge", "1 when the committed image is torn (never resumed from).",
      [](const nlohmann::json& i) { return i.value("image_torn", false) ? 1.0 : 0.0; }},
-=======
     {"spare_config_hits_total", "counter",
      "Configuration checkpoint lookups that found the saved value (discovery skipped).",
      [](const nlohmann::json& i) { return Num(i, "config_hits"); }},
@@ -107,7 +105,6 @@ const Metric kMetrics[] = {
     {"spare_config_missing_total", "counter",
      "Configuration checkpoint lookups of keys never saved.",
      [](const nlohmann::json& i) { return Num(i, "config_missing"); }},
->>>>>>> helper-b
 };
 
 }  // namespace
@@ -136,15 +133,12 @@ nlohmann::json InstanceStatusJson(const Instance& inst) {
           {"epochs_applied", inst.epochs_applied},
           {"bytes_applied", inst.bytes_applied},
           {"apply_seconds", inst.apply_seconds},
-<<<<<<< HEAD
           {"apply_seconds_max", inst.apply_seconds_max},
           {"apply_retries", inst.apply_retries}};
-=======
           {"config_hits", inst.config_hits},
           {"config_stale", inst.config_stale},
           {"config_missing", inst.config_missing},
           {"config_stale_keys", inst.config_stale_keys}};
->>>>>>> helper-b
 }
 
 std::string MetricsText(const nlohmann::json& status) {
