@@ -134,7 +134,7 @@ nlohmann::json InstanceStatusJson(const Instance& inst) {
           {"bytes_applied", inst.bytes_applied},
           {"apply_seconds", inst.apply_seconds},
           {"apply_seconds_max", inst.apply_seconds_max},
-          {"apply_retries", inst.apply_retries}};
+          {"apply_retries", inst.apply_retries},
           {"config_hits", inst.config_hits},
           {"config_stale", inst.config_stale},
           {"config_missing", inst.config_missing},
