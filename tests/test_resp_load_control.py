@@ -105,7 +105,7 @@ class ControlTest(unittest.TestCase):
         rep = load.check()
         print(f"after kill -9: {load.summary()}\n  {rep.summary()}")
         lost = [v for v in rep.violations if v.startswith("acknowledged ") and v.endswith(" lost")]
-        self.assertGreater(totals["acked"], 3000)
+        self.assertGreaterEqual(totals["acked"], 3000)
         self.assertGreaterEqual(totals["breaks"], 1)
         self.assertEqual(len(lost), totals["acked"], "every acknowledged SET must be reported lost")
         self.assertEqual(len(rep.violations), len(lost), rep.violations[:5])
