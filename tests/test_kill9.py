@@ -1,18 +1,25 @@
 """kill -9 spare-kv at random moments under write load; nothing acknowledged is lost.
 
 Load: a sequential writer (one `redis-cli` per command: SET k:<n> <value>,
-and INCR counter) that records which commands were acknowledged, plus
+and INCR counter) that records which commands were acknowledged, a
+pipelined loader (resp_load.PipelinedLoad: 4 connections, batches of 16
+SETs of p:<conn>:<seq>, replies parsed and matched exactly), plus
 `redis-benchmark -t set` on key:* running concurrently. After each kill the
 agent restarts spare-kv from its committed image; once it answers PING the
-test checks, with redis-cli:
+loader is paused and the test checks, with redis-cli and the loader's
+pipelined MGETs:
   - every acknowledged SET is present with exactly its value;
   - the counter is >= the last acknowledged INCR value and no larger than
     the INCRs that could have reached the server since (redis-cli resends a
     command once when its connection breaks, so one invocation may apply
     twice); acknowledged INCR values strictly increase over the whole run;
-  - no key exists that was never sent (k:n beyond the last one sent, values
-    other than the one sent, and — every few kills — DBSIZE equal to the keys
-    accounted for).
+  - every pipelined SET answered +OK is present with exactly its value, one
+    whose connection broke before its reply is absent or holds its value
+    (PipelinedLoad.check: every kill reads the SETs sent since the last check
+    and those still of unknown outcome; every LOAD_FULL_EVERY kills, all);
+  - no key exists that was never sent (k:n beyond the last one sent,
+    p:<conn>:<seq> past each connection's last, values other than the one
+    sent, and — every few kills — DBSIZE equal to the keys accounted for).
 Environment: SPARE_KILLS (default 50), SPARE_TRACKER (passed to spare-kv).
 """
 
@@ -24,6 +31,7 @@ import threading
 import time
 import unittest
 
+from resp_load import PipelinedLoad
 from spare_harness import REDIS_BENCHMARK, SPARE_KV, Harness, free_port, mget, redis
 
 KILLS = int(os.environ.get("SPARE_KILLS", "50"))
@@ -31,6 +39,7 @@ SEED = int(os.environ.get("SPARE_SEED", str(int(time.time()))))
 BENCH_KEYS = 100000
 BENCH_VALUE_LEN = 3  # redis-benchmark -d default; one fixed value for all its keys
 FULL_CHECK_EVERY = 5
+LOAD_FULL_EVERY = 25  # reading every p:* key costs ~4 us each; DBSIZE covers them in between
 
 
 class Ledger:
@@ -87,15 +96,23 @@ class Kill9Test(unittest.TestCase):
         self.h.start_agent()
         self.port = free_port()
         self.rng = random.Random(SEED)
+        self.load_check_s = 0.0
         print(f"seed {SEED}, kills {KILLS}, tracker {os.environ.get('SPARE_TRACKER', 'default')}")
 
     def start_bench(self):
         return self.h.popen([REDIS_BENCHMARK, "-p", str(self.port), "-t", "set", "-r",
                              str(BENCH_KEYS), "-n", "10000000", "-c", "4", "-q"])
 
-    def check(self, lg, full):
-        """The invariants of the module docstring, against the live server."""
+    def check(self, lg, load, full, load_full):
+        """The invariants of the module docstring, against the live server.
+
+        Returns the loader's CheckReport; load must be paused.
+        """
         self.assertEqual(lg.errors, [])
+        start = time.monotonic()
+        rep = load.check(self.port, full=load_full)
+        self.load_check_s += time.monotonic() - start
+        self.assertEqual(rep.violations[:20], [], f"pipelined SETs: {rep.summary()}")
         n_sent = len(lg.sent)
         keys = [f"k:{n}" for n in range(n_sent + 50)]
         values = mget(self.port, keys)
@@ -115,7 +132,7 @@ class Kill9Test(unittest.TestCase):
         most = lg.last_incr + 2 * (lg.incr_calls - lg.calls_at_ack)
         self.assertLessEqual(counter, most, "counter counts INCRs never sent")
         if not full:
-            return
+            return rep
         bench = mget(self.port, [f"key:{i:012d}" for i in range(BENCH_KEYS)])
         kinds = {v for v in bench if v is not None}
         self.assertLessEqual(len(kinds), 1, f"key:* values redis-benchmark never wrote: {kinds}")
@@ -123,10 +140,11 @@ class Kill9Test(unittest.TestCase):
         bench_present = sum(v is not None for v in bench)
         rc, out = redis(self.port, "DBSIZE")
         self.assertEqual(rc, 0)
-        self.assertEqual(int(out), present + bench_present + has_counter,
-                         "DBSIZE counts keys that were never sent")
-        print(f"  full check: DBSIZE {out} = {present} k:* + {bench_present} key:*"
-              f" + {has_counter} counter")
+        self.assertEqual(int(out), present + rep.present + bench_present + has_counter,
+                         "DBSIZE counts keys that were never sent (or lost acknowledged p:* keys)")
+        print(f"  full check: DBSIZE {out} = {present} k:* + {rep.present} p:*"
+              f" + {bench_present} key:* + {has_counter} counter")
+        return rep
 
     def test_kill9_under_write_load(self):
         h, lg = self.h, Ledger()
@@ -147,36 +165,50 @@ class Kill9Test(unittest.TestCase):
         lg.sent.update(base)
         lg.acked.update(base)
 
-        restart_s = []
+        load = PipelinedLoad(self.port, conns=4, batch=16, seed=self.rng.random())
+        self.addCleanup(load.stop)
+        load.start(paused=True)
+        restart_s, load_checked = [], 0
         for kill in range(1, KILLS + 1):
             bench = self.start_bench()
             writer = Writer(self.port, lg, random.Random(self.rng.random()))
             writer.start()
+            load.resume()
             time.sleep(self.rng.uniform(0.020, 0.250))
             os.kill(pid, 9)
             killed_at = time.monotonic()
             h.wait_pong(self.port, timeout=20)
             restart_s.append(time.monotonic() - killed_at)
             writer.stop()
+            load.pause()
             bench.kill()
             bench.wait()
             inst = h.wait_instance("kv", lambda i: i["state"] == "running" and i["pid"] != pid,
                                    what="running with a new pid")
             self.assertEqual(inst["restarts"], kill, f"restart count after kill {kill}")
             pid = inst["pid"]
-            self.check(lg, full=(kill % FULL_CHECK_EVERY == 0 or kill == KILLS))
+            rep = self.check(lg, load, full=(kill % FULL_CHECK_EVERY == 0 or kill == KILLS),
+                             load_full=(kill % LOAD_FULL_EVERY == 0 or kill == KILLS))
+            load_checked += rep.acked
             print(f"kill {kill}: back in {restart_s[-1] * 1000:.1f} ms, {len(lg.acked)} keys"
-                  f" acknowledged, counter acked {lg.last_incr}", flush=True)
+                  f" acknowledged, counter acked {lg.last_incr}; pipelined: {rep.acked} acked"
+                  f" SETs checked, unknown {rep.unknown_present} present/{rep.unknown_absent}"
+                  f" absent", flush=True)
 
         inst = h.instance("kv")
         self.assertEqual(inst["restarts"], KILLS)
         self.assertEqual(inst["state"], "running")
         self.assertGreater(lg.incr_acks, 0, "no INCR was ever acknowledged")
         self.assertGreater(len(lg.acked), len(base), "no SET acknowledged during the kills")
+        totals = load.totals()
+        self.assertGreater(totals["acked"], 0, "no pipelined SET was ever acknowledged")
+        self.assertGreater(totals["breaks"], 0, "no kill ever broke a pipelined batch")
         ms = sorted(s * 1000 for s in restart_s)
         print(f"{KILLS} kills: kill -> PONG p50 {statistics.median(ms):.1f} ms,"
               f" max {ms[-1]:.1f} ms; {len(lg.acked)} acknowledged keys verified,"
               f" {lg.incr_acks} acknowledged INCRs, 0 lost")
+        print(f"pipelined: {load.summary()}; {load_checked} acknowledged SET checks"
+              f" ({totals['acked']} distinct SETs) in {self.load_check_s:.1f} s, 0 violations")
 
 
 if __name__ == "__main__":
