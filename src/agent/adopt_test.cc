@@ -133,6 +133,19 @@ TEST_F(AdoptTest, LiveInstanceIsAdoptedAndReattaches) {
   EXPECT_EQ(agent_->Find("alive")->rec.state, InstanceState::kAdopting);
   EXPECT_FALSE(agent_->Find("alive")->image_held());
 
+  // An unsealed memfd for the region (it could be shrunk under the agent's
+  // writes): refused, naming the seals, nothing adopted.
+  UniqueFd unsealed(::memfd_create("heap-unsealed", MFD_CLOEXEC));
+  ASSERT_EQ(::ftruncate(unsealed.get(), 1 << 20), 0);
+  attach.fds.emplace_back(::dup(unsealed.get()));
+  Message not_sealed = Exchange(sock.get(), attach);
+  ASSERT_EQ(not_sealed.type, MsgType::kError) << not_sealed.body.dump();
+  EXPECT_NE(ipc::StatusOf(not_sealed).message().find("not sealed"), std::string::npos)
+      << not_sealed.body.dump();
+  EXPECT_FALSE(agent_->Find("alive")->image_held());
+  attach.fds.clear();
+  attach.fds.emplace_back(::dup(staging->get()));
+
   attach.fds.emplace_back(::dup(heap->get()));
   Message ok = Exchange(sock.get(), attach);
   ASSERT_EQ(ok.type, MsgType::kOk) << ok.body.dump();

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
 #include <sys/personality.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -15,96 +17,98 @@
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
-#ifndef CLOSE_RANGE_CLOEXEC
-#define CLOSE_RANGE_CLOEXEC (1U << 2)
-#endif
-
-extern char** environ;
 
 namespace spare::agent {
 namespace {
 
-// What a failed child reports through the pipe before _exit(127).
-struct ChildFailure {
-  int stage;  // 0 setup, 1 chdir, 2 exec
-  int err;
-};
-
-// A descriptor >= 3, so dup2 onto 0..2 in the child never clobbers it.
-Result<UniqueFd> OpenHigh(const char* path, int flags, int mode) {
-  UniqueFd fd(::open(path, flags | O_CLOEXEC, mode));
-  if (!fd.valid()) return Status::FromErrno(std::string("open ") + path, errno);
-  if (fd.get() >= 3) return fd;
-  UniqueFd high(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3));
-  if (!high.valid()) return Status::FromErrno("fcntl F_DUPFD_CLOEXEC", errno);
-  return high;
+// The instance's PATH lookup for argv[0] (execvp would use the agent's
+// PATH; the instance's own is what `spare run` recorded).
+std::string Resolve(const std::string& prog, const std::vector<std::string>& env) {
+  if (prog.find('/') != std::string::npos) return prog;
+  std::string path = "/usr/local/bin:/usr/bin:/bin";
+  for (const std::string& e : env)
+    if (e.rfind("PATH=", 0) == 0) path = e.substr(5);
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    std::string dir = path.substr(start, end - start);
+    std::string cand = (dir.empty() ? "." : dir) + "/" + prog;
+    if (::access(cand.c_str(), X_OK) == 0) return cand;
+    start = end + 1;
+  }
+  return prog;  // posix_spawn reports ENOENT
 }
 
-[[noreturn]] void ChildFail(int report, int stage, const char* what, const char* arg) {
-  int err = errno;
-  // Single-threaded parent, so these calls are safe after fork.
-  dprintf(2, "spare: %s '%s': %s\n", what, arg, std::strerror(err));
-  ChildFailure f{stage, err};
-  ssize_t ignored = ::write(report, &f, sizeof(f));
+// A line in the instance's log when it could not be started at all.
+void LogFailure(const std::string& log_path, const std::string& text) {
+  UniqueFd fd(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+  if (!fd.valid()) return;
+  std::string line = "spare: " + text + "\n";
+  ssize_t ignored = ::write(fd.get(), line.data(), line.size());
   (void)ignored;
-  _exit(127);
 }
 
-[[noreturn]] void RunChild(const LaunchRequest& req, char** argv, char** envp, int devnull, int log,
-                           int report) {
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
-  for (int sig = 1; sig < NSIG; ++sig)
-    if (sig != SIGKILL && sig != SIGSTOP) ::signal(sig, SIG_DFL);
-  ::setsid();
-  int persona = ::personality(0xffffffff);
-  if (persona != -1) ::personality(static_cast<unsigned long>(persona) | ADDR_NO_RANDOMIZE);
-  if (::dup2(devnull, 0) < 0 || ::dup2(log, 1) < 0 || ::dup2(log, 2) < 0)
-    ChildFail(report, 0, "cannot set up stdio for", argv[0]);
-  // Anything the agent forgot to mark close-on-exec must not leak.
-  ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
-  if (::chdir(req.cwd.c_str()) != 0) ChildFail(report, 1, "cannot chdir to", req.cwd.c_str());
-  environ = envp;  // execvp searches the instance's PATH, not the agent's
-  ::execvp(argv[0], argv);
-  ChildFail(report, 2, "cannot execute", argv[0]);
-}
-
+// posix_spawn, not fork: the agent has worker threads (worker.h), and
+// after a fork only async-signal-safe calls are allowed in the child;
+// glibc's posix_spawn runs the child on a vfork-style clone (no copy of the
+// agent's page tables) and returns once it has exec'd or failed, so the
+// loop waits for the exec alone, not for a fork of a large process.
 class ForkLauncher : public Launcher {
  public:
+  ForkLauncher() {
+    // Children inherit the persona and keep it across exec: every instance
+    // starts with address-space randomization off (DESIGN §5b). The
+    // agent's own layout is already fixed.
+    int persona = ::personality(0xffffffff);
+    if (persona != -1) ::personality(static_cast<unsigned long>(persona) | ADDR_NO_RANDOMIZE);
+  }
   Result<Launched> Launch(const LaunchRequest& req) override;
 };
 
 Result<Launched> ForkLauncher::Launch(const LaunchRequest& req) {
   if (req.argv.empty()) return Status(Code::kInvalidArgument, "empty command line");
+  struct stat st {};
+  if (::stat(req.cwd.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) ||
+      ::access(req.cwd.c_str(), X_OK) != 0) {
+    int err = errno ? errno : ENOTDIR;
+    std::string text = "cannot chdir to '" + req.cwd + "': " + std::strerror(err);
+    LogFailure(req.log_path, text);
+    return Status(err == ENOENT ? Code::kNotFound : Code::kInvalidArgument, text);
+  }
   std::vector<char*> argv, envp;
   for (const auto& a : req.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   for (const auto& e : req.env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
-  SPARE_ASSIGN_OR_RETURN(UniqueFd log,
-                         OpenHigh(req.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644));
-  SPARE_ASSIGN_OR_RETURN(UniqueFd devnull, OpenHigh("/dev/null", O_RDONLY, 0));
-  int pipefd[2];
-  if (::pipe2(pipefd, O_CLOEXEC) != 0) return Status::FromErrno("pipe2", errno);
-  UniqueFd rd(pipefd[0]), wr(pipefd[1]);
-  pid_t pid = ::fork();
-  if (pid < 0) return Status::FromErrno("fork", errno);
-  if (pid == 0) RunChild(req, argv.data(), envp.data(), devnull.get(), log.get(), wr.get());
-  wr.reset();
-  ChildFailure f{};
-  ssize_t n;
-  do {
-    n = ::read(rd.get(), &f, sizeof(f));
-  } while (n < 0 && errno == EINTR);
-  if (n == static_cast<ssize_t>(sizeof(f))) {
-    ::waitpid(pid, nullptr, 0);  // it _exits right after reporting
-    const std::string& what = f.stage == 1 ? req.cwd : req.argv[0];
-    std::string verb = f.stage == 0   ? "cannot set up stdio for "
-                       : f.stage == 1 ? "cannot chdir to "
-                                      : "cannot execute ";
-    Code code = f.err == ENOENT ? Code::kNotFound : Code::kInvalidArgument;
-    return Status(code, verb + "'" + what + "': " + std::strerror(f.err));
+  const std::string prog = Resolve(req.argv[0], req.env);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawnattr_init(&attr);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, req.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                   0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawn_file_actions_addchdir_np(&fa, req.cwd.c_str());
+  // Anything the agent forgot to mark close-on-exec must not leak.
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = 0;
+  int err = ::posix_spawn(&pid, prog.c_str(), &fa, &attr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (err != 0) {
+    std::string text = "cannot execute '" + req.argv[0] + "': " + std::strerror(err);
+    LogFailure(req.log_path, text);
+    return Status(err == ENOENT ? Code::kNotFound : Code::kInvalidArgument, text);
   }
   auto pidfd = PidfdOpen(pid);
   if (!pidfd.ok()) {

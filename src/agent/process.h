@@ -4,8 +4,8 @@
 // forks and execs; unit tests inject one that hands back a process they
 // control. Everything else here is a thin, checked wrapper of a syscall.
 //
-// Threading: the agent's loop thread only (fork in a multi-threaded
-// process would be unsafe; the agent has one thread).
+// Threading: the agent's loop thread only. Processes are created with
+// posix_spawn, which is safe in the multi-threaded agent.
 #pragma once
 
 #include <sys/types.h>
@@ -41,10 +41,10 @@ class Launcher {
   virtual Result<Launched> Launch(const LaunchRequest& request) = 0;
 };
 
-// fork + exec: setsid, ADDR_NO_RANDOMIZE, stdin /dev/null, stdout+stderr
-// appended to log_path, chdir(cwd), execvp with `env`. An exec failure is
-// written to the log, reported back through a close-on-exec pipe, and the
-// child exits 127.
+// posix_spawn: setsid, ADDR_NO_RANDOMIZE (set on the agent once, inherited),
+// stdin /dev/null, stdout+stderr appended to log_path, chdir(cwd), argv[0]
+// looked up in env's PATH, exec with `env`. A cwd or exec failure is
+// written to the log and returned; no child is left behind.
 std::unique_ptr<Launcher> MakeForkLauncher();
 
 // pidfd_open(2).

@@ -4,10 +4,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "common/fd.h"
+#include "epoch/data_hash.h"
 
 namespace spare::epoch {
 namespace {
@@ -140,13 +144,53 @@ TEST(Staging, RefusesTamperedTable) {
   std::vector<DirtyRun> runs = {f.Run(0, 2, 1)};
   FillEpoch(f.view, kGen, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
   // Redirect the entry to page 0 without fixing the hash.
-  auto* e = reinterpret_cast<SlotEntry*>(f.view.slot(0) + 48);
+  auto* e = reinterpret_cast<SlotEntry*>(f.view.slot(0) + sizeof(SlotHeader));
   e->offset = 0;
   Status st = ApplyEpoch(f.view, kGen, 1, 0, 1, f.targets, nullptr);
   EXPECT_EQ(st.code(), Code::kTornEpoch);
   EXPECT_NE(st.message().find("checksum"), std::string::npos);
   EXPECT_EQ(f.Image(0, 0), 0);
   EXPECT_EQ(f.Image(0, 2), 0);
+}
+
+// Issue 6 item 4: the slot names its generation and hashes its data.
+TEST(Staging, RefusesAnotherGenerationAndCorruptDataWithoutWriting) {
+  Fixture f(2, 1 << 20, {64 * kPage});
+  for (uint64_t p = 0; p < 20; ++p) f.Write(0, p, static_cast<char>('a' + p));
+  std::vector<DirtyRun> runs = {f.Run(0, 0, 20)};  // 80 KiB: two hash leaves
+  FillEpoch(f.view, kGen, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
+  Status st = ApplyEpoch(f.view, kGen + 1, 1, 0, 1, f.targets, nullptr);
+  EXPECT_EQ(st.code(), Code::kStaleGeneration) << st.ToString();
+  EXPECT_NE(st.message().find("generation 3"), std::string::npos) << st.ToString();
+  EXPECT_EQ(f.Image(0, 0), 0);
+  // One flipped byte in the second leaf: the table still checks, the data does not.
+  auto* h = reinterpret_cast<SlotHeader*>(f.view.slot(0));
+  f.view.slot(0)[h->used - 1] ^= std::byte{0x40};
+  st = ApplyEpoch(f.view, kGen, 1, 0, 1, f.targets, nullptr);
+  EXPECT_EQ(st.code(), Code::kChecksumMismatch) << st.ToString();
+  EXPECT_EQ(f.Image(0, 0), 0);
+  f.view.slot(0)[h->used - 1] ^= std::byte{0x40};
+  ASSERT_TRUE(ApplyEpoch(f.view, kGen, 1, 0, 1, f.targets, nullptr).ok());
+  EXPECT_EQ(f.Image(0, 19), 'a' + 19);
+}
+
+// The data hash is exactly what docs/WIRE.md says: XXH3 of the XXH3 leaf
+// hashes of each entry's 64 KiB leaves (so another implementation, e.g. a
+// standby, can check it).
+TEST(Staging, DataHashFollowsTheWireDefinition) {
+  Fixture f(2, 1 << 20, {64 * kPage});
+  for (uint64_t p = 0; p < 64; ++p) f.Write(0, p, static_cast<char>(p * 7 + 1));
+  std::vector<DirtyRun> runs = {f.Run(0, 1, 17), f.Run(0, 40, 3)};
+  FillEpoch(f.view, kGen, 1, 0, PlanEpoch(f.view, runs, 0), runs, {});
+  std::vector<uint64_t> leaves;
+  for (const DirtyRun& r : runs)
+    for (uint64_t off = 0; off < r.length; off += kHashLeaf)
+      leaves.push_back(XXH3_64bits(r.src + off, std::min<uint64_t>(kHashLeaf, r.length - off)));
+  EXPECT_EQ(leaves.size(), 3u);  // 68 KiB = 64 + 4, and 12 KiB
+  const auto* h = reinterpret_cast<const SlotHeader*>(f.view.slot(0));
+  EXPECT_EQ(h->data_hash, XXH3_64bits(leaves.data(), leaves.size() * sizeof(uint64_t)));
+  EXPECT_EQ(h->generation, kGen);
+  EXPECT_EQ(Hash64("abc", 3), XXH3_64bits("abc", 3));
 }
 
 TEST(Staging, RefusesSlotsOutsideRing) {
