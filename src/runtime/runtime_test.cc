@@ -214,7 +214,7 @@ TEST_P(RuntimeTest, GateReleasesOnlyAfterApplied) {
   UniqueFd app(sv[0]), client(sv[1]);
   agent.Hold(true);
   r->bytes()[0] = std::byte{1};
-  rt.gate().send(app.get(), "+OK\r\n");
+  ASSERT_TRUE(rt.gate().send(app.get(), "+OK\r\n").ok());
   auto e = rt.commit();
   ASSERT_TRUE(e.ok());
   usleep(20000);
@@ -420,11 +420,11 @@ TEST(RuntimeAttach, UnprotectedReleasesAtOnce) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
   UniqueFd app(sv[0]), client(sv[1]);
-  rt->gate().send(app.get(), "x");
+  ASSERT_TRUE(rt->gate().send(app.get(), "x").ok());
   char c;
   EXPECT_EQ(read(client.get(), &c, 1), 1);
   // An output tagged with an explicit epoch leaves once that epoch commits.
-  rt->gate().send(app.get(), "y", 1);
+  ASSERT_TRUE(rt->gate().send(app.get(), "y", 1).ok());
   EXPECT_EQ(read(client.get(), &c, 1), -1);
   ASSERT_TRUE(rt->commit().ok());
   EXPECT_EQ(read(client.get(), &c, 1), 1);
