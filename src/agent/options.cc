@@ -2,6 +2,9 @@
 
 #include <toml++/toml.h>
 
+#include <CLI/Error.hpp>
+#include <CLI/Validators.hpp>
+
 #include <cctype>
 #include <charconv>
 
@@ -91,23 +94,28 @@ Status CheckRestartWindowS(std::string_view key, uint64_t v) {
 }
 
 Result<uint64_t> ParseBytes(std::string_view text) {
+  // CLI11's size parser, the one `spare run --slot-size` uses, so the
+  // config file and the flags read sizes alike. It throws; we do not.
+  static const CLI::AsSizeValue kSize(/*kb_is_1000=*/false);
+  const std::string shown = "\"" + std::string(text) + "\"";
+  // It reads a bare unit ("MiB") as one of it; a size must start with digits.
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0])))
+    return Status(Code::kInvalidArgument, shown + " is not a byte count (e.g. 16777216 or 16MiB)");
+  std::string value(text);
+  std::string error;
+  try {
+    error = kSize(value);
+  } catch (const CLI::Error& e) {
+    error = e.what();
+  }
   uint64_t n = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-  if (ec != std::errc() || end == text.data())
-    return Status(Code::kInvalidArgument, "\"" + std::string(text) + "\" is not a byte count");
-  std::string unit(end, text.data() + text.size());
-  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  int shift = -1;
-  if (unit.empty() || unit == "b") shift = 0;
-  if (unit == "k" || unit == "kb" || unit == "kib") shift = 10;
-  if (unit == "m" || unit == "mb" || unit == "mib") shift = 20;
-  if (unit == "g" || unit == "gb" || unit == "gib") shift = 30;
-  if (shift < 0)
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+  if (error.empty() && (ec != std::errc() || end != value.data() + value.size()))
+    error = "not a whole number of bytes";
+  if (!error.empty())
     return Status(Code::kInvalidArgument,
-                  "\"" + std::string(text) + "\": unknown unit (use bytes, KiB, MiB or GiB)");
-  if (shift > 0 && n > (UINT64_MAX >> shift))
-    return Status(Code::kInvalidArgument, "\"" + std::string(text) + "\" is too large");
-  return n << shift;
+                  shown + " is not a byte count (" + error + "; use bytes, KiB, MiB or GiB)");
+  return n;
 }
 
 Status LoadAgentConfig(const std::string& path, AgentOptions* options) {

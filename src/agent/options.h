@@ -41,7 +41,8 @@ Status CheckSlotSize(std::string_view key, uint64_t v);
 Status CheckMaxRestarts(std::string_view key, uint64_t v);
 Status CheckRestartWindowS(std::string_view key, uint64_t v);
 
-// "16777216", "16MiB", "16M", "64KiB", "1G" → bytes (binary units).
+// "16777216", "16MiB", "16M", "64KiB", "1G" → bytes (binary units: K, KB
+// and KiB are all 1024), read by CLI::AsSizeValue like the CLI's size flags.
 // kInvalidArgument names the text.
 Result<uint64_t> ParseBytes(std::string_view text);
 

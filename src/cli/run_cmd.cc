@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "agent/checks.h"
 #include "agent/options.h"
 #include "cli/client.h"
 #include "cli/commands.h"
@@ -20,43 +21,15 @@ struct RunFlags {
   std::string id;
   std::string policy;
   std::optional<uint64_t> slots;
-  std::string slot_size;
+  std::optional<uint64_t> slot_size;  // bytes (CLI::AsSizeValue reads "16MiB")
   std::optional<uint64_t> max_restarts;
   std::optional<uint64_t> restart_window_s;
   std::vector<std::string> command;
 };
 
-Status CheckPolicy(const std::string& policy) {
-  if (policy == "local") return Status::Ok();
-  if (policy == "hot" || policy == "cold")
-    return Status(Code::kUnsupported,
-                  "--policy " + policy + " is not implemented yet; only --policy local is");
-  return Status(Code::kInvalidArgument,
-                "--policy " + policy + " is not a policy (local; later hot or cold)");
-}
-
-// The caller's environment; entries JSON cannot carry (not UTF-8) are
-// left out with a warning rather than failing the launch.
-nlohmann::json Environment() {
-  nlohmann::json env = nlohmann::json::object();
-  for (char** e = environ; e && *e; ++e) {
-    std::string kv(*e);
-    size_t eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0) continue;
-    try {
-      nlohmann::json probe = kv;
-      (void)probe.dump();
-      env[kv.substr(0, eq)] = kv.substr(eq + 1);
-    } catch (const nlohmann::json::exception&) {
-      std::fprintf(stderr, "spare: warning: not passing %s (not valid UTF-8)\n",
-                   kv.substr(0, eq).c_str());
-    }
-  }
-  return env;
-}
-
 Result<ipc::Message> BuildRun(const RunFlags& f) {
-  SPARE_RETURN_IF_ERROR(CheckPolicy(f.policy));
+  SPARE_RETURN_IF_ERROR(agent::CheckInstanceId(f.id).With("--id"));
+  SPARE_RETURN_IF_ERROR(agent::CheckPolicy(f.policy).With("--policy"));
   char cwd[4096];
   if (!::getcwd(cwd, sizeof(cwd))) return Status::FromErrno("getcwd", errno);
   ipc::Message m;
@@ -67,11 +40,7 @@ Result<ipc::Message> BuildRun(const RunFlags& f) {
             {"env", Environment()},
             {"cwd", cwd}};
   if (f.slots) m.body["slot_count"] = *f.slots;
-  if (!f.slot_size.empty()) {
-    auto bytes = agent::ParseBytes(f.slot_size);
-    if (!bytes.ok()) return bytes.status().With("--slot-size");
-    m.body["slot_size"] = bytes.value();
-  }
+  if (f.slot_size) m.body["slot_size"] = *f.slot_size;
   if (f.max_restarts) m.body["max_restarts"] = *f.max_restarts;
   if (f.restart_window_s) m.body["restart_window_ms"] = *f.restart_window_s * 1000;
   try {
@@ -124,7 +93,8 @@ Command AddRunCommand(CLI::App& app) {
       ->required();
   sub->add_option("--slots", f->slots, "staging slots (default: the agent's, 8)");
   sub->add_option("--slot-size", f->slot_size,
-                  "bytes per staging slot, e.g. 16MiB (default: the agent's)");
+                  "bytes per staging slot, e.g. 16MiB (default: the agent's)")
+      ->transform(CLI::AsSizeValue(/*kb_is_1000=*/false));
   sub->add_option("--max-restarts", f->max_restarts,
                   "crashes tolerated within the window before the instance is failed (default 5)");
   sub->add_option("--restart-window", f->restart_window_s,

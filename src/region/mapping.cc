@@ -11,17 +11,12 @@
 #include <string>
 
 #include "common/check.h"
+#include "common/hex.h"
 
 namespace spare::region {
 namespace {
 
 constexpr uint64_t kSlotSize = 1ULL << 30;  // regions start on 1 GiB boundaries
-
-std::string Hex(uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
 
 // "[0x100000000000, 0x100040000000) (1073741824 bytes)"
 std::string DescribeRange(uint64_t address, size_t size) {
