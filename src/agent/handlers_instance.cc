@@ -123,7 +123,7 @@ ipc::Message Agent::AttachReply(Instance& inst, bool reattach) {
 }
 
 std::optional<ipc::Message> Agent::OnAttach(Conn& conn, ipc::Message& msg) {
-  Body b(msg.body, "Attach");
+  ipc::Body b(msg.body, "Attach");
   auto id = b.String("id");
   auto pid = b.Uint("pid");
   auto reattach = b.Bool("reattach", false);
@@ -185,7 +185,7 @@ std::optional<ipc::Message> Agent::OnRegion(Conn& conn, ipc::Message& msg) {
   auto found = AttachedInstance(conn, msg);
   if (!found.ok()) return ipc::ErrorMessage(found.status());
   Instance& inst = **found;
-  Body b(msg.body, "Region");
+  ipc::Body b(msg.body, "Region");
   auto name = b.String("name");
   auto size = b.Uint("size");
   auto address = b.Uint("address", 0);
@@ -247,7 +247,7 @@ ipc::Message Agent::CreateRegion(Instance& inst, const std::string& name, uint64
 }
 
 std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
-  Body b(msg.body, "Commit");
+  ipc::Body b(msg.body, "Commit");
   auto epoch = b.Uint("epoch");
   auto first_slot = b.Uint("first_slot");
   auto parts = b.Uint("parts");
@@ -317,7 +317,7 @@ Status Agent::ApplyCommit(Instance& inst, uint64_t epoch, uint32_t first_slot, u
 std::optional<ipc::Message> Agent::OnConfigGet(Conn& conn, ipc::Message& msg) {
   auto found = AttachedInstance(conn, msg);
   if (!found.ok()) return ipc::ErrorMessage(found.status());
-  Body b(msg.body, "ConfigGet");
+  ipc::Body b(msg.body, "ConfigGet");
   auto key = b.String("key");
   auto fingerprint = b.Uint("fingerprint");
   for (const Status& st : {key.status(), fingerprint.status()})
@@ -333,7 +333,7 @@ std::optional<ipc::Message> Agent::OnConfigGet(Conn& conn, ipc::Message& msg) {
 std::optional<ipc::Message> Agent::OnConfigPut(Conn& conn, ipc::Message& msg) {
   auto found = AttachedInstance(conn, msg);
   if (!found.ok()) return ipc::ErrorMessage(found.status());
-  Body b(msg.body, "ConfigPut");
+  ipc::Body b(msg.body, "ConfigPut");
   auto key = b.String("key");
   auto fingerprint = b.Uint("fingerprint");
   for (const Status& st : {key.status(), fingerprint.status()})

@@ -84,8 +84,12 @@ void Agent::OnHttp(int fd, uint32_t events) {
     if (line.rfind("GET ", 0) != 0) {
       c.out = Response(405, "Method Not Allowed", "text/plain", "only GET is served\n");
     } else if (line.rfind("GET /metrics ", 0) == 0 || line == "GET /metrics") {
-      c.out = Response(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
-                       MetricsText(StatusJson()));
+      auto text = MetricsText(StatusJson());
+      c.out = text.ok() ? Response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", *text)
+                        : Response(500, "Internal Server Error", "text/plain",
+                                   text.status().ToString() + "\n");
+    } else {
+      c.out = Response(404, "Not Found", "text/plain", "metrics are at /metrics\n");
     } else {
       c.out = Response(404, "Not Found", "text/plain", "metrics are at /metrics\n");
     }

@@ -8,6 +8,8 @@
 #include "agent/options.h"
 #include "cli/client.h"
 #include "cli/commands.h"
+#include "cli/launch_env.h"
+#include "ipc/body.h"
 
 extern char** environ;
 
@@ -68,9 +70,13 @@ int RunRun(const RunFlags& f) {
     return 1;
   }
   if (!reply.ok()) return Fail(reply.status());
-  const auto& b = reply->body;
-  std::printf("started %s pid %.0f generation %.0f\n", f.id.c_str(), NumField(b, "pid"),
-              NumField(b, "generation"));
+  ipc::Body b(reply->body, "Run answer");
+  auto pid = b.Uint("pid");
+  auto generation = b.Uint("generation");
+  for (const Status& st : {pid.status(), generation.status()})
+    if (!st.ok()) return Fail(st);
+  std::printf("started %s pid %llu generation %llu\n", f.id.c_str(),
+              static_cast<unsigned long long>(*pid), static_cast<unsigned long long>(*generation));
   return 0;
 }
 

@@ -3,6 +3,8 @@
 // with the real ApplyEpoch. Its knobs (hold Applied, drop the connection)
 // are the fault-injection seam; end-to-end tests with the real agent
 // process live in tests/.
+#include "spare/runtime.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -19,10 +21,9 @@
 #include <thread>
 
 #include "epoch/staging.h"
-#include "ipc/json_util.h"
+#include "ipc/body.h"
 #include "ipc/wire.h"
 #include "region/mapping.h"
-#include "spare/runtime.h"
 
 namespace spare {
 namespace {
@@ -104,9 +105,9 @@ class FakeAgent {
     out.type = ipc::MsgType::kOk;
     if (m.type == ipc::MsgType::kAttach) {
       ++attaches_;
-      bool re = false;
-      json::GetBool(m.body, "reattach", &re);
-      if (re) {
+      auto re = ipc::Body(m.body, "Attach").Bool("reattach", false);
+      ASSERT_TRUE(re.ok()) << re.status().ToString();
+      if (*re) {
         reattach_fds_ = m.fds.size();
       } else {
         out.body = {{"id", "t"}, {"generation", 1}, {"resumed", epoch_.load() > 0}, {"epoch", epoch_.load()},
@@ -116,8 +117,9 @@ class FakeAgent {
         out.fds.emplace_back(dup(staging_fd_.get()));
       }
     } else if (m.type == ipc::MsgType::kRegion) {
-      uint64_t size = 0;
-      json::GetU64(m.body, "size", &size);
+      auto size_field = ipc::Body(m.body, "Region").Uint("size");
+      ASSERT_TRUE(size_field.ok()) << size_field.status().ToString();
+      uint64_t size = *size_field;
       auto fd = region::CreateMemfd("r", size);
       std::lock_guard<std::mutex> l(mu_);
       uint64_t address = region::DeriveAddress("rt-test", "heap", size);
@@ -137,10 +139,13 @@ class FakeAgent {
     ASSERT_TRUE(st.ok() || st.code() == Code::kUnavailable) << st.ToString();
   }
   void Commit(int conn, const ipc::Message& m) {
-    uint64_t e = 0, first = 0, parts = 0;
-    json::GetU64(m.body, "epoch", &e);
-    json::GetU64(m.body, "first_slot", &first);
-    json::GetU64(m.body, "parts", &parts);
+    ipc::Body b(m.body, "Commit");
+    auto e_field = b.Uint("epoch");
+    auto first_field = b.Uint("first_slot");
+    auto parts_field = b.Uint("parts");
+    for (const Status& st : {e_field.status(), first_field.status(), parts_field.status()})
+      ASSERT_TRUE(st.ok()) << st.ToString();
+    uint64_t e = *e_field, first = *first_field, parts = *parts_field;
     Status st = refuse_ ? Status(Code::kStaleGeneration, "refused by test") : Status::Ok();
     if (st.ok()) {
       std::lock_guard<std::mutex> l(mu_);
