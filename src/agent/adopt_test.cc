@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <vector>
 
 #include "agent/agent.h"
 #include "agent/files.h"
@@ -145,6 +146,40 @@ TEST_F(AdoptTest, LiveInstanceIsAdoptedAndReattaches) {
   char got[5];
   ASSERT_EQ(::pread(alive->region_fds[0].get(), got, 5, 0), 5);
   EXPECT_EQ(std::string(got, 5), "state");
+// The pid can be reused between reading its start time and opening the
+// pidfd: the start time is read again after the open, and a changed one
+// refuses the adoption (the pidfd would watch the newcomer).
+TEST(OpenPidfdIfStartedAt, ChecksBeforeAndAfterTheOpen) {
+  const pid_t self = ::getpid();
+  const uint64_t start = ProcStartTime(self).value();
+  std::vector<int> calls;
+  auto reused = [&](pid_t) -> Result<uint64_t> {
+    calls.push_back(static_cast<int>(calls.size()));
+    return calls.size() == 1 ? start : start + 1;  // reused right after the first read
+  };
+  auto fd = OpenPidfdIfStartedAt(self, start, reused);
+  ASSERT_FALSE(fd.ok()) << "adopted a reused pid";
+  EXPECT_EQ(fd.status().code(), Code::kNotFound);
+  EXPECT_NE(fd.status().message().find("reused (after opening its pidfd)"), std::string::npos)
+      << fd.status().ToString();
+  EXPECT_EQ(calls.size(), 2u);
+
+  calls.clear();
+  auto wrong = [&](pid_t) -> Result<uint64_t> {
+    calls.push_back(0);
+    return start + 1;
+  };
+  fd = OpenPidfdIfStartedAt(self, start, wrong);
+  ASSERT_FALSE(fd.ok());
+  EXPECT_NE(fd.status().message().find("before opening"), std::string::npos);
+  EXPECT_EQ(calls.size(), 1u) << "no pidfd opened for a process that is not ours";
+
+  fd = OpenPidfdIfStartedAt(self, start);
+  ASSERT_TRUE(fd.ok()) << fd.status().ToString();
+  EXPECT_TRUE(fd->valid());
+  EXPECT_FALSE(OpenPidfdIfStartedAt(static_cast<pid_t>(DeadPid()), start).ok());
+}
+
 
   // The adopted image is the one regions are served from.
   Message region;
