@@ -1,10 +1,10 @@
 #include "agent/options.h"
 
+#include <arpa/inet.h>
 #include <toml++/toml.h>
 
 #include <CLI/Error.hpp>
 #include <CLI/Validators.hpp>
-
 #include <cctype>
 #include <charconv>
 
@@ -46,6 +46,13 @@ Status ApplyKey(const std::string& key, const toml::node& node, AgentOptions* o)
     o->slot_size = v;
     return Status::Ok();
   }
+  if (key == "metrics_host") {
+    auto text = node.value_exact<std::string>();
+    if (!text)
+      return Status(Code::kInvalidArgument, key + " must be a string (e.g. \"127.0.0.1\")");
+    SPARE_ASSIGN_OR_RETURN(o->metrics_host, CheckMetricsHost(key, *text));
+    return Status::Ok();
+  }
   SPARE_ASSIGN_OR_RETURN(uint64_t v, TomlUint(key, node, false));
   if (key == "slot_count") {
     SPARE_RETURN_IF_ERROR(CheckSlotCount(key, v));
@@ -63,7 +70,7 @@ Status ApplyKey(const std::string& key, const toml::node& node, AgentOptions* o)
     return Status(Code::kInvalidArgument,
                   "unknown key \"" + key +
                       "\" (known: slot_count, slot_size, max_restarts, restart_window_s, "
-                      "metrics_port)");
+                      "metrics_port, metrics_host)");
   }
   return Status::Ok();
 }
@@ -91,6 +98,34 @@ Status CheckMaxRestarts(std::string_view key, uint64_t v) {
 Status CheckRestartWindowS(std::string_view key, uint64_t v) {
   if (v < 1 || v > kMaxRestartWindowS) return OutOfRange(key, v, "1 s to 7 days");
   return Status::Ok();
+}
+
+Result<std::string> CheckMetricsHost(std::string_view key, std::string_view host) {
+  std::string h(host);
+  if (h == "localhost") return std::string("127.0.0.1");
+  in_addr addr{};
+  if (::inet_pton(AF_INET, h.c_str(), &addr) != 1)
+    return Status(Code::kInvalidArgument,
+                  std::string(key) + " \"" + h +
+                      "\" is not an IPv4 address (e.g. 127.0.0.1, or 0.0.0.0 for every interface)");
+  return h;
+}
+
+Result<HostPort> ParseHostPort(std::string_view text) {
+  size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos)
+    return Status(Code::kInvalidArgument,
+                  "--metrics \"" + std::string(text) + "\" is not HOST:PORT (e.g. 127.0.0.1:9464)");
+  HostPort out;
+  SPARE_ASSIGN_OR_RETURN(out.host, CheckMetricsHost("--metrics host", text.substr(0, colon)));
+  std::string_view port = text.substr(colon + 1);
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+  if (ec != std::errc() || end != port.data() + port.size() || n < 1 || n > 65535)
+    return Status(Code::kInvalidArgument,
+                  "--metrics port \"" + std::string(port) + "\" must be 1 to 65535");
+  out.port = static_cast<uint16_t>(n);
+  return out;
 }
 
 Result<uint64_t> ParseBytes(std::string_view text) {

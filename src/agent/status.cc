@@ -145,7 +145,8 @@ nlohmann::json Agent::StatusJson() const {
             {"socket", socket_path()},
             {"pid", ::getpid()},
             {"uptime_s", uptime},
-            {"metrics_port", options_.metrics_port}}},
+            {"metrics_port", options_.metrics_port},
+            {"metrics_host", options_.metrics_host}}},
           {"instances", instances}};
 }
 
