@@ -26,6 +26,8 @@ struct RunFlags {
   std::optional<uint64_t> slot_size;  // bytes (CLI::AsSizeValue reads "16MiB")
   std::optional<uint64_t> max_restarts;
   std::optional<uint64_t> restart_window_s;
+  std::vector<std::string> env;          // --env NAME=VALUE
+  std::vector<std::string> env_inherit;  // --env-inherit NAME
   std::vector<std::string> command;
 };
 
@@ -34,13 +36,10 @@ Result<ipc::Message> BuildRun(const RunFlags& f) {
   SPARE_RETURN_IF_ERROR(agent::CheckPolicy(f.policy).With("--policy"));
   char cwd[4096];
   if (!::getcwd(cwd, sizeof(cwd))) return Status::FromErrno("getcwd", errno);
+  SPARE_ASSIGN_OR_RETURN(nlohmann::json env, LaunchEnvironment(environ, f.env, f.env_inherit));
   ipc::Message m;
   m.type = ipc::MsgType::kRun;
-  m.body = {{"id", f.id},
-            {"policy", f.policy},
-            {"argv", f.command},
-            {"env", Environment()},
-            {"cwd", cwd}};
+  m.body = {{"id", f.id}, {"policy", f.policy}, {"argv", f.command}, {"env", env}, {"cwd", cwd}};
   if (f.slots) m.body["slot_count"] = *f.slots;
   if (f.slot_size) m.body["slot_size"] = *f.slot_size;
   if (f.max_restarts) m.body["max_restarts"] = *f.max_restarts;
@@ -86,9 +85,12 @@ Command AddRunCommand(CLI::App& app) {
   auto f = std::make_shared<RunFlags>();
   CLI::App* sub = app.add_subcommand(
       "run",
-      "Launch a program under the agent and protect it. The agent starts CMD with your "
-      "environment and working directory (plus SPARE_AGENT, SPARE_INSTANCE and "
-      "SPARE_GENERATION), stdout and stderr appended to DIR/instances/ID/log. The command "
+      "Launch a program under the agent and protect it. The agent starts CMD in your working "
+      "directory with a small environment: your PATH, HOME, USER, LOGNAME, SHELL, LANG, "
+      "LANGUAGE, LC_*, TZ, TMPDIR and SPARE_* variables, what --env-inherit and --env add, "
+      "and SPARE_AGENT, SPARE_INSTANCE and SPARE_GENERATION. Nothing else of yours is passed "
+      "(the environment is kept in DIR/state.json for restarts). stdout and stderr are "
+      "appended to DIR/instances/ID/log. The command "
       "returns once the program has attached through libspare, printing its pid and "
       "generation; if it has not attached within 15 s it reports that and leaves it running. "
       "With --policy local a crashed program is restarted on this host from its last "
@@ -105,6 +107,13 @@ Command AddRunCommand(CLI::App& app) {
                   "crashes tolerated within the window before the instance is failed (default 5)");
   sub->add_option("--restart-window", f->restart_window_s,
                   "crash-loop window in seconds (default 60)");
+  sub->add_option("--env", f->env,
+                  "NAME=VALUE to set in the program's environment (repeatable; overrides an "
+                  "inherited NAME)")
+      ->allow_extra_args(false);
+  sub->add_option("--env-inherit", f->env_inherit,
+                  "pass your NAME on to the program as well (repeatable; an error if unset)")
+      ->allow_extra_args(false);
   sub->add_option("command", f->command, "the program and its arguments, after --")->required();
   sub->footer(
       "Example:\n"
