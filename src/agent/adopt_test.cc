@@ -15,6 +15,7 @@
 #include "agent/agent.h"
 #include "agent/files.h"
 #include "agent/state.h"
+#include "agent/test_dir.h"
 #include "epoch/staging.h"
 #include "region/mapping.h"
 
@@ -44,28 +45,8 @@ InstanceRecord Record(const std::string& id, int64_t pid, uint64_t start_time) {
   return r;
 }
 
-class AdoptTest : public ::testing::Test {
+class AdoptTest : public AgentDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/spare-adopt-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    agent_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-
-  Status Start() {
-    AgentOptions o;
-    o.dir = dir_;
-    o.handle_signals = false;
-    auto agent = Agent::Create(o);
-    if (!agent.ok()) return agent.status();
-    agent_ = std::move(agent).value();
-    return Status::Ok();
-  }
-
   Message Exchange(int sock, const Message& m) {
     EXPECT_TRUE(ipc::Send(sock, m).ok());
     for (int i = 0; i < 400; ++i) {
@@ -76,9 +57,6 @@ class AdoptTest : public ::testing::Test {
     ADD_FAILURE() << "no answer";
     return {};
   }
-
-  std::string dir_;
-  std::unique_ptr<Agent> agent_;
 };
 
 TEST_F(AdoptTest, LiveInstanceIsAdoptedAndReattaches) {
@@ -146,6 +124,28 @@ TEST_F(AdoptTest, LiveInstanceIsAdoptedAndReattaches) {
   char got[5];
   ASSERT_EQ(::pread(alive->region_fds[0].get(), got, 5, 0), 5);
   EXPECT_EQ(std::string(got, 5), "state");
+
+  // The adopted image is the one regions are served from.
+  Message region;
+  region.type = MsgType::kRegion;
+  region.generation = 3;
+  region.body = {{"name", "heap"}, {"size", 1 << 20}, {"address", 0}};
+  Message r = Exchange(sock.get(), region);
+  ASSERT_EQ(r.type, MsgType::kOk) << r.body.dump();
+  EXPECT_EQ(r.body["existed"], true);
+  ::munmap(base, bytes);
+}
+
+TEST_F(AdoptTest, UnknownStateVersionRefusesToStart) {
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/state.json", R"({"version": 9, "instances": []})", 0600,
+                              Durability::kProcessCrash)
+                  .ok());
+  Status st = Start();
+  EXPECT_EQ(st.code(), Code::kUnsupported);
+  EXPECT_NE(st.message().find("state version 9"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("refusing to start"), std::string::npos) << st.message();
+}
+
 // The pid can be reused between reading its start time and opening the
 // pidfd: the start time is read again after the open, and a changed one
 // refuses the adoption (the pidfd would watch the newcomer).
@@ -178,28 +178,6 @@ TEST(OpenPidfdIfStartedAt, ChecksBeforeAndAfterTheOpen) {
   ASSERT_TRUE(fd.ok()) << fd.status().ToString();
   EXPECT_TRUE(fd->valid());
   EXPECT_FALSE(OpenPidfdIfStartedAt(static_cast<pid_t>(DeadPid()), start).ok());
-}
-
-
-  // The adopted image is the one regions are served from.
-  Message region;
-  region.type = MsgType::kRegion;
-  region.generation = 3;
-  region.body = {{"name", "heap"}, {"size", 1 << 20}, {"address", 0}};
-  Message r = Exchange(sock.get(), region);
-  ASSERT_EQ(r.type, MsgType::kOk) << r.body.dump();
-  EXPECT_EQ(r.body["existed"], true);
-  ::munmap(base, bytes);
-}
-
-TEST_F(AdoptTest, UnknownStateVersionRefusesToStart) {
-  ASSERT_TRUE(WriteFileAtomic(dir_ + "/state.json", R"({"version": 9, "instances": []})", 0600,
-                              Durability::kProcessCrash)
-                  .ok());
-  Status st = Start();
-  EXPECT_EQ(st.code(), Code::kUnsupported);
-  EXPECT_NE(st.message().find("state version 9"), std::string::npos) << st.message();
-  EXPECT_NE(st.message().find("refusing to start"), std::string::npos) << st.message();
 }
 
 }  // namespace

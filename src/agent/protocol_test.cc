@@ -13,6 +13,7 @@
 
 #include "agent/agent.h"
 #include "agent/state.h"
+#include "agent/test_dir.h"
 #include "epoch/staging.h"
 #include "region/mapping.h"
 
@@ -42,28 +43,19 @@ Message Make(MsgType type, nlohmann::json body, uint64_t generation = 0) {
   return m;
 }
 
-class ProtocolTest : public ::testing::Test {
+class ProtocolTest : public AgentDirTest {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/spare-protocol-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    AgentDirTest::SetUp();
     auto launcher = std::make_unique<SelfLauncher>();
     launcher_ = launcher.get();
     AgentOptions o;
-    o.dir = dir_;
-    o.handle_signals = false;
     o.slot_count = 4;
     o.slot_size = 256 * 1024;
-    auto agent = Agent::Create(o, std::move(launcher));
-    ASSERT_TRUE(agent.ok()) << agent.status().ToString();
-    agent_ = std::move(agent).value();
+    Status st = Start(o, std::move(launcher));
+    ASSERT_TRUE(st.ok()) << st.ToString();
     cli_ = Connect();
     inst_ = Connect();
-  }
-  void TearDown() override {
-    agent_.reset();
-    std::filesystem::remove_all(dir_);
   }
 
   // One end served by the agent, the other returned to the test.
@@ -150,9 +142,7 @@ class ProtocolTest : public ::testing::Test {
     EXPECT_EQ(run->body["generation"], 1);
   }
 
-  std::string dir_;
   SelfLauncher* launcher_ = nullptr;
-  std::unique_ptr<Agent> agent_;
   UniqueFd cli_, inst_;
   epoch::StagingView view_;
 };
