@@ -1,5 +1,6 @@
 """The spare CLI as an operator meets it: errors, status, stop, crash loops."""
 
+import json
 import os
 import subprocess
 import tempfile
@@ -129,6 +130,32 @@ class AgentCliTest(unittest.TestCase):
         inst = self.h.instance("kv")
         self.assertEqual(inst["state"], "failed", "a failed instance was restarted")
         self.assertNotEqual(redis(port, "PING", timeout=2), (0, "PONG"))
+
+    def test_run_passes_only_the_needed_environment(self):
+        """The caller's secrets stay out of state.json and the instance."""
+        self.h.start_agent()
+        port = free_port()
+        env = dict(os.environ, TEST_SECRET_TOKEN="hunter2", TEST_ASKED_FOR="yes")
+        pid, _ = self.h.run("kv", [SPARE_KV, "--port", str(port)], env=env,
+                            extra=["--env", "KV_GREETING=hi", "--env-inherit", "TEST_ASKED_FOR"])
+        self.h.wait_pong(port)
+        with open(os.path.join(self.h.dir, "state.json")) as f:
+            state = json.load(f)
+        spec = next(i["spec"] for i in state["instances"] if i["spec"]["id"] == "kv")
+        names = {kv.split("=", 1)[0]: kv.split("=", 1)[1] for kv in spec["env"]}
+        self.assertNotIn("TEST_SECRET_TOKEN", names, "the caller's whole environment was stored")
+        self.assertEqual(names.get("KV_GREETING"), "hi")
+        self.assertEqual(names.get("TEST_ASKED_FOR"), "yes")
+        self.assertEqual(names.get("PATH"), os.environ["PATH"])
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            live = dict(e.decode().split("=", 1) for e in f.read().split(b"\0") if b"=" in e)
+        self.assertNotIn("TEST_SECRET_TOKEN", live)
+        self.assertEqual(live.get("KV_GREETING"), "hi")
+        self.assertEqual(live.get("SPARE_INSTANCE"), "kv")
+        bad = self.h.spare("run", "--agent", self.h.dir, "--id", "kv2", "--policy", "local",
+                           "--env", "NOEQUALS", "--", SPARE_KV, "--port", str(free_port()))
+        self.assertEqual(bad.returncode, 2, bad.stderr)
+        self.assertIn("--env \"NOEQUALS\": expected NAME=VALUE", bad.stderr)
 
     def test_bad_agent_toml_names_the_key(self):
         cases = {

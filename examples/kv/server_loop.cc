@@ -253,8 +253,12 @@ void Server::SendReplies() {
   for (Conn* c : touched_) {
     c->in_touched = false;
     if (c->dead) continue;
-    rt_.gate().send(c->fd, c->out, epoch);
+    const bool written = rt_.gate().send(c->fd, c->out, epoch).ok();
     c->out.clear();
+    if (!written) {  // the client is gone (reset or closed): nobody to answer
+      Close(c);
+      continue;
+    }
     c->last_epoch = epoch;
     if (!c->in_watch) {
       c->in_watch = true;

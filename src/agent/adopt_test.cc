@@ -10,10 +10,12 @@
 
 #include <chrono>
 #include <filesystem>
+#include <vector>
 
 #include "agent/agent.h"
 #include "agent/files.h"
 #include "agent/state.h"
+#include "agent/test_dir.h"
 #include "epoch/staging.h"
 #include "region/mapping.h"
 
@@ -43,28 +45,8 @@ InstanceRecord Record(const std::string& id, int64_t pid, uint64_t start_time) {
   return r;
 }
 
-class AdoptTest : public ::testing::Test {
+class AdoptTest : public AgentDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/spare-adopt-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    agent_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-
-  Status Start() {
-    AgentOptions o;
-    o.dir = dir_;
-    o.handle_signals = false;
-    auto agent = Agent::Create(o);
-    if (!agent.ok()) return agent.status();
-    agent_ = std::move(agent).value();
-    return Status::Ok();
-  }
-
   Message Exchange(int sock, const Message& m) {
     EXPECT_TRUE(ipc::Send(sock, m).ok());
     for (int i = 0; i < 400; ++i) {
@@ -75,9 +57,6 @@ class AdoptTest : public ::testing::Test {
     ADD_FAILURE() << "no answer";
     return {};
   }
-
-  std::string dir_;
-  std::unique_ptr<Agent> agent_;
 };
 
 TEST_F(AdoptTest, LiveInstanceIsAdoptedAndReattaches) {
@@ -178,6 +157,40 @@ TEST_F(AdoptTest, UnknownStateVersionRefusesToStart) {
   EXPECT_EQ(st.code(), Code::kUnsupported);
   EXPECT_NE(st.message().find("state version 9"), std::string::npos) << st.message();
   EXPECT_NE(st.message().find("refusing to start"), std::string::npos) << st.message();
+}
+
+// The pid can be reused between reading its start time and opening the
+// pidfd: the start time is read again after the open, and a changed one
+// refuses the adoption (the pidfd would watch the newcomer).
+TEST(OpenPidfdIfStartedAt, ChecksBeforeAndAfterTheOpen) {
+  const pid_t self = ::getpid();
+  const uint64_t start = ProcStartTime(self).value();
+  std::vector<int> calls;
+  auto reused = [&](pid_t) -> Result<uint64_t> {
+    calls.push_back(static_cast<int>(calls.size()));
+    return calls.size() == 1 ? start : start + 1;  // reused right after the first read
+  };
+  auto fd = OpenPidfdIfStartedAt(self, start, reused);
+  ASSERT_FALSE(fd.ok()) << "adopted a reused pid";
+  EXPECT_EQ(fd.status().code(), Code::kNotFound);
+  EXPECT_NE(fd.status().message().find("reused (after opening its pidfd)"), std::string::npos)
+      << fd.status().ToString();
+  EXPECT_EQ(calls.size(), 2u);
+
+  calls.clear();
+  auto wrong = [&](pid_t) -> Result<uint64_t> {
+    calls.push_back(0);
+    return start + 1;
+  };
+  fd = OpenPidfdIfStartedAt(self, start, wrong);
+  ASSERT_FALSE(fd.ok());
+  EXPECT_NE(fd.status().message().find("before opening"), std::string::npos);
+  EXPECT_EQ(calls.size(), 1u) << "no pidfd opened for a process that is not ours";
+
+  fd = OpenPidfdIfStartedAt(self, start);
+  ASSERT_TRUE(fd.ok()) << fd.status().ToString();
+  EXPECT_TRUE(fd->valid());
+  EXPECT_FALSE(OpenPidfdIfStartedAt(static_cast<pid_t>(DeadPid()), start).ok());
 }
 
 }  // namespace

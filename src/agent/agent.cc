@@ -130,11 +130,10 @@ void Agent::RemoveWatch(uint64_t token, int fd) {
 }
 
 Status Agent::Run() {
-  spdlog::info(
-      "spare agent: dir {}, socket {}, pid {}{}", options_.dir, socket_path(), ::getpid(),
-      options_.metrics_port
-          ? ", metrics on http://0.0.0.0:" + std::to_string(options_.metrics_port) + "/metrics"
-          : std::string());
+  spdlog::info("spare agent: dir {}, socket {}, pid {}{}", options_.dir, socket_path(), ::getpid(),
+               options_.metrics_port ? ", metrics on http://" + options_.metrics_host + ":" +
+                                           std::to_string(options_.metrics_port) + "/metrics"
+                                     : std::string());
   while (!stop_requested_) SPARE_RETURN_IF_ERROR(PollOnce(-1));
   Shutdown();
   return Status::Ok();

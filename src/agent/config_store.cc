@@ -4,6 +4,7 @@
 #include <xxhash.h>
 
 #include <cctype>
+#include <climits>
 #include <cstring>
 
 #include "agent/files.h"
@@ -24,12 +25,42 @@ T Get(const char* p) {
   return v;
 }
 
+// The key as a file name: bytes outside [A-Za-z0-9_-] (and a leading '.')
+// become %XX.
+std::string EscapedName(std::string_view key) {
+  static const char* kHex = "0123456789ABCDEF";
+  std::string name;
+  for (size_t i = 0; i < key.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(key[i]);
+    bool plain = std::isalnum(c) || c == '_' || c == '-' || (c == '.' && i > 0);
+    if (plain) {
+      name += static_cast<char>(c);
+    } else {
+      name += '%';
+      name += kHex[c >> 4];
+      name += kHex[c & 15];
+    }
+  }
+  return name;
+}
+
+// WriteFileAtomic writes NAME.tmp first: that name must fit too.
+constexpr size_t kTmpSuffix = 4;
+
 Status CheckKey(std::string_view key) {
   if (key.empty()) return Status(Code::kInvalidArgument, "config key is empty");
   if (key.size() > kMaxConfigKey)
     return Status(Code::kInvalidArgument, "config key of " + std::to_string(key.size()) +
                                               " bytes is longer than " +
                                               std::to_string(kMaxConfigKey));
+  size_t name = EscapedName(key).size();
+  if (name + kTmpSuffix > NAME_MAX)
+    return Status(Code::kInvalidArgument,
+                  "config key of " + std::to_string(key.size()) + " bytes escapes to a " +
+                      std::to_string(name) + "-byte file name, over the " +
+                      std::to_string(NAME_MAX - kTmpSuffix) +
+                      " a checkpoint file may have (each byte outside A-Z a-z 0-9 _ - . takes "
+                      "3); use a shorter or plainer key");
   return Status::Ok();
 }
 
@@ -63,20 +94,7 @@ std::string_view ConfigHitName(ConfigHit h) {
 }
 
 std::string ConfigStore::PathOf(std::string_view key) const {
-  static const char* kHex = "0123456789ABCDEF";
-  std::string name;
-  for (size_t i = 0; i < key.size(); ++i) {
-    unsigned char c = static_cast<unsigned char>(key[i]);
-    bool plain = std::isalnum(c) || c == '_' || c == '-' || (c == '.' && i > 0);
-    if (plain) {
-      name += static_cast<char>(c);
-    } else {
-      name += '%';
-      name += kHex[c >> 4];
-      name += kHex[c & 15];
-    }
-  }
-  return dir_ + "/" + name;
+  return dir_ + "/" + EscapedName(key);
 }
 
 Result<ConfigValue> ConfigStore::Get(std::string_view key, uint64_t fingerprint) const {

@@ -8,7 +8,9 @@
 // instance just redoes discovery. Writes are atomic (tmp + fsync + rename).
 //
 // Key names are free text up to 200 bytes; bytes outside [A-Za-z0-9_-]
-// (and a leading '.') are %XX-escaped in the file name.
+// (and a leading '.') are %XX-escaped in the file name. A key whose
+// escaped name (plus the ".tmp" of the atomic write) would exceed NAME_MAX
+// is refused up front with kInvalidArgument, before any file is touched.
 //
 // Threading: one thread (the agent's loop).
 #pragma once

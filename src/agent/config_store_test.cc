@@ -6,18 +6,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include "agent/test_dir.h"
+
 namespace spare::agent {
 namespace {
 
 class ConfigStoreTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/spare-config-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-    dir_ = root_ + "/instances/kv1/config";
-  }
-  void TearDown() override { std::filesystem::remove_all(root_); }
+  void SetUp() override { ASSERT_FALSE(root_.empty()) << "mkdtemp failed"; }
 
   ConfigValue Get(const ConfigStore& s, std::string_view key, uint64_t fp) {
     auto r = s.Get(key, fp);
@@ -25,7 +21,9 @@ class ConfigStoreTest : public ::testing::Test {
     return r.ok() ? r.value() : ConfigValue{};
   }
 
-  std::string root_, dir_;
+  TestDir tmp_{"spare-config-test"};
+  const std::string root_ = tmp_.path();
+  const std::string dir_ = root_ + "/instances/kv1/config";
 };
 
 TEST_F(ConfigStoreTest, HitStaleMissing) {
@@ -93,6 +91,27 @@ TEST_F(ConfigStoreTest, BadKeysAndValues) {
   EXPECT_EQ(store.Put(std::string(300, 'k'), 1, "x").code(), Code::kInvalidArgument);
   EXPECT_EQ(store.Put("k", 1, std::string(kMaxConfigBlob + 1, 'v')).code(), Code::kInvalidArgument);
   EXPECT_FALSE(store.Get("", 1).ok());
+}
+
+// 200 bytes is within kMaxConfigKey, but each '/' escapes to "%2F": the
+// file name would be 600 bytes, past NAME_MAX. Refused up front with a
+// message saying why, for Put and Get alike, and nothing is created.
+TEST_F(ConfigStoreTest, KeysWhoseFileNameIsTooLongAreRefused) {
+  ConfigStore store(dir_ + "/config");
+  const std::string key(200, '/');
+  Status st = store.Put(key, 1, "x");
+  EXPECT_EQ(st.code(), Code::kInvalidArgument) << st.ToString();
+  EXPECT_NE(st.message().find("escapes to a 600-byte file name"), std::string::npos)
+      << st.ToString();
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/config")) << "refused before touching the disk";
+  auto got = store.Get(key, 1);
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), Code::kInvalidArgument);
+  // The longest plain key and an escaped one that just fits still work.
+  ASSERT_TRUE(store.Put(std::string(200, 'k'), 1, "plain").ok());
+  const std::string fits = std::string(83, '/') + "k";  // 249 + 1 + ".tmp" = 254
+  ASSERT_TRUE(store.Put(fits, 1, "escaped").ok()) << store.Put(fits, 1, "escaped").ToString();
+  EXPECT_EQ(Get(store, fits, 1).blob, "escaped");
 }
 
 }  // namespace

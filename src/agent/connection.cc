@@ -2,10 +2,6 @@
 // and a per-connection send queue so a slow reader never blocks the loop.
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
-
-#include <cerrno>
-#include <cstring>
 
 #include "agent/agent.h"
 
@@ -14,31 +10,6 @@ namespace {
 
 // A client that lets this many replies pile up is not reading: drop it.
 constexpr size_t kMaxQueued = 4096;
-
-// One sendmsg of a queued frame. 1: sent, 0: would block, -1: peer gone.
-int SendFrame(int fd, const std::string& bytes, const std::vector<UniqueFd>& fds) {
-  iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * ipc::kMaxFds)];
-  if (!fds.empty()) {
-    mh.msg_control = ctl;
-    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    int* out = reinterpret_cast<int*>(CMSG_DATA(c));
-    for (size_t i = 0; i < fds.size(); ++i) out[i] = fds[i].get();
-  }
-  for (;;) {
-    if (::sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0) return 1;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-    return -1;
-  }
-}
 
 }  // namespace
 
@@ -137,12 +108,13 @@ void Agent::SendTo(ConnRef ref, ipc::Message msg) {
 
 void Agent::FlushConn(Conn& conn) {
   while (!conn.out.empty() && !conn.dead) {
-    int r = SendFrame(conn.fd.get(), conn.out.front().bytes, conn.out.front().fds);
-    if (r < 0) {
+    auto sent = ipc::SendFrame(conn.fd.get(), conn.out.front().bytes, conn.out.front().fds,
+                               /*dont_wait=*/true);
+    if (!sent.ok()) {
       conn.dead = true;  // closed in SweepDeadConns (or by its own EOF)
       return;
     }
-    if (r == 0) break;
+    if (!*sent) break;
     conn.out.pop_front();
   }
   bool want = !conn.out.empty() && !conn.dead;

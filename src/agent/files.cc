@@ -5,18 +5,17 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
+#include <system_error>
 
 #include "common/fd.h"
 
 namespace spare::agent {
 
 Status MakeDirs(const std::string& path) {
-  for (size_t i = 1; i <= path.size(); ++i) {
-    if (i < path.size() && path[i] != '/') continue;
-    std::string part = path.substr(0, i);
-    if (::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST)
-      return Status::FromErrno("mkdir " + part, errno);
-  }
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) return Status(Code::kIoError, "mkdir -p " + path + ": " + ec.message());
   return Status::Ok();
 }
 

@@ -9,7 +9,7 @@
 
 namespace spare::agent {
 
-// mkdir -p (mode 0755).
+// mkdir -p (std::filesystem::create_directories: mode 0777 & ~umask).
 Status MakeDirs(const std::string& path);
 // Whether a write must survive power loss (fsync) or only a crash of the
 // process (rename alone is atomic against that).

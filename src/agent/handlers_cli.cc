@@ -2,40 +2,12 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/agent.h"
-#include "agent/body.h"
+#include "agent/checks.h"
 #include "agent/files.h"
+#include "ipc/body.h"
 
 namespace spare::agent {
 namespace {
-
-ipc::Message OkMessage(nlohmann::json body) {
-  ipc::Message m;
-  m.type = ipc::MsgType::kOk;
-  m.body = std::move(body);
-  return m;
-}
-
-// Ids name directories and feed address derivation: keep them plain.
-Status CheckId(const std::string& id) {
-  if (id.empty() || id.size() > 64 || id[0] == '.' || id[0] == '-')
-    return Status(Code::kInvalidArgument, "instance id \"" + id +
-                                              "\" must be 1 to 64 characters, not starting with "
-                                              "'.' or '-'");
-  for (char c : id)
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
-      return Status(Code::kInvalidArgument,
-                    "instance id \"" + id + "\" may only hold letters, digits, '-', '_', '.'");
-  return Status::Ok();
-}
-
-Status CheckPolicy(const std::string& policy) {
-  if (policy == "local") return Status::Ok();
-  if (policy == "hot" || policy == "cold")
-    return Status(Code::kUnsupported,
-                  "policy " + policy + " is not implemented yet; use --policy local");
-  return Status(Code::kInvalidArgument,
-                "unknown policy \"" + policy + "\" (choose local; hot and cold are coming)");
-}
 
 bool IsAgentVariable(const std::string& kv) {
   for (const char* name : {"SPARE_AGENT=", "SPARE_INSTANCE=", "SPARE_GENERATION="})
@@ -46,10 +18,10 @@ bool IsAgentVariable(const std::string& kv) {
 }  // namespace
 
 Result<InstanceSpec> Agent::ParseRunSpec(const ipc::Message& msg) const {
-  Body b(msg.body, "Run");
+  ipc::Body b(msg.body, "Run");
   InstanceSpec s;
   SPARE_ASSIGN_OR_RETURN(s.id, b.String("id"));
-  SPARE_RETURN_IF_ERROR(CheckId(s.id));
+  SPARE_RETURN_IF_ERROR(CheckInstanceId(s.id));
   SPARE_ASSIGN_OR_RETURN(s.policy, b.String("policy", "local"));
   SPARE_RETURN_IF_ERROR(CheckPolicy(s.policy));
   SPARE_ASSIGN_OR_RETURN(s.argv, b.StringArray("argv"));
@@ -130,11 +102,11 @@ std::optional<ipc::Message> Agent::OnRun(Conn& conn, ipc::Message& msg) {
 }
 
 std::optional<ipc::Message> Agent::OnStatus(Conn&, ipc::Message&) {
-  return OkMessage(StatusJson());
+  return ipc::OkMessage(StatusJson());
 }
 
 std::optional<ipc::Message> Agent::OnStop(Conn& conn, ipc::Message& msg) {
-  auto id = Body(msg.body, "Stop").String("id");
+  auto id = ipc::Body(msg.body, "Stop").String("id");
   if (!id.ok()) return ipc::ErrorMessage(id.status());
   Instance* inst = FindMutable(*id);
   if (!inst)
@@ -154,7 +126,7 @@ std::optional<ipc::Message> Agent::OnStop(Conn& conn, ipc::Message& msg) {
   inst->ReleaseImage();
   SaveStateOrLog();
   spdlog::info("instance {}: stopped (no process); committed image released", *id);
-  return OkMessage({{"id", *id}, {"state", "stopped"}});
+  return ipc::OkMessage({{"id", *id}, {"state", "stopped"}});
 }
 
 }  // namespace spare::agent

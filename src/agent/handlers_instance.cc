@@ -9,8 +9,10 @@
 #include <cstring>
 
 #include "agent/agent.h"
-#include "agent/body.h"
+#include "agent/checks.h"
 #include "agent/config_store.h"
+#include "common/hex.h"
+#include "ipc/body.h"
 #include "region/mapping.h"
 
 namespace spare::agent {
@@ -18,23 +20,8 @@ namespace {
 
 // An Attach can carry the staging fd plus one fd per region.
 constexpr size_t kMaxRegions = ipc::kMaxFds - 1;
-// Lowest address past user space on x86-64 with 4-level page tables.
-constexpr uint64_t kUserSpaceEnd = 0x7fff'ffff'f000ULL;
-
-ipc::Message OkMessage(nlohmann::json body) {
-  ipc::Message m;
-  m.type = ipc::MsgType::kOk;
-  m.body = std::move(body);
-  return m;
-}
 
 UniqueFd Dup(int fd) { return UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); }
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-  return buf;
-}
 
 nlohmann::json RegionsJson(const Instance& inst) {
   nlohmann::json out = nlohmann::json::array();
@@ -124,20 +111,20 @@ Status Agent::AdoptImage(Instance& inst, ipc::Message& msg, uint64_t durable_epo
 
 ipc::Message Agent::AttachReply(Instance& inst, bool reattach) {
   const InstanceRecord& r = inst.rec;
-  ipc::Message m = OkMessage({{"id", r.spec.id},
-                              {"generation", r.generation},
-                              {"resumed", r.epoch > 0},
-                              {"epoch", r.epoch},
-                              {"slot_count", inst.staging.view().slot_count},
-                              {"slot_size", inst.staging.view().slot_size},
-                              {"regions", RegionsJson(inst)}});
+  ipc::Message m = ipc::OkMessage({{"id", r.spec.id},
+                                   {"generation", r.generation},
+                                   {"resumed", r.epoch > 0},
+                                   {"epoch", r.epoch},
+                                   {"slot_count", inst.staging.view().slot_count},
+                                   {"slot_size", inst.staging.view().slot_size},
+                                   {"regions", RegionsJson(inst)}});
   m.blob = inst.record;
   if (!reattach) m.fds.push_back(Dup(inst.staging.fd()));
   return m;
 }
 
 std::optional<ipc::Message> Agent::OnAttach(Conn& conn, ipc::Message& msg) {
-  Body b(msg.body, "Attach");
+  ipc::Body b(msg.body, "Attach");
   auto id = b.String("id");
   auto pid = b.Uint("pid");
   auto reattach = b.Bool("reattach", false);
@@ -204,16 +191,14 @@ std::optional<ipc::Message> Agent::OnRegion(Conn& conn, ipc::Message& msg) {
   auto found = AttachedInstance(conn, msg);
   if (!found.ok()) return ipc::ErrorMessage(found.status());
   Instance& inst = **found;
-  Body b(msg.body, "Region");
+  ipc::Body b(msg.body, "Region");
   auto name = b.String("name");
   auto size = b.Uint("size");
   auto address = b.Uint("address", 0);
   for (const Status& st : {name.status(), size.status(), address.status()})
     if (!st.ok()) return ipc::ErrorMessage(st);
-  Status st = Status::Ok();
-  if (name->empty() || name->size() > 64)
-    st = Status(Code::kInvalidArgument, "region name must be 1 to 64 bytes");
-  else if (*size == 0 || *size > region::kVaSpan)
+  Status st = CheckRegionName(*name);
+  if (st.ok() && (*size == 0 || *size > region::kVaSpan))
     st = Status(Code::kInvalidArgument, "region " + *name + ": size " + std::to_string(*size) +
                                             " must be between 1 and " +
                                             std::to_string(region::kVaSpan) + " bytes");
@@ -231,11 +216,11 @@ std::optional<ipc::Message> Agent::OnRegion(Conn& conn, ipc::Message& msg) {
       return ipc::ErrorMessage(
           Status(Code::kInvalidArgument, "region " + r.name + " is at " + Hex(r.address) +
                                              " in the committed image, asked " + Hex(*address)));
-    ipc::Message reply = OkMessage({{"name", r.name},
-                                    {"index", r.index},
-                                    {"address", r.address},
-                                    {"size", r.size},
-                                    {"existed", true}});
+    ipc::Message reply = ipc::OkMessage({{"name", r.name},
+                                         {"index", r.index},
+                                         {"address", r.address},
+                                         {"size", r.size},
+                                         {"existed", true}});
     reply.fds.push_back(Dup(inst.region_fds[i].get()));
     return reply;
   }
@@ -251,17 +236,8 @@ ipc::Message Agent::CreateRegion(Instance& inst, const std::string& name, uint64
                                                      std::to_string(kMaxRegions) +
                                                      " regions, the most one reattach can carry"));
   uint64_t at = address ? address : region::DeriveAddress(inst.rec.spec.id, name, rounded);
-  if (at % region::kPageSize != 0 || at == 0 || at > kUserSpaceEnd - rounded)
-    return fail(
-        Status(Code::kInvalidArgument, "region " + name + ": address " + Hex(at) +
-                                           " must be page aligned and leave the region inside "
-                                           "user space"));
-  for (const RegionRecord& r : inst.rec.regions)
-    if (at < r.address + r.size && r.address < at + rounded)
-      return fail(Status(address ? Code::kInvalidArgument : Code::kResourceExhausted,
-                         "region " + name + " at " + Hex(at) + " (" + std::to_string(rounded) +
-                             " bytes) overlaps region " + r.name + " at " + Hex(r.address) +
-                             (address ? "" : "; pass an explicit address for one of them")));
+  Status placed = CheckRegionPlacement(name, at, rounded, inst.rec.regions, address == 0);
+  if (!placed.ok()) return fail(placed);
   auto memfd = region::CreateMemfd("spare-" + inst.rec.spec.id + "-" + name, rounded);
   if (!memfd.ok()) return ipc::ErrorMessage(memfd.status().With("region " + name));
   uint32_t index = static_cast<uint32_t>(inst.rec.regions.size());
@@ -270,7 +246,7 @@ ipc::Message Agent::CreateRegion(Instance& inst, const std::string& name, uint64
   spdlog::info("instance {}: region {} created ({} bytes at {})", inst.rec.spec.id, name, rounded,
                Hex(at));
   SaveStateOrLog();
-  ipc::Message reply = OkMessage(
+  ipc::Message reply = ipc::OkMessage(
       {{"name", name}, {"index", index}, {"address", at}, {"size", rounded}, {"existed", false}});
   reply.fds.push_back(Dup(inst.region_fds.back().get()));
   return reply;
@@ -280,7 +256,7 @@ ipc::Message Agent::CreateRegion(Instance& inst, const std::string& name, uint64
 // The answer comes later, in epoch order: Released and Durable, or an Error
 // naming the epoch. Nothing here waits for the apply.
 std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
-  Body b(msg.body, "Commit");
+  ipc::Body b(msg.body, "Commit");
   auto epoch = b.Uint("epoch");
   auto first_slot = b.Uint("first_slot");
   auto parts = b.Uint("parts");
@@ -330,7 +306,7 @@ std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
 std::optional<ipc::Message> Agent::OnConfigGet(Conn& conn, ipc::Message& msg) {
   auto found = AttachedInstance(conn, msg);
   if (!found.ok()) return ipc::ErrorMessage(found.status());
-  Body b(msg.body, "ConfigGet");
+  ipc::Body b(msg.body, "ConfigGet");
   auto key = b.String("key");
   auto fingerprint = b.Uint("fingerprint");
   for (const Status& st : {key.status(), fingerprint.status()})
@@ -350,7 +326,7 @@ std::optional<ipc::Message> Agent::OnConfigGet(Conn& conn, ipc::Message& msg) {
     (value->state == ConfigHit::kHit ? inst.config_hits : inst.config_missing)++;
     if (listed) stale.erase(at);
   }
-  ipc::Message reply = OkMessage({{"state", std::string(ConfigHitName(value->state))}});
+  ipc::Message reply = ipc::OkMessage({{"state", std::string(ConfigHitName(value->state))}});
   reply.blob = std::move(value->blob);
   return reply;
 }
@@ -358,7 +334,7 @@ std::optional<ipc::Message> Agent::OnConfigGet(Conn& conn, ipc::Message& msg) {
 std::optional<ipc::Message> Agent::OnConfigPut(Conn& conn, ipc::Message& msg) {
   auto found = AttachedInstance(conn, msg);
   if (!found.ok()) return ipc::ErrorMessage(found.status());
-  Body b(msg.body, "ConfigPut");
+  ipc::Body b(msg.body, "ConfigPut");
   auto key = b.String("key");
   auto fingerprint = b.Uint("fingerprint");
   for (const Status& st : {key.status(), fingerprint.status()})
@@ -369,7 +345,7 @@ std::optional<ipc::Message> Agent::OnConfigPut(Conn& conn, ipc::Message& msg) {
              fingerprint = *fingerprint, blob = std::move(msg.blob), to = RefOf(conn)]() {
     Status st = ConfigStore(dir).Put(key, fingerprint, blob);
     return [this, st, to] {
-      SendTo(to, st.ok() ? OkMessage(nlohmann::json::object()) : ipc::ErrorMessage(st));
+      SendTo(to, st.ok() ? ipc::OkMessage(nlohmann::json::object()) : ipc::ErrorMessage(st));
     };
   });
   return std::nullopt;

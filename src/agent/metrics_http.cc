@@ -1,6 +1,7 @@
 // GET /metrics over plain HTTP/1.0-style exchanges (one request per
 // connection), served from the agent's loop. Small on purpose: Prometheus
 // needs nothing more, and nothing here may block the loop.
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
@@ -36,8 +37,10 @@ Status Agent::OpenHttp() {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(options_.metrics_port);
-  addr.sin_addr.s_addr = htonl(INADDR_ANY);
-  std::string where = "metrics port " + std::to_string(options_.metrics_port);
+  std::string where =
+      "metrics address " + options_.metrics_host + ":" + std::to_string(options_.metrics_port);
+  if (::inet_pton(AF_INET, options_.metrics_host.c_str(), &addr.sin_addr) != 1)
+    return Status(Code::kInvalidArgument, where + ": not an IPv4 address");
   if (::bind(http_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
     return Status::FromErrno("listen on " + where, errno);
   if (::listen(http_fd_.get(), 16) != 0) return Status::FromErrno("listen on " + where, errno);
@@ -84,8 +87,10 @@ void Agent::OnHttp(int fd, uint32_t events) {
     if (line.rfind("GET ", 0) != 0) {
       c.out = Response(405, "Method Not Allowed", "text/plain", "only GET is served\n");
     } else if (line.rfind("GET /metrics ", 0) == 0 || line == "GET /metrics") {
-      c.out = Response(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
-                       MetricsText(StatusJson()));
+      auto text = MetricsText(StatusJson());
+      c.out = text.ok() ? Response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", *text)
+                        : Response(500, "Internal Server Error", "text/plain",
+                                   text.status().ToString() + "\n");
     } else {
       c.out = Response(404, "Not Found", "text/plain", "metrics are at /metrics\n");
     }

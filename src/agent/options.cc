@@ -1,7 +1,10 @@
 #include "agent/options.h"
 
+#include <arpa/inet.h>
 #include <toml++/toml.h>
 
+#include <CLI/Error.hpp>
+#include <CLI/Validators.hpp>
 #include <cctype>
 #include <charconv>
 
@@ -43,6 +46,13 @@ Status ApplyKey(const std::string& key, const toml::node& node, AgentOptions* o)
     o->slot_size = v;
     return Status::Ok();
   }
+  if (key == "metrics_host") {
+    auto text = node.value_exact<std::string>();
+    if (!text)
+      return Status(Code::kInvalidArgument, key + " must be a string (e.g. \"127.0.0.1\")");
+    SPARE_ASSIGN_OR_RETURN(o->metrics_host, CheckMetricsHost(key, *text));
+    return Status::Ok();
+  }
   SPARE_ASSIGN_OR_RETURN(uint64_t v, TomlUint(key, node, false));
   if (key == "slot_count") {
     SPARE_RETURN_IF_ERROR(CheckSlotCount(key, v));
@@ -60,7 +70,7 @@ Status ApplyKey(const std::string& key, const toml::node& node, AgentOptions* o)
     return Status(Code::kInvalidArgument,
                   "unknown key \"" + key +
                       "\" (known: slot_count, slot_size, max_restarts, restart_window_s, "
-                      "metrics_port)");
+                      "metrics_port, metrics_host)");
   }
   return Status::Ok();
 }
@@ -90,24 +100,57 @@ Status CheckRestartWindowS(std::string_view key, uint64_t v) {
   return Status::Ok();
 }
 
-Result<uint64_t> ParseBytes(std::string_view text) {
-  uint64_t n = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-  if (ec != std::errc() || end == text.data())
-    return Status(Code::kInvalidArgument, "\"" + std::string(text) + "\" is not a byte count");
-  std::string unit(end, text.data() + text.size());
-  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  int shift = -1;
-  if (unit.empty() || unit == "b") shift = 0;
-  if (unit == "k" || unit == "kb" || unit == "kib") shift = 10;
-  if (unit == "m" || unit == "mb" || unit == "mib") shift = 20;
-  if (unit == "g" || unit == "gb" || unit == "gib") shift = 30;
-  if (shift < 0)
+Result<std::string> CheckMetricsHost(std::string_view key, std::string_view host) {
+  std::string h(host);
+  if (h == "localhost") return std::string("127.0.0.1");
+  in_addr addr{};
+  if (::inet_pton(AF_INET, h.c_str(), &addr) != 1)
     return Status(Code::kInvalidArgument,
-                  "\"" + std::string(text) + "\": unknown unit (use bytes, KiB, MiB or GiB)");
-  if (shift > 0 && n > (UINT64_MAX >> shift))
-    return Status(Code::kInvalidArgument, "\"" + std::string(text) + "\" is too large");
-  return n << shift;
+                  std::string(key) + " \"" + h +
+                      "\" is not an IPv4 address (e.g. 127.0.0.1, or 0.0.0.0 for every interface)");
+  return h;
+}
+
+Result<HostPort> ParseHostPort(std::string_view text) {
+  size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos)
+    return Status(Code::kInvalidArgument,
+                  "--metrics \"" + std::string(text) + "\" is not HOST:PORT (e.g. 127.0.0.1:9464)");
+  HostPort out;
+  SPARE_ASSIGN_OR_RETURN(out.host, CheckMetricsHost("--metrics host", text.substr(0, colon)));
+  std::string_view port = text.substr(colon + 1);
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+  if (ec != std::errc() || end != port.data() + port.size() || n < 1 || n > 65535)
+    return Status(Code::kInvalidArgument,
+                  "--metrics port \"" + std::string(port) + "\" must be 1 to 65535");
+  out.port = static_cast<uint16_t>(n);
+  return out;
+}
+
+Result<uint64_t> ParseBytes(std::string_view text) {
+  // CLI11's size parser, the one `spare run --slot-size` uses, so the
+  // config file and the flags read sizes alike. It throws; we do not.
+  static const CLI::AsSizeValue kSize(/*kb_is_1000=*/false);
+  const std::string shown = "\"" + std::string(text) + "\"";
+  // It reads a bare unit ("MiB") as one of it; a size must start with digits.
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0])))
+    return Status(Code::kInvalidArgument, shown + " is not a byte count (e.g. 16777216 or 16MiB)");
+  std::string value(text);
+  std::string error;
+  try {
+    error = kSize(value);
+  } catch (const CLI::Error& e) {
+    error = e.what();
+  }
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+  if (error.empty() && (ec != std::errc() || end != value.data() + value.size()))
+    error = "not a whole number of bytes";
+  if (!error.empty())
+    return Status(Code::kInvalidArgument,
+                  shown + " is not a byte count (" + error + "; use bytes, KiB, MiB or GiB)");
+  return n;
 }
 
 Status LoadAgentConfig(const std::string& path, AgentOptions* options) {

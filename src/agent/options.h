@@ -8,6 +8,8 @@
 //   max_restarts = 5             # crashes tolerated within restart_window_s
 //   restart_window_s = 60
 //   metrics_port = 9464          # serve GET /metrics over HTTP (0: off)
+//   metrics_host = "127.0.0.1"   # the address it binds (an IPv4 literal;
+//                                # "0.0.0.0" exposes it on every interface)
 #pragma once
 
 #include <cstdint>
@@ -26,6 +28,7 @@ struct AgentOptions {
   uint32_t max_restarts = 5;
   uint64_t restart_window_s = 60;
   uint16_t metrics_port = 0;   // 0: no HTTP endpoint
+  std::string metrics_host = "127.0.0.1";  // loopback unless asked otherwise
   bool handle_signals = true;  // SIGTERM/SIGINT end Run(); off in unit tests
   // Test seam: how the apply worker writes epochs into region memfds
   // (a fault injector); empty: pwrite(2). Never set from configuration.
@@ -45,9 +48,20 @@ Status CheckSlotSize(std::string_view key, uint64_t v);
 Status CheckMaxRestarts(std::string_view key, uint64_t v);
 Status CheckRestartWindowS(std::string_view key, uint64_t v);
 
-// "16777216", "16MiB", "16M", "64KiB", "1G" → bytes (binary units).
+// "16777216", "16MiB", "16M", "64KiB", "1G" → bytes (binary units: K, KB
+// and KiB are all 1024), read by CLI::AsSizeValue like the CLI's size flags.
 // kInvalidArgument names the text.
 Result<uint64_t> ParseBytes(std::string_view text);
+
+// The metrics listener's address: an IPv4 literal or "localhost"
+// (127.0.0.1). kInvalidArgument names `key` and the text.
+Result<std::string> CheckMetricsHost(std::string_view key, std::string_view host);
+// "HOST:PORT" (`spare agent --metrics`), PORT 1 to 65535, HOST as above.
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+Result<HostPort> ParseHostPort(std::string_view text);
 
 // Reads agent.toml into *options (keeps the defaults of absent keys).
 // kInvalidArgument names the file, the key and what is wrong with it.

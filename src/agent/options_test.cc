@@ -6,17 +6,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include "agent/test_dir.h"
+
 namespace spare::agent {
 namespace {
 
 class OptionsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/spare-options-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "mkdtemp failed"; }
 
   Status Load(const std::string& text, AgentOptions* o) {
     std::string path = dir_ + "/agent.toml";
@@ -24,7 +21,8 @@ class OptionsTest : public ::testing::Test {
     return LoadAgentConfig(path, o);
   }
 
-  std::string dir_;
+  TestDir tmp_{"spare-options-test"};
+  const std::string dir_ = tmp_.path();
 };
 
 TEST_F(OptionsTest, DefaultsAndOverrides) {
@@ -79,6 +77,19 @@ TEST(ParseBytes, Units) {
   EXPECT_FALSE(ParseBytes("MiB").ok());
   EXPECT_FALSE(ParseBytes("99999999999999999999").ok());
   EXPECT_FALSE(ParseBytes("17179869184GiB").ok());
+}
+
+TEST_F(OptionsTest, MetricsHost) {
+  AgentOptions o;
+  EXPECT_EQ(o.metrics_host, "127.0.0.1");
+  ASSERT_TRUE(Load("metrics_host = \"0.0.0.0\"\n", &o).ok());
+  EXPECT_EQ(o.metrics_host, "0.0.0.0");
+  Status st = Load("metrics_host = \"example.com\"\n", &o);
+  EXPECT_EQ(st.code(), Code::kInvalidArgument);
+  EXPECT_NE(st.message().find("metrics_host \"example.com\" is not an IPv4 address"),
+            std::string::npos)
+      << st.ToString();
+  EXPECT_FALSE(Load("metrics_host = 7\n", &o).ok());
 }
 
 }  // namespace

@@ -48,13 +48,12 @@ void Agent::AdoptRecord(InstanceRecord rec) {
   if (IsLive(r.state)) {
     bool alive = false;
     if (r.pid > 0) {
-      auto start = ProcStartTime(static_cast<pid_t>(r.pid));
-      if (start.ok() && start.value() == r.pid_start_time) {
-        auto pidfd = PidfdOpen(static_cast<pid_t>(r.pid));
-        if (pidfd.ok()) {
-          inst->pidfd = std::move(pidfd).value();
-          alive = true;
-        }
+      auto pidfd = OpenPidfdIfStartedAt(static_cast<pid_t>(r.pid), r.pid_start_time);
+      if (pidfd.ok()) {
+        inst->pidfd = std::move(pidfd).value();
+        alive = true;
+      } else {
+        spdlog::info("instance {}: not adopting: {}", id, pidfd.status().message());
       }
     }
     if (alive && WatchPidfd(*inst).ok()) {

@@ -148,6 +148,24 @@ Result<uint64_t> ProcStartTime(pid_t pid) {
   return std::strtoull(text->c_str() + pos + 1, nullptr, 10);
 }
 
+Result<UniqueFd> OpenPidfdIfStartedAt(pid_t pid, uint64_t start_time,
+                                      const StartTimeReader& start_time_of) {
+  const std::string who = "pid " + std::to_string(pid);
+  auto same = [&](const char* when) -> Status {
+    auto now = start_time_of(pid);
+    if (!now.ok()) return Status(Code::kNotFound, who + " is gone (" + when + ")");
+    if (*now != start_time)
+      return Status(Code::kNotFound, who + " started at tick " + std::to_string(*now) + ", not " +
+                                         std::to_string(start_time) + ": the number was reused (" +
+                                         when + ")");
+    return Status::Ok();
+  };
+  SPARE_RETURN_IF_ERROR(same("before opening its pidfd"));
+  SPARE_ASSIGN_OR_RETURN(UniqueFd pidfd, PidfdOpen(pid));
+  SPARE_RETURN_IF_ERROR(same("after opening its pidfd"));
+  return pidfd;
+}
+
 std::string ExitInfo::Describe() const {
   switch (kind) {
     case kExited:

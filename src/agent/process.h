@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,6 +53,17 @@ Result<UniqueFd> PidfdOpen(pid_t pid);
 // Field 22 of /proc/PID/stat (start time in clock ticks since boot);
 // kNotFound when the process does not exist.
 Result<uint64_t> ProcStartTime(pid_t pid);
+
+// A pidfd for `pid` only while it is the process that started at
+// `start_time` (as ProcStartTime reads it): checks the start time, opens
+// the pidfd, then checks again. A pid reused before the open fails the
+// second check (the pidfd would point at the newcomer); once it passes,
+// the pidfd pins the right process, whatever happens to the number.
+// kNotFound (saying which check failed) when it is gone or another one.
+// `start_time_of` is ProcStartTime but for tests.
+using StartTimeReader = std::function<Result<uint64_t>(pid_t)>;
+Result<UniqueFd> OpenPidfdIfStartedAt(pid_t pid, uint64_t start_time,
+                                      const StartTimeReader& start_time_of = ProcStartTime);
 
 // How a process ended.
 struct ExitInfo {

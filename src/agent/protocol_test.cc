@@ -17,6 +17,7 @@
 
 #include "agent/agent.h"
 #include "agent/state.h"
+#include "agent/test_dir.h"
 #include "epoch/staging.h"
 #include "region/mapping.h"
 
@@ -62,32 +63,23 @@ Message Make(MsgType type, nlohmann::json body, uint64_t generation = 0) {
   return m;
 }
 
-class ProtocolTest : public ::testing::Test {
+class ProtocolTest : public AgentDirTest {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/spare-protocol-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    AgentDirTest::SetUp();
     auto launcher = std::make_unique<SelfLauncher>();
     launcher_ = launcher.get();
     AgentOptions o;
-    o.dir = dir_;
-    o.handle_signals = false;
     o.slot_count = 4;
     o.slot_size = 256 * 1024;
     // Runs on the agent's apply worker; tests set write_ before they commit.
     o.apply_write = [this](int fd, const void* buf, size_t n, off_t off) {
       return write_ ? write_(fd, buf, n, off) : ::pwrite(fd, buf, n, off);
     };
-    auto agent = Agent::Create(o, std::move(launcher));
-    ASSERT_TRUE(agent.ok()) << agent.status().ToString();
-    agent_ = std::move(agent).value();
+    Status st = Start(o, std::move(launcher));
+    ASSERT_TRUE(st.ok()) << st.ToString();
     cli_ = Connect();
     inst_ = Connect();
-  }
-  void TearDown() override {
-    agent_.reset();
-    std::filesystem::remove_all(dir_);
   }
 
   // One end served by the agent, the other returned to the test.
@@ -203,11 +195,9 @@ class ProtocolTest : public ::testing::Test {
     return c;
   }
 
-  std::string dir_;
   std::function<ssize_t(int, const void*, size_t, off_t)> write_;
   std::string page_, record_;
   SelfLauncher* launcher_ = nullptr;
-  std::unique_ptr<Agent> agent_;
   UniqueFd cli_, inst_;
   epoch::StagingView view_;
 };

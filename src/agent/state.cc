@@ -1,7 +1,8 @@
 #include "agent/state.h"
 
-#include "agent/body.h"
+#include "agent/checks.h"
 #include "agent/files.h"
+#include "ipc/body.h"
 
 namespace spare::agent {
 namespace {
@@ -41,18 +42,19 @@ nlohmann::json RecordToJson(const InstanceRecord& r) {
           {"regions", regions}};
 }
 
-Result<uint32_t> Uint32(const Body& b, const char* key) {
+Result<uint32_t> Uint32(const ipc::Body& b, const char* key) {
   SPARE_ASSIGN_OR_RETURN(uint64_t v, b.Uint(key));
-  if (v > UINT32_MAX) return Status(Code::kInvalidArgument, std::string(key) + " is too large");
+  if (v > UINT32_MAX)
+    return Status(Code::kInvalidArgument, b.what() + ": " + key + " is too large");
   return static_cast<uint32_t>(v);
 }
 
-Result<InstanceSpec> SpecFromJson(const nlohmann::json& j) {
-  if (!j.is_object()) return Status(Code::kInvalidArgument, "spec is not an object");
-  Body b(j, "spec");
+Result<InstanceSpec> SpecFromJson(const ipc::Body& b) {
   InstanceSpec s;
   SPARE_ASSIGN_OR_RETURN(s.id, b.String("id"));
+  SPARE_RETURN_IF_ERROR(CheckInstanceId(s.id));
   SPARE_ASSIGN_OR_RETURN(s.policy, b.String("policy"));
+  SPARE_RETURN_IF_ERROR(CheckPolicy(s.policy));
   SPARE_ASSIGN_OR_RETURN(s.argv, b.StringArray("argv"));
   SPARE_ASSIGN_OR_RETURN(s.env, b.StringArray("env"));
   SPARE_ASSIGN_OR_RETURN(s.cwd, b.String("cwd"));
@@ -63,46 +65,55 @@ Result<InstanceSpec> SpecFromJson(const nlohmann::json& j) {
   return s;
 }
 
-Result<RegionRecord> RegionFromJson(const nlohmann::json& j) {
-  if (!j.is_object()) return Status(Code::kInvalidArgument, "region is not an object");
-  Body b(j, "region");
+// One region of the table read so far (`before`, in index order): its
+// index is its position, its name is new, and it overlaps none of them.
+Result<RegionRecord> RegionFromJson(const ipc::Body& b, const std::vector<RegionRecord>& before) {
   RegionRecord g;
   SPARE_ASSIGN_OR_RETURN(g.name, b.String("name"));
   SPARE_ASSIGN_OR_RETURN(g.index, Uint32(b, "index"));
   SPARE_ASSIGN_OR_RETURN(g.address, b.Uint("address"));
   SPARE_ASSIGN_OR_RETURN(g.size, b.Uint("size"));
+  SPARE_RETURN_IF_ERROR(CheckRegionName(g.name));
+  if (g.index != before.size())
+    return Status(Code::kInvalidArgument, "region " + g.name + " has index " +
+                                              std::to_string(g.index) + " at position " +
+                                              std::to_string(before.size()) +
+                                              " (indexes must be 0, 1, 2... without gaps or "
+                                              "repeats)");
+  for (const RegionRecord& r : before)
+    if (r.name == g.name)
+      return Status(Code::kInvalidArgument, "region name " + g.name + " appears twice");
+  SPARE_RETURN_IF_ERROR(CheckRegionPlacement(g.name, g.address, g.size, before));
   return g;
 }
 
-Result<InstanceRecord> RecordFromJson(const nlohmann::json& j) {
-  if (!j.is_object()) return Status(Code::kInvalidArgument, "instance is not an object");
-  Body b(j, "instance");
+Result<InstanceRecord> RecordFromJson(const ipc::Body& b) {
   InstanceRecord r;
-  SPARE_ASSIGN_OR_RETURN(r.spec, SpecFromJson(j.contains("spec") ? j["spec"] : nullptr));
+  SPARE_ASSIGN_OR_RETURN(ipc::Body spec, b.Object("spec"));
+  SPARE_ASSIGN_OR_RETURN(r.spec, SpecFromJson(spec));
   SPARE_ASSIGN_OR_RETURN(std::string state, b.String("state"));
   auto parsed = StateFromName(state);
   if (!parsed) return Status(Code::kInvalidArgument, "unknown instance state \"" + state + "\"");
   r.state = *parsed;
   SPARE_ASSIGN_OR_RETURN(r.reason, b.String("reason"));
   SPARE_ASSIGN_OR_RETURN(uint64_t pid, b.Uint("pid"));
+  if (pid > static_cast<uint64_t>(INT32_MAX))
+    return Status(Code::kInvalidArgument, "pid " + std::to_string(pid) + " is not a pid");
   r.pid = static_cast<int64_t>(pid);
   SPARE_ASSIGN_OR_RETURN(r.pid_start_time, b.Uint("pid_start_time"));
   SPARE_ASSIGN_OR_RETURN(r.generation, b.Uint("generation"));
   SPARE_ASSIGN_OR_RETURN(r.restarts, Uint32(b, "restarts"));
   SPARE_ASSIGN_OR_RETURN(r.epoch, b.Uint("epoch"));
   SPARE_ASSIGN_OR_RETURN(r.image_torn, b.Bool("image_torn", false));
-  const auto& crashes = j.contains("crash_times_ms") ? j["crash_times_ms"] : nlohmann::json();
-  if (!crashes.is_array()) return Status(Code::kInvalidArgument, "crash_times_ms is not an array");
-  for (const auto& c : crashes) {
-    if (!c.is_number_integer())
-      return Status(Code::kInvalidArgument, "crash_times_ms holds a non-integer");
-    r.crash_times_ms.push_back(c.get<int64_t>());
-  }
-  const auto& regions = j.contains("regions") ? j["regions"] : nlohmann::json();
-  if (!regions.is_array()) return Status(Code::kInvalidArgument, "regions is not an array");
-  for (const auto& g : regions) {
-    SPARE_ASSIGN_OR_RETURN(RegionRecord rr, RegionFromJson(g));
-    r.regions.push_back(std::move(rr));
+  SPARE_ASSIGN_OR_RETURN(r.crash_times_ms, b.IntArray("crash_times_ms"));
+  SPARE_ASSIGN_OR_RETURN(const nlohmann::json* regions, b.Array("regions"));
+  for (size_t i = 0; i < regions->size(); ++i) {
+    ipc::Body g((*regions)[i], b.what() + ".regions[" + std::to_string(i) + "]");
+    if (!(*regions)[i].is_object())
+      return Status(Code::kInvalidArgument, g.what() + " is not an object");
+    auto rr = RegionFromJson(g, r.regions);
+    if (!rr.ok()) return rr.status().With("region " + std::to_string(i));
+    r.regions.push_back(std::move(rr).value());
   }
   return r;
 }
@@ -163,9 +174,16 @@ Result<AgentStateValue> StateFromJson(const nlohmann::json& json) {
   auto list = json.find("instances");
   if (list == json.end() || !list->is_array())
     return Status(Code::kInvalidArgument, "state has no instances array");
-  for (const auto& j : *list) {
-    auto r = RecordFromJson(j);
-    if (!r.ok()) return r.status().With("instance " + std::to_string(out.instances.size()));
+  for (size_t i = 0; i < list->size(); ++i) {
+    const nlohmann::json& j = (*list)[i];
+    std::string where = "instance " + std::to_string(i);
+    if (!j.is_object()) return Status(Code::kInvalidArgument, where + " is not an object");
+    auto r = RecordFromJson(ipc::Body(j, "instance"));
+    if (!r.ok()) return r.status().With(where);
+    for (const InstanceRecord& other : out.instances)
+      if (other.spec.id == r->spec.id)
+        return Status(Code::kInvalidArgument,
+                      where + ": instance id " + r->spec.id + " appears twice");
     out.instances.push_back(std::move(r).value());
   }
   return out;

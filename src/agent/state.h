@@ -4,7 +4,7 @@
 // stopped: each instance's launch spec, its pid (with the pid's start time,
 // to tell a live instance from a reused pid), its generation, lifecycle
 // state, crash history and region table. It is rebuilt into live objects
-// by the agent (agent/adopt.cc), never a dump of them.
+// by the agent (agent/persistence.cc), never a dump of them.
 //
 // Written atomically (tmp file, rename) on lifecycle changes only: launch,
 // attach, region creation, crash, stop, torn image — encoded on the agent
@@ -86,8 +86,14 @@ struct AgentStateValue {
 };
 
 nlohmann::json ToJson(const AgentStateValue& state);
-// kInvalidArgument names the field that is missing or wrong;
-// kUnsupported for a version this agent does not know.
+// Trusts nothing (the file becomes paths, mappings and pids): kBadMessage
+// names a field that is missing or mistyped; kInvalidArgument names a
+// value that is wrong: an instance id that is not a plain name
+// (CheckInstanceId: never "", "..", a path, a control character or over
+// 64 bytes), a region that is not page aligned, is empty, leaves user
+// space or overlaps another, a region index out of order, a repeated
+// region name or instance id; kUnsupported for a version this agent does
+// not know (or a policy it does not implement).
 Result<AgentStateValue> StateFromJson(const nlohmann::json& json);
 
 // The file's text (a JSON document).

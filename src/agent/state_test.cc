@@ -6,21 +6,17 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "agent/files.h"
+#include "agent/test_dir.h"
 
 namespace spare::agent {
 namespace {
 
 class StateTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/spare-state-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/state.json";
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "mkdtemp failed"; }
 
   static AgentStateValue Sample() {
     InstanceRecord a;
@@ -52,7 +48,9 @@ class StateTest : public ::testing::Test {
     return v;
   }
 
-  std::string dir_, path_;
+  TestDir tmp_{"spare-state-test"};
+  const std::string dir_ = tmp_.path();
+  const std::string path_ = dir_ + "/state.json";
 };
 
 TEST_F(StateTest, JsonRoundTrip) {
@@ -109,6 +107,75 @@ TEST_F(StateTest, BadFieldIsNamed) {
   back = StateFromJson(j);
   ASSERT_FALSE(back.ok());
   EXPECT_NE(back.status().message().find("sleeping"), std::string::npos);
+}
+
+// Ids become paths (DIR/instances/ID) and regions become fixed mappings:
+// a state.json that would escape the directory, map outside user space or
+// map two regions over each other is refused, naming what is wrong.
+TEST_F(StateTest, BadIdsAreRefused) {
+  const std::vector<std::string> bad = {"",    ".",      "..",   "/",  "../etc",
+                                        "a/b", "a\001b", "a\nb", "-x", std::string(65, 'x')};
+  for (const std::string& id : bad) {
+    nlohmann::json j = ToJson(Sample());
+    j["instances"][0]["spec"]["id"] = id;
+    auto back = StateFromJson(j);
+    ASSERT_FALSE(back.ok()) << "id \"" << id << "\" accepted";
+    EXPECT_EQ(back.status().code(), Code::kInvalidArgument);
+    EXPECT_NE(back.status().message().find("instance id"), std::string::npos)
+        << back.status().message();
+  }
+}
+
+TEST_F(StateTest, DuplicateIdsAreRefused) {
+  nlohmann::json j = ToJson(Sample());
+  j["instances"][1]["spec"]["id"] = "kv1";
+  auto back = StateFromJson(j);
+  ASSERT_FALSE(back.ok());
+  EXPECT_NE(back.status().message().find("kv1 appears twice"), std::string::npos)
+      << back.status().message();
+}
+
+TEST_F(StateTest, BadRegionGeometryIsRefused) {
+  struct Case {
+    const char* what;
+    uint64_t address, size;
+    const char* expect;
+  };
+  const Case cases[] = {
+      {"unaligned address", 0x100040000001ULL, 4096, "page aligned"},
+      {"zero address", 0, 4096, "page aligned"},
+      {"zero size", 0x100080000000ULL, 0, "non-zero"},
+      {"unaligned size", 0x100080000000ULL, 5000, "multiple of the page size"},
+      {"past user space", 0x7fff'ffff'0000ULL, 1 << 20, "user space"},
+      {"overlap", 0x100000001000ULL, 4096, "overlaps region heap"},
+  };
+  for (const Case& c : cases) {
+    nlohmann::json j = ToJson(Sample());
+    j["instances"][0]["regions"][1]["address"] = c.address;
+    j["instances"][0]["regions"][1]["size"] = c.size;
+    auto back = StateFromJson(j);
+    ASSERT_FALSE(back.ok()) << c.what << " accepted";
+    EXPECT_EQ(back.status().code(), Code::kInvalidArgument) << c.what;
+    EXPECT_NE(back.status().message().find(c.expect), std::string::npos)
+        << c.what << ": " << back.status().message();
+    EXPECT_NE(back.status().message().find("instance 0"), std::string::npos)
+        << back.status().message();
+  }
+}
+
+TEST_F(StateTest, DuplicateRegionNamesAndIndexesAreRefused) {
+  nlohmann::json j = ToJson(Sample());
+  j["instances"][0]["regions"][1]["name"] = "heap";
+  auto back = StateFromJson(j);
+  ASSERT_FALSE(back.ok());
+  EXPECT_NE(back.status().message().find("heap appears twice"), std::string::npos)
+      << back.status().message();
+  j = ToJson(Sample());
+  j["instances"][0]["regions"][1]["index"] = 0;
+  back = StateFromJson(j);
+  ASSERT_FALSE(back.ok());
+  EXPECT_NE(back.status().message().find("index 0 at position 1"), std::string::npos)
+      << back.status().message();
 }
 
 TEST_F(StateTest, CorruptFileIsAnError) {

@@ -3,8 +3,10 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <vector>
 
 #include "agent/agent.h"
+#include "ipc/body.h"
 
 namespace spare::agent {
 namespace {
@@ -48,64 +50,56 @@ std::string LabelValue(const std::string& v) {
   return out;
 }
 
-std::string Str(const nlohmann::json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
-double Num(const nlohmann::json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
-}
-
 struct Metric {
   const char* name;
   const char* type;
   const char* help;
-  double (*value)(const nlohmann::json&);
+  const char* field;  // nullptr: 1 while "state" is "running"
+  double scale = 1.0;
 };
 
 const Metric kMetrics[] = {
     {"spare_instance_up", "gauge", "1 while the instance runs and is attached to its agent.",
-     [](const nlohmann::json& i) { return Str(i, "state") == "running" ? 1.0 : 0.0; }},
+     nullptr},
     {"spare_epochs_applied_total", "counter", "Epochs applied to the committed image.",
-     [](const nlohmann::json& i) { return Num(i, "epochs_applied"); }},
+     "epochs_applied"},
     {"spare_bytes_applied_total", "counter", "Page bytes applied to the committed image.",
-     [](const nlohmann::json& i) { return Num(i, "bytes_applied"); }},
+     "bytes_applied"},
     {"spare_apply_seconds_total", "counter", "Time the agent spent applying epochs.",
-     [](const nlohmann::json& i) { return Num(i, "apply_seconds"); }},
-    {"spare_restarts_total", "counter", "Local restarts after crashes.",
-     [](const nlohmann::json& i) { return Num(i, "restarts"); }},
+     "apply_seconds"},
+    {"spare_restarts_total", "counter", "Local restarts after crashes.", "restarts"},
     {"spare_last_restart_seconds", "gauge",
-     "Crash detection to re-attach of the last restart (0: none yet).",
-     [](const nlohmann::json& i) { return Num(i, "last_restart_ms") / 1000.0; }},
-    {"spare_instance_epoch", "gauge", "Newest epoch in the committed image.",
-     [](const nlohmann::json& i) { return Num(i, "epoch"); }},
+     "Crash detection to re-attach of the last restart (0: none yet).", "last_restart_ms", 1e-3},
+    {"spare_instance_epoch", "gauge", "Newest epoch in the committed image.", "epoch"},
     {"spare_instance_released_epoch", "gauge",
-     "Newest epoch whose staging slots the instance may reuse.",
-     [](const nlohmann::json& i) { return Num(i, "released_epoch"); }},
+     "Newest epoch whose staging slots the instance may reuse.", "released_epoch"},
     {"spare_instance_durable_epoch", "gauge",
-     "Newest durable epoch: outputs up to it may leave the instance.",
-     [](const nlohmann::json& i) { return Num(i, "durable_epoch"); }},
-    {"spare_epochs_queued", "gauge", "Epochs handed over and not yet durable.",
-     [](const nlohmann::json& i) { return Num(i, "epochs_queued"); }},
+     "Newest durable epoch: outputs up to it may leave the instance.", "durable_epoch"},
+    {"spare_epochs_queued", "gauge", "Epochs handed over and not yet durable.", "epochs_queued"},
     {"spare_apply_retries_total", "counter",
      "Epoch writes started again after a failed write into the committed image.",
-     [](const nlohmann::json& i) { return Num(i, "apply_retries"); }},
-    {"spare_apply_seconds_max", "gauge", "Longest apply of one epoch.",
-     [](const nlohmann::json& i) { return Num(i, "apply_seconds_max"); }},
-    {"spare_image_torn", "gauge", "1 when the committed image is torn (never resumed from).",
-     [](const nlohmann::json& i) { return i.value("image_torn", false) ? 1.0 : 0.0; }},
+     "apply_retries"},
+    {"spare_apply_seconds_max", "gauge", "Longest apply of one epoch.", "apply_seconds_max"},
     {"spare_config_hits_total", "counter",
      "Configuration checkpoint lookups that found the saved value (discovery skipped).",
-     [](const nlohmann::json& i) { return Num(i, "config_hits"); }},
+     "config_hits"},
     {"spare_config_stale_total", "counter",
      "Configuration checkpoint lookups whose fingerprint had changed (discovery redone).",
-     [](const nlohmann::json& i) { return Num(i, "config_stale"); }},
+     "config_stale"},
     {"spare_config_missing_total", "counter",
-     "Configuration checkpoint lookups of keys never saved.",
-     [](const nlohmann::json& i) { return Num(i, "config_missing"); }},
+     "Configuration checkpoint lookups of keys never saved.", "config_missing"},
 };
+
+Result<double> MetricValue(const Metric& m, const ipc::Body& inst) {
+  if (!m.field) {
+    SPARE_ASSIGN_OR_RETURN(std::string state, inst.String("state"));
+    return state == "running" ? 1.0 : 0.0;
+  }
+  // Nullable fields (last_restart_ms) read as 0 while null.
+  SPARE_ASSIGN_OR_RETURN(std::optional<double> v, inst.NullableNumber(m.field));
+  if (!v && !inst.Has(m.field)) return inst.Number(m.field).status();  // names it missing
+  return v.value_or(0.0) * m.scale;
+}
 
 }  // namespace
 
@@ -141,22 +135,27 @@ nlohmann::json InstanceStatusJson(const Instance& inst) {
           {"config_stale_keys", inst.config_stale_keys}};
 }
 
-std::string MetricsText(const nlohmann::json& status) {
-  static const nlohmann::json kEmpty = nlohmann::json::array();
-  const nlohmann::json& list =
-      status.contains("instances") && status["instances"].is_array() ? status["instances"] : kEmpty;
+Result<std::string> MetricsText(const nlohmann::json& status) {
+  ipc::Body body(status, "Status");
+  SPARE_ASSIGN_OR_RETURN(const nlohmann::json* list, body.Array("instances"));
+  std::vector<ipc::Body> instances;
+  std::vector<std::string> ids;
+  for (size_t i = 0; i < list->size(); ++i) {
+    instances.emplace_back((*list)[i], "Status: instances[" + std::to_string(i) + "]");
+    SPARE_ASSIGN_OR_RETURN(std::string id, instances.back().String("id"));
+    ids.push_back(LabelValue(id));
+  }
   std::string out;
   char line[512];
   for (const Metric& m : kMetrics) {
     out += std::string("# HELP ") + m.name + " " + m.help + "\n";
     out += std::string("# TYPE ") + m.name + " " + m.type + "\n";
-    for (const auto& inst : list) {
-      if (!inst.is_object()) continue;
-      std::string id = Str(inst, "id");
+    for (size_t i = 0; i < instances.size(); ++i) {
+      SPARE_ASSIGN_OR_RETURN(double value, MetricValue(m, instances[i]));
       // `id` repeats the instance label: Prometheus sets its own `instance`
       // label (the scrape target) and renames ours to exported_instance.
       std::snprintf(line, sizeof(line), "%s{instance=\"%s\",id=\"%s\"} %.10g\n", m.name,
-                    LabelValue(id).c_str(), LabelValue(id).c_str(), m.value(inst));
+                    ids[i].c_str(), ids[i].c_str(), value);
       out += line;
     }
   }
@@ -173,7 +172,8 @@ nlohmann::json Agent::StatusJson() const {
             {"socket", socket_path()},
             {"pid", ::getpid()},
             {"uptime_s", uptime},
-            {"metrics_port", options_.metrics_port}}},
+            {"metrics_port", options_.metrics_port},
+            {"metrics_host", options_.metrics_host}}},
           {"instances", instances}};
 }
 

@@ -19,6 +19,7 @@ namespace spare::agent {
 nlohmann::json InstanceStatusJson(const Instance& inst);
 
 // Prometheus text exposition (format 0.0.4) of a Status answer body.
-std::string MetricsText(const nlohmann::json& status);
+// kBadMessage naming the instance and field when the body lacks one.
+Result<std::string> MetricsText(const nlohmann::json& status);
 
 }  // namespace spare::agent

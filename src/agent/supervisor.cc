@@ -227,18 +227,15 @@ void Agent::AnswerRun(Instance& inst, const Status& error) {
   ConnRef ref = std::exchange(inst.pending_run, ConnRef{});
   if (!ref.valid()) return;
   if (!error.ok()) return SendTo(ref, ipc::ErrorMessage(error));
-  ipc::Message ok;
-  ok.type = ipc::MsgType::kOk;
-  ok.body = {{"id", inst.rec.spec.id}, {"pid", inst.rec.pid}, {"generation", inst.rec.generation}};
-  SendTo(ref, std::move(ok));
+  SendTo(ref, ipc::OkMessage({{"id", inst.rec.spec.id},
+                              {"pid", inst.rec.pid},
+                              {"generation", inst.rec.generation}}));
 }
 
 void Agent::AnswerStops(Instance& inst) {
   for (ConnRef ref : std::exchange(inst.stop_waiters, {})) {
-    ipc::Message ok;
-    ok.type = ipc::MsgType::kOk;
-    ok.body = {{"id", inst.rec.spec.id}, {"state", std::string(StateName(inst.rec.state))}};
-    SendTo(ref, std::move(ok));
+    SendTo(ref, ipc::OkMessage(
+                    {{"id", inst.rec.spec.id}, {"state", std::string(StateName(inst.rec.state))}}));
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include "alloc/layout.h"
 #include "common/check.h"
+#include "common/hex.h"
 
 namespace spare {
 using namespace alloc_internal;
@@ -33,12 +34,6 @@ size_t ClassFor(size_t n, size_t align) {
   }
   while (c < Arena::kNumClasses && kClassSize[c] % align != 0) ++c;
   return c;
-}
-
-std::string Hex(uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
 }
 
 }  // namespace

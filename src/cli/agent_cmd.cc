@@ -16,6 +16,7 @@ struct AgentFlags {
   std::string dir;
   std::string config;
   int metrics_port = -1;  // -1: from the config (default off)
+  std::string metrics;    // HOST:PORT; empty: from the config
 };
 
 int RunAgent(const AgentFlags& flags) {
@@ -28,6 +29,15 @@ int RunAgent(const AgentFlags& flags) {
     if (!st.ok()) return Fail(st);
   }
   options.dir = flags.dir;
+  if (!flags.metrics.empty()) {
+    if (flags.metrics_port >= 0)
+      return Fail(
+          Status(Code::kInvalidArgument, "pass --metrics HOST:PORT or --metrics-port, not both"));
+    auto where = agent::ParseHostPort(flags.metrics);
+    if (!where.ok()) return Fail(where.status());
+    options.metrics_host = where->host;
+    options.metrics_port = where->port;
+  }
   if (flags.metrics_port >= 0) options.metrics_port = static_cast<uint16_t>(flags.metrics_port);
   spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   auto agent = agent::Agent::Create(std::move(options));
@@ -55,14 +65,19 @@ Command AddAgentCommand(CLI::App& app) {
       ->required();
   sub->add_option("--config", flags->config,
                   "agent.toml with defaults: slot_count, slot_size, max_restarts, "
-                  "restart_window_s, metrics_port (default: DIR/agent.toml if it exists)")
+                  "restart_window_s, metrics_port, metrics_host (default: DIR/agent.toml if it "
+                  "exists)")
       ->check(CLI::ExistingFile);
+  sub->add_option("--metrics", flags->metrics,
+                  "serve Prometheus text on http://HOST:PORT/metrics; HOST is an IPv4 address "
+                  "(127.0.0.1: this host only; 0.0.0.0: every interface, reachable by anyone "
+                  "who can reach the host) (overrides the config)");
   sub->add_option("--metrics-port", flags->metrics_port,
-                  "serve Prometheus text on http://HOST:PORT/metrics (overrides the config)")
+                  "the same on the configured metrics_host, by default 127.0.0.1 (0: off)")
       ->check(CLI::Range(0, 65535));
   sub->footer(
       "Example:\n"
-      "  spare agent --dir /run/spare --config /etc/spare/agent.toml --metrics-port 9464");
+      "  spare agent --dir /run/spare --config /etc/spare/agent.toml --metrics 127.0.0.1:9464");
   return {sub, [flags] { return RunAgent(*flags); }};
 }
 

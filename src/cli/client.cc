@@ -60,23 +60,6 @@ Result<ipc::Message> Call(const std::string& agent_dir, const ipc::Message& requ
   }
 }
 
-std::optional<double> OptNumField(const nlohmann::json& body, const char* key) {
-  if (!body.is_object()) return std::nullopt;
-  auto it = body.find(key);
-  if (it == body.end() || !it->is_number()) return std::nullopt;
-  return it->get<double>();
-}
-
-double NumField(const nlohmann::json& body, const char* key) {
-  return OptNumField(body, key).value_or(0.0);
-}
-
-std::string StrField(const nlohmann::json& body, const char* key) {
-  if (!body.is_object()) return {};
-  auto it = body.find(key);
-  return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
 int Fail(const Status& status) {
   std::fprintf(stderr, "spare: %s\n", status.ToString().c_str());
   bool usage = status.code() == Code::kInvalidArgument || status.code() == Code::kUnsupported;

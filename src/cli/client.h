@@ -20,12 +20,6 @@ Result<ipc::Message> Call(const std::string& agent_dir, const ipc::Message& requ
 // (2 for usage/config errors, 1 otherwise).
 int Fail(const Status& status);
 
-// Fields of an agent's answer, read without throwing: a missing or
-// mistyped field reads as 0 / "" / nullopt.
-double NumField(const nlohmann::json& body, const char* key);
-std::optional<double> OptNumField(const nlohmann::json& body, const char* key);
-std::string StrField(const nlohmann::json& body, const char* key);
-
 // The --agent value or $SPARE_AGENT; kInvalidArgument when neither.
 Result<std::string> AgentDir(const std::string& flag);
 

@@ -16,7 +16,9 @@ int RunMetrics(const std::string& agent) {
   request.type = ipc::MsgType::kStatus;
   auto reply = Call(*dir, request, 5000);
   if (!reply.ok()) return Fail(reply.status());
-  std::fputs(agent::MetricsText(reply->body).c_str(), stdout);
+  auto text = agent::MetricsText(reply->body);
+  if (!text.ok()) return Fail(text.status().With("the agent's Status answer"));
+  std::fputs(text->c_str(), stdout);
   return 0;
 }
 

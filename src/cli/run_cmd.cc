@@ -4,9 +4,12 @@
 #include <cstdio>
 #include <memory>
 
+#include "agent/checks.h"
 #include "agent/options.h"
 #include "cli/client.h"
 #include "cli/commands.h"
+#include "cli/launch_env.h"
+#include "ipc/body.h"
 
 extern char** environ;
 
@@ -20,58 +23,25 @@ struct RunFlags {
   std::string id;
   std::string policy;
   std::optional<uint64_t> slots;
-  std::string slot_size;
+  std::optional<uint64_t> slot_size;  // bytes (CLI::AsSizeValue reads "16MiB")
   std::optional<uint64_t> max_restarts;
   std::optional<uint64_t> restart_window_s;
+  std::vector<std::string> env;          // --env NAME=VALUE
+  std::vector<std::string> env_inherit;  // --env-inherit NAME
   std::vector<std::string> command;
 };
 
-Status CheckPolicy(const std::string& policy) {
-  if (policy == "local") return Status::Ok();
-  if (policy == "hot" || policy == "cold")
-    return Status(Code::kUnsupported,
-                  "--policy " + policy + " is not implemented yet; only --policy local is");
-  return Status(Code::kInvalidArgument,
-                "--policy " + policy + " is not a policy (local; later hot or cold)");
-}
-
-// The caller's environment; entries JSON cannot carry (not UTF-8) are
-// left out with a warning rather than failing the launch.
-nlohmann::json Environment() {
-  nlohmann::json env = nlohmann::json::object();
-  for (char** e = environ; e && *e; ++e) {
-    std::string kv(*e);
-    size_t eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0) continue;
-    try {
-      nlohmann::json probe = kv;
-      (void)probe.dump();
-      env[kv.substr(0, eq)] = kv.substr(eq + 1);
-    } catch (const nlohmann::json::exception&) {
-      std::fprintf(stderr, "spare: warning: not passing %s (not valid UTF-8)\n",
-                   kv.substr(0, eq).c_str());
-    }
-  }
-  return env;
-}
-
 Result<ipc::Message> BuildRun(const RunFlags& f) {
-  SPARE_RETURN_IF_ERROR(CheckPolicy(f.policy));
+  SPARE_RETURN_IF_ERROR(agent::CheckInstanceId(f.id).With("--id"));
+  SPARE_RETURN_IF_ERROR(agent::CheckPolicy(f.policy).With("--policy"));
   char cwd[4096];
   if (!::getcwd(cwd, sizeof(cwd))) return Status::FromErrno("getcwd", errno);
+  SPARE_ASSIGN_OR_RETURN(nlohmann::json env, LaunchEnvironment(environ, f.env, f.env_inherit));
   ipc::Message m;
   m.type = ipc::MsgType::kRun;
-  m.body = {{"id", f.id},
-            {"policy", f.policy},
-            {"argv", f.command},
-            {"env", Environment()},
-            {"cwd", cwd}};
+  m.body = {{"id", f.id}, {"policy", f.policy}, {"argv", f.command}, {"env", env}, {"cwd", cwd}};
   if (f.slots) m.body["slot_count"] = *f.slots;
-  if (!f.slot_size.empty()) {
-    auto bytes = agent::ParseBytes(f.slot_size);
-    if (!bytes.ok()) return bytes.status().With("--slot-size");
-    m.body["slot_size"] = bytes.value();
-  }
+  if (f.slot_size) m.body["slot_size"] = *f.slot_size;
   if (f.max_restarts) m.body["max_restarts"] = *f.max_restarts;
   if (f.restart_window_s) m.body["restart_window_ms"] = *f.restart_window_s * 1000;
   try {
@@ -99,9 +69,13 @@ int RunRun(const RunFlags& f) {
     return 1;
   }
   if (!reply.ok()) return Fail(reply.status());
-  const auto& b = reply->body;
-  std::printf("started %s pid %.0f generation %.0f\n", f.id.c_str(), NumField(b, "pid"),
-              NumField(b, "generation"));
+  ipc::Body b(reply->body, "Run answer");
+  auto pid = b.Uint("pid");
+  auto generation = b.Uint("generation");
+  for (const Status& st : {pid.status(), generation.status()})
+    if (!st.ok()) return Fail(st);
+  std::printf("started %s pid %llu generation %llu\n", f.id.c_str(),
+              static_cast<unsigned long long>(*pid), static_cast<unsigned long long>(*generation));
   return 0;
 }
 
@@ -111,9 +85,12 @@ Command AddRunCommand(CLI::App& app) {
   auto f = std::make_shared<RunFlags>();
   CLI::App* sub = app.add_subcommand(
       "run",
-      "Launch a program under the agent and protect it. The agent starts CMD with your "
-      "environment and working directory (plus SPARE_AGENT, SPARE_INSTANCE and "
-      "SPARE_GENERATION), stdout and stderr appended to DIR/instances/ID/log. The command "
+      "Launch a program under the agent and protect it. The agent starts CMD in your working "
+      "directory with a small environment: your PATH, HOME, USER, LOGNAME, SHELL, LANG, "
+      "LANGUAGE, LC_*, TZ, TMPDIR and SPARE_* variables, what --env-inherit and --env add, "
+      "and SPARE_AGENT, SPARE_INSTANCE and SPARE_GENERATION. Nothing else of yours is passed "
+      "(the environment is kept in DIR/state.json for restarts). stdout and stderr are "
+      "appended to DIR/instances/ID/log. The command "
       "returns once the program has attached through libspare, printing its pid and "
       "generation; if it has not attached within 15 s it reports that and leaves it running. "
       "With --policy local a crashed program is restarted on this host from its last "
@@ -124,11 +101,19 @@ Command AddRunCommand(CLI::App& app) {
       ->required();
   sub->add_option("--slots", f->slots, "staging slots (default: the agent's, 8)");
   sub->add_option("--slot-size", f->slot_size,
-                  "bytes per staging slot, e.g. 16MiB (default: the agent's)");
+                  "bytes per staging slot, e.g. 16MiB (default: the agent's)")
+      ->transform(CLI::AsSizeValue(/*kb_is_1000=*/false));
   sub->add_option("--max-restarts", f->max_restarts,
                   "crashes tolerated within the window before the instance is failed (default 5)");
   sub->add_option("--restart-window", f->restart_window_s,
                   "crash-loop window in seconds (default 60)");
+  sub->add_option("--env", f->env,
+                  "NAME=VALUE to set in the program's environment (repeatable; overrides an "
+                  "inherited NAME)")
+      ->allow_extra_args(false);
+  sub->add_option("--env-inherit", f->env_inherit,
+                  "pass your NAME on to the program as well (repeatable; an error if unset)")
+      ->allow_extra_args(false);
   sub->add_option("command", f->command, "the program and its arguments, after --")->required();
   sub->footer(
       "Example:\n"

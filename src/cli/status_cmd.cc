@@ -4,6 +4,7 @@
 
 #include "cli/client.h"
 #include "cli/commands.h"
+#include "ipc/body.h"
 
 namespace spare::cli {
 namespace {
@@ -21,44 +22,60 @@ std::string Fixed(double v, int decimals) {
 
 // "3/1/2" hits/stale/missing of config checkpoint lookups, then the keys
 // stale at their last lookup; "-" before any lookup.
-std::string ConfigCell(const nlohmann::json& i) {
-  double h = NumField(i, "config_hits"), s = NumField(i, "config_stale"),
-         m = NumField(i, "config_missing");
-  if (h + s + m == 0) return "-";
+Result<std::string> ConfigCell(const ipc::Body& i) {
+  SPARE_ASSIGN_OR_RETURN(double h, i.Number("config_hits", 0));
+  SPARE_ASSIGN_OR_RETURN(double s, i.Number("config_stale", 0));
+  SPARE_ASSIGN_OR_RETURN(double m, i.Number("config_missing", 0));
+  if (h + s + m == 0) return std::string("-");
   std::string cell = Fixed(h, 0) + "/" + Fixed(s, 0) + "/" + Fixed(m, 0);
-  auto it = i.find("config_stale_keys");
-  if (it != i.end() && it->is_array() && !it->empty()) {
-    std::string keys;
-    for (const auto& k : *it)
-      if (k.is_string()) keys += (keys.empty() ? "" : ",") + k.get<std::string>();
-    cell += " stale:" + keys;
+  std::vector<std::string> keys;
+  if (i.Has("config_stale_keys")) {
+    SPARE_ASSIGN_OR_RETURN(keys, i.StringArray("config_stale_keys"));
   }
+  std::string list;
+  for (const std::string& k : keys) list += (list.empty() ? "" : ",") + k;
+  if (!list.empty()) cell += " stale:" + list;
   return cell;
 }
 
-std::vector<std::string> Row(const nlohmann::json& i) {
-  double pid = NumField(i, "pid");
-  auto last = OptNumField(i, "last_restart_ms");
-  std::string tracker = StrField(i, "tracker");
-  return {StrField(i, "id"),
-          pid > 0 ? Fixed(pid, 0) : "-",
-          StrField(i, "policy"),
-          StrField(i, "state"),
-          Fixed(NumField(i, "epoch"), 0),
-          Fixed(NumField(i, "durable_epoch"), 0),
-          Fixed(NumField(i, "generation"), 0),
-          Fixed(NumField(i, "restarts"), 0),
-          last ? Fixed(*last, 2) : "-",
-          tracker.empty() ? "-" : tracker,
-          ConfigCell(i),
-          StrField(i, "reason")};
+// One table row; kBadMessage naming the field when the agent's answer lacks it.
+Result<std::vector<std::string>> Row(const ipc::Body& i) {
+  SPARE_ASSIGN_OR_RETURN(std::string id, i.String("id"));
+  SPARE_ASSIGN_OR_RETURN(double pid, i.Number("pid"));
+  SPARE_ASSIGN_OR_RETURN(std::string policy, i.String("policy"));
+  SPARE_ASSIGN_OR_RETURN(std::string state, i.String("state"));
+  SPARE_ASSIGN_OR_RETURN(double epoch, i.Number("epoch"));
+  SPARE_ASSIGN_OR_RETURN(double durable, i.Number("durable_epoch", 0));
+  SPARE_ASSIGN_OR_RETURN(double generation, i.Number("generation"));
+  SPARE_ASSIGN_OR_RETURN(double restarts, i.Number("restarts"));
+  SPARE_ASSIGN_OR_RETURN(std::optional<double> last, i.NullableNumber("last_restart_ms"));
+  SPARE_ASSIGN_OR_RETURN(std::string tracker, i.String("tracker", ""));
+  SPARE_ASSIGN_OR_RETURN(std::string reason, i.String("reason", ""));
+  SPARE_ASSIGN_OR_RETURN(std::string config, ConfigCell(i));
+  return std::vector<std::string>{id,
+                                  pid > 0 ? Fixed(pid, 0) : "-",
+                                  policy,
+                                  state,
+                                  Fixed(epoch, 0),
+                                  Fixed(durable, 0),
+                                  Fixed(generation, 0),
+                                  Fixed(restarts, 0),
+                                  last ? Fixed(*last, 2) : "-",
+                                  tracker.empty() ? "-" : tracker,
+                                  config,
+                                  reason};
 }
 
-void PrintTable(const nlohmann::json& instances) {
+Status PrintTable(const nlohmann::json& instances) {
   std::vector<std::vector<std::string>> rows = {{"ID", "PID", "POLICY", "STATE", "EPOCH", "DURABLE",
                                                  "GEN", "RESTARTS", "LAST RESTART (ms)", "TRACKER",
                                                  "CONFIG H/S/M", "NOTE"}};
-  for (const auto& i : instances) rows.push_back(Row(i));
+  for (size_t n = 0; n < instances.size(); ++n) {
+    SPARE_ASSIGN_OR_RETURN(
+        std::vector<std::string> row,
+        Row(ipc::Body(instances[n], "Status: instances[" + std::to_string(n) + "]")));
+    rows.push_back(std::move(row));
+  }
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& r : rows)
     for (size_t c = 0; c < r.size(); ++c) width[c] = std::max(width[c], r[c].size());
@@ -71,6 +88,7 @@ void PrintTable(const nlohmann::json& instances) {
     while (!line.empty() && line.back() == ' ') line.pop_back();
     std::printf("%s\n", line.c_str());
   }
+  return Status::Ok();
 }
 
 int RunStatus(const StatusFlags& f) {
@@ -85,14 +103,14 @@ int RunStatus(const StatusFlags& f) {
     std::printf("%s\n", body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
-  const nlohmann::json empty = nlohmann::json::array();
-  const nlohmann::json& instances =
-      body.contains("instances") && body["instances"].is_array() ? body["instances"] : empty;
-  if (instances.empty()) {
+  auto instances = ipc::Body(body, "Status").Array("instances");
+  if (!instances.ok()) return Fail(instances.status().With("the agent's answer"));
+  if ((*instances)->empty()) {
     std::printf("no instances on the agent at %s (start one with `spare run`)\n", dir->c_str());
     return 0;
   }
-  PrintTable(instances);
+  Status printed = PrintTable(**instances);
+  if (!printed.ok()) return Fail(printed.With("the agent's answer"));
   return 0;
 }
 

@@ -1,21 +1,22 @@
+#include "spare/gate.h"
+
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 
-#include "spare/gate.h"
-
 namespace spare {
 
-void Gate::send(int fd, std::string_view bytes, uint64_t epoch) {
-  if (bytes.empty()) return;
+Status Gate::send(int fd, std::string_view bytes, uint64_t epoch) {
+  if (bytes.empty()) return Status::Ok();
   Queue& q = queues_[fd];
   if (epoch <= durable_ && q.held.empty()) {
     // Already durable and nothing older is held for fd: write now.
     q.ready.append(bytes);
     ++released_outputs_;
-    // A failed write means the peer is gone: the caller sees it on read.
-    if (!WriteReady(fd, q).ok() || q.ready.empty()) queues_.erase(fd);
-    return;
+    Status st = WriteReady(fd, q);
+    if (!st.ok() || q.ready.empty()) queues_.erase(fd);
+    return st;
   }
   // Coalesce with the newest held output of the same epoch.
   if (!q.held.empty() && q.held.back().epoch == epoch) {
@@ -25,6 +26,7 @@ void Gate::send(int fd, std::string_view bytes, uint64_t epoch) {
     ++held_outputs_;
   }
   held_bytes_ += bytes.size();
+  return Status::Ok();
 }
 
 Status Gate::release(uint64_t epoch) {
@@ -68,15 +70,23 @@ Status Gate::release(uint64_t epoch) {
 Status Gate::WriteReady(int fd, Queue& q) {
   size_t off = 0;
   while (off < q.ready.size()) {
-    ssize_t n = ::send(fd, q.ready.data() + off, q.ready.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const char* p = q.ready.data() + off;
+    const size_t left = q.ready.size() - off;
+    ssize_t n =
+        q.not_socket ? ::write(fd, p, left) : ::send(fd, p, left, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
       off += static_cast<size_t>(n);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == ENOTSOCK && !q.not_socket) {
+      q.not_socket = true;  // a pipe, file or tty: send() does not apply
+      continue;
+    }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
     int err = n < 0 ? errno : EPIPE;
     q.ready.clear();
+    ++write_errors_;
     return Status::FromErrno("gate: writing released output to fd " + std::to_string(fd), err);
   }
   q.ready.erase(0, off);

@@ -112,33 +112,48 @@ Result<Message> Decode(std::span<const std::byte> f) {
   return m;
 }
 
-Status Send(int sock, const Message& msg) {
-  SPARE_ASSIGN_OR_RETURN(std::string bytes, Encode(msg));
-  if (msg.fds.size() > kMaxFds) return Status(Code::kInvalidArgument, "too many fds in one message");
-  iovec iov{bytes.data(), bytes.size()};
+Result<bool> SendFrame(int sock, std::string_view frame, std::span<const UniqueFd> fds,
+                       bool dont_wait) {
+  if (fds.size() > kMaxFds)
+    return Status(Code::kInvalidArgument, std::to_string(fds.size()) +
+                                              " fds in one message (at most " +
+                                              std::to_string(kMaxFds) + ")");
+  iovec iov{const_cast<char*>(frame.data()), frame.size()};
   msghdr mh{};
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
   alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  if (!msg.fds.empty()) {
-    size_t n = msg.fds.size();
+  if (!fds.empty()) {
     mh.msg_control = ctl;
-    mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
     cmsghdr* c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * n);
-    int* fds = reinterpret_cast<int*>(CMSG_DATA(c));
-    for (size_t i = 0; i < n; ++i) fds[i] = msg.fds[i].get();
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    int* out = reinterpret_cast<int*>(CMSG_DATA(c));
+    for (size_t i = 0; i < fds.size(); ++i) out[i] = fds[i].get();
   }
+  const int flags = MSG_NOSIGNAL | (dont_wait ? MSG_DONTWAIT : 0);
   for (;;) {
-    ssize_t r = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
-    if (r >= 0) return Status::Ok();
+    if (::sendmsg(sock, &mh, flags) >= 0) return true;
     if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
     if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)
       return Status(Code::kUnavailable, "peer closed the socket");
-    return Status::FromErrno(std::string("send ") + MsgTypeName(msg.type), errno);
+    return Status::FromErrno("sendmsg", errno);
   }
+}
+
+Status Send(int sock, const Message& msg) {
+  SPARE_ASSIGN_OR_RETURN(std::string bytes, Encode(msg));
+  auto sent = SendFrame(sock, bytes, msg.fds, /*dont_wait=*/false);
+  if (!sent.ok()) {
+    if (sent.status().code() == Code::kUnavailable) return sent.status();
+    return sent.status().With(std::string("send ") + MsgTypeName(msg.type));
+  }
+  // Only a non-blocking socket gets here; callers of Send expect to block.
+  if (!*sent) return Status::FromErrno(std::string("send ") + MsgTypeName(msg.type), EAGAIN);
+  return Status::Ok();
 }
 
 Result<std::optional<Message>> Receive(int sock, bool dont_wait) {
@@ -173,6 +188,13 @@ Result<std::optional<Message>> Receive(int sock, bool dont_wait) {
   if (!m.ok()) return m.status();
   m->fds = std::move(fds);
   return std::optional<Message>(std::move(m).value());
+}
+
+Message OkMessage(nlohmann::json body) {
+  Message m;
+  m.type = MsgType::kOk;
+  m.body = std::move(body);
+  return m;
 }
 
 Message ErrorMessage(const Status& status) {

@@ -17,6 +17,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -71,12 +72,19 @@ Result<Message> Decode(std::span<const std::byte> frame);
 // Sends msg (and its fds) as one packet. Blocks if the socket is blocking.
 // kUnavailable if the peer is gone.
 Status Send(int sock, const Message& msg);
+// The one sendmsg of an encoded frame and its fds (SCM_RIGHTS), shared by
+// Send and the agent's non-blocking send queue. dont_wait adds
+// MSG_DONTWAIT. true: sent; false: the socket would block (nothing sent);
+// kUnavailable: peer gone; kInvalidArgument: more than kMaxFds fds.
+Result<bool> SendFrame(int sock, std::string_view frame, std::span<const UniqueFd> fds,
+                       bool dont_wait);
 // Receives one packet. nullopt: nothing there now (nonblocking socket, or
 // dont_wait). kUnavailable: peer closed. kBadMessage: bad frame (its fds
 // are closed).
 Result<std::optional<Message>> Receive(int sock, bool dont_wait = false);
 
-// Error reply helpers.
+// Reply helpers: an Ok carrying `body`; an Error carrying `status`.
+Message OkMessage(nlohmann::json body);
 Message ErrorMessage(const Status& status);
 // kOk → Ok; kError → the Status it carries; anything else → kBadMessage.
 Status StatusOf(const Message& reply);

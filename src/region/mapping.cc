@@ -13,6 +13,7 @@
 #include <string>
 
 #include "common/check.h"
+#include "common/hex.h"
 
 namespace spare::region {
 namespace {
@@ -20,12 +21,6 @@ namespace {
 constexpr int kSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
 constexpr uint64_t kSlotSize = 1ULL << 30;  // regions start on 1 GiB boundaries
-
-std::string Hex(uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
 
 // "[0x100000000000, 0x100040000000) (1073741824 bytes)"
 std::string DescribeRange(uint64_t address, size_t size) {

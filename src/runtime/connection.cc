@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 
-#include "ipc/json_util.h"
+#include "ipc/body.h"
 #include "region/mapping.h"
 #include "runtime/runtime_impl.h"
 
@@ -65,13 +65,13 @@ Status RuntimeImpl::Connect(bool reattach) {
     }
     return Status::Ok();
   }
-  const auto& b = reply->body;
-  uint64_t count = 0, size = 0;
-  if (!json::GetU64(b, "generation", &generation_) || !json::GetU64(b, "epoch", &epoch_) ||
-      !json::GetU64(b, "slot_count", &count) || !json::GetU64(b, "slot_size", &size) ||
-      reply->fds.size() != 1)
-    return Status(Code::kBadMessage, "agent's answer to Attach lacks generation, epoch, "
-                                     "slot_count, slot_size or the staging fd");
+  ipc::Body b(reply->body, "agent's answer to Attach");
+  SPARE_ASSIGN_OR_RETURN(generation_, b.Uint("generation"));
+  SPARE_ASSIGN_OR_RETURN(epoch_, b.Uint("epoch"));
+  SPARE_ASSIGN_OR_RETURN(uint64_t count, b.Uint("slot_count"));
+  SPARE_ASSIGN_OR_RETURN(uint64_t size, b.Uint("slot_size"));
+  if (reply->fds.size() != 1)
+    return Status(Code::kBadMessage, "agent's answer to Attach lacks the staging fd");
   size_t bytes = epoch::StagingBytes(static_cast<uint32_t>(count), size);
   staging_fd_ = std::move(reply->fds[0]);
   SPARE_ASSIGN_OR_RETURN(void* base, region::MapShared(staging_fd_.get(), bytes, true));
@@ -144,11 +144,12 @@ Result<ipc::Message> RuntimeImpl::Request(ipc::Message request, int timeout_ms) 
 }
 
 Status RuntimeImpl::Handle(ipc::Message msg) {
-  uint64_t e = 0;
+  auto epoch = ipc::Body(msg.body, ipc::MsgTypeName(msg.type)).Uint("epoch");
+  uint64_t e = epoch.ok() ? *epoch : 0;
   switch (msg.type) {
     case ipc::MsgType::kReleased:
     case ipc::MsgType::kDurable:
-      if (!json::GetU64(msg.body, "epoch", &e) || e > epoch_)
+      if (!epoch.ok() || e > epoch_)
         return Status(Code::kBadMessage, std::string(ipc::MsgTypeName(msg.type)) +
                                              " names epoch " + std::to_string(e) + " but only " +
                                              std::to_string(epoch_) + " were handed over");
@@ -159,7 +160,6 @@ Status RuntimeImpl::Handle(ipc::Message msg) {
       }
       return Status::Ok();
     case ipc::MsgType::kError:  // only commits are answered out of band
-      json::GetU64(msg.body, "epoch", &e);
       return ipc::StatusOf(msg).With("the agent refused epoch " + std::to_string(e));
     default:
       return Status(Code::kBadMessage,

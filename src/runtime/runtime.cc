@@ -9,7 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 
-#include "ipc/json_util.h"
+#include "ipc/body.h"
 #include "region/mapping.h"
 #include "runtime/runtime_impl.h"
 
@@ -103,11 +103,12 @@ Result<Region*> RuntimeImpl::region(std::string_view name, size_t size, RegionOp
     m.generation = generation_;
     m.body = {{"name", std::string(name)}, {"size", size}, {"address", options.address}};
     SPARE_ASSIGN_OR_RETURN(ipc::Message reply, Request(std::move(m)));
-    uint64_t index = 0, address = 0, got = 0;
-    if (!json::GetU64(reply.body, "index", &index) ||
-        !json::GetU64(reply.body, "address", &address) ||
-        !json::GetU64(reply.body, "size", &got) || reply.fds.size() != 1)
-      return Status(Code::kBadMessage, "agent's answer to Region lacks index/address/size/fd");
+    ipc::Body b(reply.body, "agent's answer to Region");
+    SPARE_ASSIGN_OR_RETURN(uint64_t index, b.Uint("index"));
+    SPARE_ASSIGN_OR_RETURN(uint64_t address, b.Uint("address"));
+    SPARE_ASSIGN_OR_RETURN(uint64_t got, b.Uint("size"));
+    if (reply.fds.size() != 1)
+      return Status(Code::kBadMessage, "agent's answer to Region lacks the region's fd");
     if (index != regions_.size() || got != size)
       return Status(Code::kInternal, "agent numbered region " + std::string(name) + " " +
                                          std::to_string(index) + " with size " +
@@ -170,8 +171,8 @@ Result<ConfigLookup> RuntimeImpl::config_lookup(std::string_view key, uint64_t f
   m.generation = generation_;
   m.body = {{"key", std::string(key)}, {"fingerprint", fingerprint}};
   SPARE_ASSIGN_OR_RETURN(ipc::Message reply, Request(std::move(m)));
-  std::string state;
-  json::GetString(reply.body, "state", &state);
+  SPARE_ASSIGN_OR_RETURN(std::string state,
+                         ipc::Body(reply.body, "agent's answer to ConfigGet").String("state"));
   if (state == "hit") return ConfigLookup{ConfigState::kHit, std::move(reply.blob)};
   if (state == "stale") return ConfigLookup{ConfigState::kStale, {}};
   if (state == "missing") return ConfigLookup{ConfigState::kMissing, {}};

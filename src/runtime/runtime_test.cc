@@ -3,6 +3,8 @@
 // with the real ApplyEpoch. Its knobs (hold Applied, drop the connection)
 // are the fault-injection seam; end-to-end tests with the real agent
 // process live in tests/.
+#include "spare/runtime.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -19,10 +21,9 @@
 #include <thread>
 
 #include "epoch/staging.h"
-#include "ipc/json_util.h"
+#include "ipc/body.h"
 #include "ipc/wire.h"
 #include "region/mapping.h"
-#include "spare/runtime.h"
 
 namespace spare {
 namespace {
@@ -111,9 +112,9 @@ class FakeAgent {
     out.type = ipc::MsgType::kOk;
     if (m.type == ipc::MsgType::kAttach) {
       ++attaches_;
-      bool re = false;
-      json::GetBool(m.body, "reattach", &re);
-      if (re) {
+      auto re = ipc::Body(m.body, "Attach").Bool("reattach", false);
+      ASSERT_TRUE(re.ok()) << re.status().ToString();
+      if (*re) {
         reattach_fds_ = m.fds.size();
       } else {
         out.body = {{"id", "t"}, {"generation", 1}, {"resumed", epoch_.load() > 0}, {"epoch", epoch_.load()},
@@ -123,8 +124,9 @@ class FakeAgent {
         out.fds.emplace_back(dup(staging_fd_.get()));
       }
     } else if (m.type == ipc::MsgType::kRegion) {
-      uint64_t size = 0;
-      json::GetU64(m.body, "size", &size);
+      auto size_field = ipc::Body(m.body, "Region").Uint("size");
+      ASSERT_TRUE(size_field.ok()) << size_field.status().ToString();
+      uint64_t size = *size_field;
       auto fd = region::CreateMemfd("r", size);
       std::lock_guard<std::mutex> l(mu_);
       uint64_t address = region::DeriveAddress("rt-test", "heap", size);
@@ -144,10 +146,13 @@ class FakeAgent {
     ASSERT_TRUE(st.ok() || st.code() == Code::kUnavailable) << st.ToString();
   }
   void Commit(int conn, const ipc::Message& m) {
-    uint64_t e = 0, first = 0, parts = 0;
-    json::GetU64(m.body, "epoch", &e);
-    json::GetU64(m.body, "first_slot", &first);
-    json::GetU64(m.body, "parts", &parts);
+    ipc::Body b(m.body, "Commit");
+    auto e_field = b.Uint("epoch");
+    auto first_field = b.Uint("first_slot");
+    auto parts_field = b.Uint("parts");
+    for (const Status& st : {e_field.status(), first_field.status(), parts_field.status()})
+      ASSERT_TRUE(st.ok()) << st.ToString();
+    uint64_t e = *e_field, first = *first_field, parts = *parts_field;
     Status st = refuse_ ? Status(Code::kStaleGeneration, "refused by test") : Status::Ok();
     if (st.ok()) {
       std::lock_guard<std::mutex> l(mu_);
@@ -226,7 +231,7 @@ TEST_P(RuntimeTest, GateReleasesOnlyAfterApplied) {
   UniqueFd app(sv[0]), client(sv[1]);
   agent.Hold(true);
   r->bytes()[0] = std::byte{1};
-  rt.gate().send(app.get(), "+OK\r\n");
+  ASSERT_TRUE(rt.gate().send(app.get(), "+OK\r\n").ok());
   auto e = rt.commit();
   ASSERT_TRUE(e.ok());
   usleep(20000);
@@ -255,7 +260,7 @@ TEST_P(RuntimeTest, ReleasedFreesSlotsButOnlyDurableReleasesOutputs) {
   uint64_t last = 0;
   for (int i = 0; i < 10; ++i) {
     r->bytes()[(i % 16) * kPage] = std::byte(i + 1);
-    rt.gate().send(app.get(), "+OK\r\n");
+    ASSERT_TRUE(rt.gate().send(app.get(), "+OK\r\n").ok());
     auto e = rt.commit();
     ASSERT_TRUE(e.ok()) << e.status().ToString();
     last = *e;
@@ -499,11 +504,11 @@ TEST(RuntimeAttach, UnprotectedReleasesAtOnce) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
   UniqueFd app(sv[0]), client(sv[1]);
-  rt->gate().send(app.get(), "x");
+  ASSERT_TRUE(rt->gate().send(app.get(), "x").ok());
   char c;
   EXPECT_EQ(read(client.get(), &c, 1), 1);
   // An output tagged with an explicit epoch leaves once that epoch commits.
-  rt->gate().send(app.get(), "y", 1);
+  ASSERT_TRUE(rt->gate().send(app.get(), "y", 1).ok());
   EXPECT_EQ(read(client.get(), &c, 1), -1);
   ASSERT_TRUE(rt->commit().ok());
   EXPECT_EQ(read(client.get(), &c, 1), 1);
