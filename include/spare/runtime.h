@@ -81,22 +81,22 @@ struct ConfigLookup {
 };
 
 struct RuntimeStats {
-  uint64_t commits = 0;            // epochs handed to the agent
-  uint64_t deferred_commits = 0;   // commits merged into a later epoch (staging busy)
+  uint64_t commits = 0;           // epochs handed to the agent
+  uint64_t deferred_commits = 0;  // commits merged into a later epoch (staging busy)
   uint64_t pages_committed = 0;
   uint64_t bytes_committed = 0;
-  uint64_t commit_ns_total = 0;    // time spent inside commit()
+  uint64_t commit_ns_total = 0;  // time spent inside commit()
   uint64_t commit_ns_max = 0;
-  uint64_t backpressure_waits = 0; // commits that blocked for a free slot
+  uint64_t backpressure_waits = 0;  // commits that blocked for a free slot
   uint64_t outputs_released = 0;
-  uint64_t released_epoch = 0;     // newest epoch whose staging slots the agent released
-  uint64_t durable_epoch = 0;      // newest epoch the agent confirmed durable
-  uint64_t releases = 0;           // Released messages (slots freed)
-  uint64_t durables = 0;           // Durable messages (outputs released)
-  uint64_t pages_dropped = 0;      // private copies of long-clean pages dropped ($SPARE_DROP_CLEAN_MS)
-  uint64_t drop_errors = 0;        // madvise calls refused (the copies were kept)
-  std::string tracker;             // "uffd-wp" or "mprotect"
-  uint32_t copy_helpers = 0;       // helper threads allowed ($SPARE_COPY_THREADS)
+  uint64_t released_epoch = 0;  // newest epoch whose staging slots the agent released
+  uint64_t durable_epoch = 0;   // newest epoch the agent confirmed durable
+  uint64_t releases = 0;        // Released messages (slots freed)
+  uint64_t durables = 0;        // Durable messages (outputs released)
+  uint64_t pages_dropped = 0;   // private copies of long-clean pages dropped ($SPARE_DROP_CLEAN_MS)
+  uint64_t drop_errors = 0;     // madvise calls refused (the copies were kept)
+  std::string tracker;          // "uffd-wp" or "mprotect"
+  uint32_t copy_helpers = 0;    // helper threads allowed ($SPARE_COPY_THREADS)
   uint64_t bytes_copied_by_helpers = 0;  // of bytes_committed
 };
 

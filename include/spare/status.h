@@ -18,22 +18,23 @@ namespace spare {
 
 enum class Code : uint8_t {
   kOk = 0,
-  kInvalidArgument,    // caller passed something malformed (bad config, bad flag)
-  kNotFound,           // named thing does not exist
-  kAlreadyExists,      // named thing exists and may not be created again
-  kOutOfBounds,        // a write/read outside the target's reserved area
-  kBadMessage,         // a wire message failed to decode (magic, version, length, checksum)
-  kStaleGeneration,    // message from an older owner generation; refused
-  kTornEpoch,          // an epoch's parts are incomplete or inconsistent
-  kBadAccessKey,       // request carried the wrong access key
-  kResourceExhausted,  // staging full past its bound, address range taken, ...
-  kUnavailable,        // peer (agent, standby) not reachable; retry may help
-  kFailedPrecondition, // state does not allow the operation (e.g. instance failed)
-  kUnsupported,        // kernel or platform lacks a feature
-  kIoError,            // a system call failed; message carries errno text
-  kChecksumMismatch,   // data does not match the checksum sent with it (corrupted in transit or memory)
-  kTornImage,          // a committed image is between two epochs; nothing may resume from it
-  kInternal,           // an invariant broke; a bug in spare
+  kInvalidArgument,     // caller passed something malformed (bad config, bad flag)
+  kNotFound,            // named thing does not exist
+  kAlreadyExists,       // named thing exists and may not be created again
+  kOutOfBounds,         // a write/read outside the target's reserved area
+  kBadMessage,          // a wire message failed to decode (magic, version, length, checksum)
+  kStaleGeneration,     // message from an older owner generation; refused
+  kTornEpoch,           // an epoch's parts are incomplete or inconsistent
+  kBadAccessKey,        // request carried the wrong access key
+  kResourceExhausted,   // staging full past its bound, address range taken, ...
+  kUnavailable,         // peer (agent, standby) not reachable; retry may help
+  kFailedPrecondition,  // state does not allow the operation (e.g. instance failed)
+  kUnsupported,         // kernel or platform lacks a feature
+  kIoError,             // a system call failed; message carries errno text
+  kChecksumMismatch,    // data does not match the checksum sent with it (corrupted in transit or
+                        // memory)
+  kTornImage,           // a committed image is between two epochs; nothing may resume from it
+  kInternal,            // an invariant broke; a bug in spare
 };
 
 std::string_view CodeName(Code code);
@@ -88,17 +89,16 @@ class [[nodiscard]] Result {
 }  // namespace spare
 
 // Propagate a non-ok Status from an expression returning Status.
-#define SPARE_RETURN_IF_ERROR(expr)            \
-  do {                                         \
-    ::spare::Status _st = (expr);              \
-    if (!_st.ok()) return _st;                 \
+#define SPARE_RETURN_IF_ERROR(expr) \
+  do {                              \
+    ::spare::Status _st = (expr);   \
+    if (!_st.ok()) return _st;      \
   } while (0)
 
 #define SPARE_CONCAT_INNER(a, b) a##b
 #define SPARE_CONCAT(a, b) SPARE_CONCAT_INNER(a, b)
 // SPARE_ASSIGN_OR_RETURN(auto x, Fn()); — unwraps a Result or returns its Status.
-#define SPARE_ASSIGN_OR_RETURN(decl, expr)                               \
-  auto SPARE_CONCAT(_res_, __LINE__) = (expr);                           \
-  if (!SPARE_CONCAT(_res_, __LINE__).ok())                               \
-    return SPARE_CONCAT(_res_, __LINE__).status();                       \
+#define SPARE_ASSIGN_OR_RETURN(decl, expr)                                                \
+  auto SPARE_CONCAT(_res_, __LINE__) = (expr);                                            \
+  if (!SPARE_CONCAT(_res_, __LINE__).ok()) return SPARE_CONCAT(_res_, __LINE__).status(); \
   decl = std::move(SPARE_CONCAT(_res_, __LINE__)).value()

@@ -52,7 +52,7 @@ class Agent {
   // Creates DIR, takes DIR/agent.lock, listens on DIR/agent.sock (a stale
   // socket nobody answers on is replaced; a live agent is refused with
   // kAlreadyExists), loads DIR/state.json and adopts the instances that are
-  // still alive. `launcher` defaults to fork+exec.
+  // still alive. `launcher` defaults to posix_spawn (process.h).
   static Result<std::unique_ptr<Agent>> Create(AgentOptions options,
                                                std::unique_ptr<Launcher> launcher = nullptr);
   ~Agent();
@@ -101,9 +101,7 @@ class Agent {
     std::string in, out;
     size_t sent = 0;
   };
-  enum class WatchKind {
-    kListen, kSignal, kTimer, kHttpListen, kConn, kHttpConn, kPidfd, kWorker
-  };
+  enum class WatchKind { kListen, kSignal, kTimer, kHttpListen, kConn, kHttpConn, kPidfd, kWorker };
   struct Watch {
     WatchKind kind;
     int fd = -1;

@@ -55,7 +55,6 @@ struct ApplyJob {
   const epoch::WriteFn* write = nullptr;  // test seam; null: pwrite
 };
 
-
 // Runs on the apply worker.
 ApplyResult RunApply(ApplyJob& job) {
   ApplyResult out;
@@ -123,7 +122,8 @@ Status Agent::PostApply(Instance& inst, uint64_t epoch, uint32_t first_slot, uin
   inst.applies_in_flight++;
   applier_->Post([this, job, id = inst.rec.spec.id, serial = inst.image_serial]() {
     auto result = std::make_shared<ApplyResult>(RunApply(*job));
-    return [this, result, id, serial, epoch = job->epoch] { OnApplied(id, serial, epoch, *result); };
+    return
+        [this, result, id, serial, epoch = job->epoch] { OnApplied(id, serial, epoch, *result); };
   });
   return Status::Ok();
 }
@@ -191,8 +191,8 @@ void Agent::MarkTorn(Instance& inst, uint64_t epoch, const Status& why) {
   InstanceRecord& r = inst.rec;
   r.image_torn = true;
   r.state = InstanceState::kFailed;
-  r.reason = why.message() + ": the committed image is torn (part epoch " +
-             std::to_string(epoch) + ", part " + std::to_string(epoch - 1) +
+  r.reason = why.message() + ": the committed image is torn (part epoch " + std::to_string(epoch) +
+             ", part " + std::to_string(epoch - 1) +
              ") and nothing will resume from it; no output of epoch " + std::to_string(epoch) +
              " was released. Free memory (shmem/tmpfs) or fix the I/O error, then `spare stop " +
              r.spec.id + "` and `spare run` it afresh";

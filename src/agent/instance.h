@@ -87,9 +87,9 @@ struct Instance {
 
   // Committed image; held when staging.valid().
   StagingArea staging;
-  std::vector<UniqueFd> region_fds;  // parallel to rec.regions
-  std::string record;                // record of rec.epoch
-  uint64_t image_serial = 0;         // bumped when the image is made, adopted or released
+  std::vector<UniqueFd> region_fds;   // parallel to rec.regions
+  std::string record;                 // record of rec.epoch
+  uint64_t image_serial = 0;          // bumped when the image is made, adopted or released
   std::shared_ptr<ApplyChain> chain;  // the apply worker's view of this image
 
   // Epochs handed over and not yet durable (Commit → Released → Durable).

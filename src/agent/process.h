@@ -1,7 +1,7 @@
 // agent/process.h — starting, watching and reaping instance processes.
 //
 // The Launcher is the agent's one seam to process creation: the real one
-// forks and execs; unit tests inject one that hands back a process they
+// spawns (posix_spawn); unit tests inject one that hands back a process they
 // control. Everything else here is a thin, checked wrapper of a syscall.
 //
 // Threading: the agent's loop thread only. Processes are created with

@@ -3,8 +3,8 @@
 // Error that names the problem, and nothing changes.
 #include <gtest/gtest.h>
 #include <poll.h>
-#include <sys/mman.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -168,8 +168,9 @@ class ProtocolTest : public AgentDirTest {
 
   // Creates region "heap" (1 MiB) and returns its memfd.
   UniqueFd Heap() {
-    Message r = Exchange(inst_.get(), Make(MsgType::kRegion,
-                                           {{"name", "heap"}, {"size", 1 << 20}, {"address", 0}}, 1));
+    Message r =
+        Exchange(inst_.get(),
+                 Make(MsgType::kRegion, {{"name", "heap"}, {"size", 1 << 20}, {"address", 0}}, 1));
     EXPECT_EQ(r.type, MsgType::kOk) << r.body.dump();
     return r.fds.empty() ? UniqueFd() : std::move(r.fds[0]);
   }
@@ -513,7 +514,8 @@ TEST_F(ProtocolTest, LoopAnswersWhileAnApplyIsSlow) {
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(agent_->PollOnce(5).ok());  // the Commit is taken
   auto t0 = std::chrono::steady_clock::now();
   Message st = Exchange(cli_.get(), Make(MsgType::kStatus, nlohmann::json::object()));
-  auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  auto ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_EQ(st.type, MsgType::kOk);
   EXPECT_LT(ms, 200) << "Status waited behind the apply";
   EXPECT_EQ(st.body["instances"][0]["epochs_queued"], 1);

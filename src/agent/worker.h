@@ -64,12 +64,12 @@ class Worker {
   UniqueFd event_fd_;
   std::thread thread_;
   std::mutex mu_;
-  std::condition_variable cv_;  // jobs queued, or stop
-  std::condition_variable done_cv_;  // a job finished
-  std::deque<Job> jobs_;              // guarded by mu_
+  std::condition_variable cv_;          // jobs queued, or stop
+  std::condition_variable done_cv_;     // a job finished
+  std::deque<Job> jobs_;                // guarded by mu_
   std::deque<Completion> completions_;  // guarded by mu_
-  bool stop_ = false;                 // guarded by mu_
-  size_t outstanding_ = 0;            // loop thread only
+  bool stop_ = false;                   // guarded by mu_
+  size_t outstanding_ = 0;              // loop thread only
 };
 
 }  // namespace spare::agent

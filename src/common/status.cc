@@ -6,23 +6,40 @@ namespace spare {
 
 std::string_view CodeName(Code code) {
   switch (code) {
-    case Code::kOk: return "Ok";
-    case Code::kInvalidArgument: return "InvalidArgument";
-    case Code::kNotFound: return "NotFound";
-    case Code::kAlreadyExists: return "AlreadyExists";
-    case Code::kOutOfBounds: return "OutOfBounds";
-    case Code::kBadMessage: return "BadMessage";
-    case Code::kStaleGeneration: return "StaleGeneration";
-    case Code::kTornEpoch: return "TornEpoch";
-    case Code::kBadAccessKey: return "BadAccessKey";
-    case Code::kResourceExhausted: return "ResourceExhausted";
-    case Code::kUnavailable: return "Unavailable";
-    case Code::kFailedPrecondition: return "FailedPrecondition";
-    case Code::kUnsupported: return "Unsupported";
-    case Code::kIoError: return "IoError";
-    case Code::kChecksumMismatch: return "ChecksumMismatch";
-    case Code::kTornImage: return "TornImage";
-    case Code::kInternal: return "Internal";
+    case Code::kOk:
+      return "Ok";
+    case Code::kInvalidArgument:
+      return "InvalidArgument";
+    case Code::kNotFound:
+      return "NotFound";
+    case Code::kAlreadyExists:
+      return "AlreadyExists";
+    case Code::kOutOfBounds:
+      return "OutOfBounds";
+    case Code::kBadMessage:
+      return "BadMessage";
+    case Code::kStaleGeneration:
+      return "StaleGeneration";
+    case Code::kTornEpoch:
+      return "TornEpoch";
+    case Code::kBadAccessKey:
+      return "BadAccessKey";
+    case Code::kResourceExhausted:
+      return "ResourceExhausted";
+    case Code::kUnavailable:
+      return "Unavailable";
+    case Code::kFailedPrecondition:
+      return "FailedPrecondition";
+    case Code::kUnsupported:
+      return "Unsupported";
+    case Code::kIoError:
+      return "IoError";
+    case Code::kChecksumMismatch:
+      return "ChecksumMismatch";
+    case Code::kTornImage:
+      return "TornImage";
+    case Code::kInternal:
+      return "Internal";
   }
   return "Unknown";
 }

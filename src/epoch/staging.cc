@@ -113,7 +113,7 @@ void FillEpoch(const StagingView& view, uint64_t generation, uint64_t epoch, uin
   // (3) each part's header with its data hash and table hash.
   std::vector<SlotHeader> headers(plan.parts);
   std::vector<CopyPool::Job> jobs;
-  std::vector<uint64_t> leaves;         // one hash per leaf, all parts
+  std::vector<uint64_t> leaves;              // one hash per leaf, all parts
   std::vector<size_t> leaf_end(plan.parts);  // part p's leaves end here
   uint64_t n_leaves = 0;
   for (const EpochPlan::Piece& p : plan.pieces) n_leaves += LeafCount(p.length);
@@ -161,21 +161,19 @@ void FillEpoch(const StagingView& view, uint64_t generation, uint64_t epoch, uin
     std::byte* slot = view.slot((first_slot + part) % view.slot_count);
     SlotHeader& h = headers[part];
     const size_t begin = part ? leaf_end[part - 1] : 0;
-    h.data_hash =
-        CombineLeafHashes(std::span(leaves).subspan(begin, leaf_end[part] - begin));
+    h.data_hash = CombineLeafHashes(std::span(leaves).subspan(begin, leaf_end[part] - begin));
     h.table_hash = TableHash(slot, h);
     std::memcpy(slot, &h, sizeof(h));
   }
 }
 
-Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generation,
-                                     uint64_t epoch, uint32_t first_slot, uint32_t parts,
+Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generation, uint64_t epoch,
+                                     uint32_t first_slot, uint32_t parts,
                                      std::span<const RegionTarget> regions) {
   if (parts == 0 || parts > view.slot_count || first_slot >= view.slot_count)
     return Status(Code::kTornEpoch, "epoch " + std::to_string(epoch) + " names slots " +
-                                        std::to_string(first_slot) + "+" +
-                                        std::to_string(parts) + " outside the ring of " +
-                                        std::to_string(view.slot_count));
+                                        std::to_string(first_slot) + "+" + std::to_string(parts) +
+                                        " outside the ring of " + std::to_string(view.slot_count));
   ValidatedEpoch v;
   std::vector<uint64_t> leaves;
   for (uint32_t part = 0; part < parts; ++part) {
@@ -190,12 +188,11 @@ Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generatio
                         ": slot was filled by generation " + std::to_string(h.generation) +
                         ", the instance is at generation " + std::to_string(generation) +
                         "; nothing applied");
-    if (h.epoch != epoch)
-      return Torn(epoch, part, "slot holds epoch " + std::to_string(h.epoch));
+    if (h.epoch != epoch) return Torn(epoch, part, "slot holds epoch " + std::to_string(h.epoch));
     if (h.part != part || h.parts != parts)
-      return Torn(epoch, part, "slot says part " + std::to_string(h.part) + " of " +
-                                   std::to_string(h.parts) + ", expected " +
-                                   std::to_string(parts) + " parts");
+      return Torn(epoch, part,
+                  "slot says part " + std::to_string(h.part) + " of " + std::to_string(h.parts) +
+                      ", expected " + std::to_string(parts) + " parts");
     if (h.record_len > kMaxRecord || (part != 0 && h.record_len != 0))
       return Torn(epoch, part, "bad record length " + std::to_string(h.record_len));
     uint64_t data = DataOffset(h.record_len, h.n_entries);
@@ -267,9 +264,9 @@ Status WriteEpoch(const ValidatedEpoch& v, std::span<const RegionTarget> regions
   return Status::Ok();
 }
 
-Status ApplyEpoch(const StagingView& view, uint64_t generation, uint64_t epoch,
-                  uint32_t first_slot, uint32_t parts, std::span<const RegionTarget> regions,
-                  std::string* record, uint64_t* bytes) {
+Status ApplyEpoch(const StagingView& view, uint64_t generation, uint64_t epoch, uint32_t first_slot,
+                  uint32_t parts, std::span<const RegionTarget> regions, std::string* record,
+                  uint64_t* bytes) {
   SPARE_ASSIGN_OR_RETURN(ValidatedEpoch v,
                          ValidateEpoch(view, generation, epoch, first_slot, parts, regions));
   SPARE_RETURN_IF_ERROR(WriteEpoch(v, regions).With("applying epoch " + std::to_string(epoch)));

@@ -15,7 +15,7 @@
 //
 // Ownership: a slot is FREE, then the instance owns it while filling, then
 // hands it over with a Commit message (first_slot, parts); from then the
-// agent owns it until it answers Applied(epoch), which frees the epoch's
+// agent owns it until it answers Released(epoch), which frees the epoch's
 // slots (docs/ARCHITECTURE.md: Released frees slots, Durable releases
 // outputs). Neither side writes a slot it does not own. The agent never trusts
 // what it reads: ValidateEpoch() checks magic, epoch, part numbering,
@@ -153,8 +153,8 @@ struct ValidatedEpoch {
 // (wrapping) without writing anything: layout and bounds, then that every
 // slot was filled by `generation` (else kStaleGeneration) and that its data
 // matches its data hash (else kChecksumMismatch).
-Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generation,
-                                     uint64_t epoch, uint32_t first_slot, uint32_t parts,
+Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generation, uint64_t epoch,
+                                     uint32_t first_slot, uint32_t parts,
                                      std::span<const RegionTarget> regions);
 
 // How bytes reach a region's memfd: pwrite(2), or a test's fault injector.
@@ -171,8 +171,8 @@ Status WriteEpoch(const ValidatedEpoch& v, std::span<const RegionTarget> regions
 // ValidateEpoch, then WriteEpoch, then the record to *record. Idempotent:
 // applying the same epoch again gives the same image. On a validation
 // error nothing has been written. *bytes (optional): page bytes written.
-Status ApplyEpoch(const StagingView& view, uint64_t generation, uint64_t epoch,
-                  uint32_t first_slot, uint32_t parts, std::span<const RegionTarget> regions,
-                  std::string* record, uint64_t* bytes = nullptr);
+Status ApplyEpoch(const StagingView& view, uint64_t generation, uint64_t epoch, uint32_t first_slot,
+                  uint32_t parts, std::span<const RegionTarget> regions, std::string* record,
+                  uint64_t* bytes = nullptr);
 
 }  // namespace spare::epoch

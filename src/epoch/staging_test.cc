@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
 #include <xxhash.h>
 
 #include <algorithm>
@@ -96,7 +95,7 @@ TEST(Staging, LargeEpochSpansPartsAndWraps) {
   for (uint64_t p = 0; p < 70; ++p) f.Write(0, p, static_cast<char>('A' + p % 26));
   std::vector<DirtyRun> runs = {f.Run(0, 0, 70)};
   EpochPlan plan = PlanEpoch(f.view, runs, 0);
-  ASSERT_EQ(plan.parts, 3u);  // 70 pages at < 32 per slot
+  ASSERT_EQ(plan.parts, 3u);                      // 70 pages at < 32 per slot
   FillEpoch(f.view, kGen, 9, 2, plan, runs, {});  // slots 2, 3, 0
   ASSERT_TRUE(ApplyEpoch(f.view, kGen, 9, 2, 3, f.targets, nullptr).ok());
   for (uint64_t p = 0; p < 70; ++p) EXPECT_EQ(f.Image(0, p), static_cast<char>('A' + p % 26));

@@ -37,18 +37,30 @@ Status Bad(std::string what) { return Status(Code::kBadMessage, std::move(what))
 
 const char* MsgTypeName(MsgType type) {
   switch (type) {
-    case MsgType::kOk: return "Ok";
-    case MsgType::kError: return "Error";
-    case MsgType::kAttach: return "Attach";
-    case MsgType::kRegion: return "Region";
-    case MsgType::kCommit: return "Commit";
-    case MsgType::kReleased: return "Released";
-    case MsgType::kDurable: return "Durable";
-    case MsgType::kConfigGet: return "ConfigGet";
-    case MsgType::kConfigPut: return "ConfigPut";
-    case MsgType::kRun: return "Run";
-    case MsgType::kStatus: return "Status";
-    case MsgType::kStop: return "Stop";
+    case MsgType::kOk:
+      return "Ok";
+    case MsgType::kError:
+      return "Error";
+    case MsgType::kAttach:
+      return "Attach";
+    case MsgType::kRegion:
+      return "Region";
+    case MsgType::kCommit:
+      return "Commit";
+    case MsgType::kReleased:
+      return "Released";
+    case MsgType::kDurable:
+      return "Durable";
+    case MsgType::kConfigGet:
+      return "ConfigGet";
+    case MsgType::kConfigPut:
+      return "ConfigPut";
+    case MsgType::kRun:
+      return "Run";
+    case MsgType::kStatus:
+      return "Status";
+    case MsgType::kStop:
+      return "Stop";
   }
   return "Unknown";
 }
@@ -93,11 +105,11 @@ Result<Message> Decode(std::span<const std::byte> f) {
   uint64_t json_len = Get<uint32_t>(p + 8);
   uint64_t blob_len = Get<uint32_t>(p + 12);
   if (json_len > kMaxJson || blob_len > kMaxBlob)
-    return Bad("declared lengths json=" + std::to_string(json_len) + " blob=" +
-               std::to_string(blob_len) + " exceed the limits");
+    return Bad("declared lengths json=" + std::to_string(json_len) +
+               " blob=" + std::to_string(blob_len) + " exceed the limits");
   if (kHeaderSize + json_len + blob_len != f.size())
-    return Bad("declared lengths json=" + std::to_string(json_len) + " blob=" +
-               std::to_string(blob_len) + " do not match the frame size " +
+    return Bad("declared lengths json=" + std::to_string(json_len) +
+               " blob=" + std::to_string(blob_len) + " do not match the frame size " +
                std::to_string(f.size()));
   std::string_view json(reinterpret_cast<const char*>(p + kHeaderSize), json_len);
   std::string_view blob(reinterpret_cast<const char*>(p + kHeaderSize + json_len), blob_len);
@@ -242,8 +254,8 @@ Result<UniqueFd> Connect(const std::string& path) {
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     int e = errno;
     if (e == ENOENT || e == ECONNREFUSED)
-      return Status(Code::kUnavailable, "no agent listening at " + path +
-                                            " (start one with `spare agent --dir DIR`)");
+      return Status(Code::kUnavailable,
+                    "no agent listening at " + path + " (start one with `spare agent --dir DIR`)");
     return Status::FromErrno("connect " + path, e);
   }
   return fd;

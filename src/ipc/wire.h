@@ -14,13 +14,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/fd.h"
 #include "spare/status.h"
@@ -28,7 +27,7 @@
 namespace spare::ipc {
 
 inline constexpr uint32_t kMagic = 0x45525053;  // "SPRE"
-inline constexpr uint16_t kVersion = 2;  // 2: Applied split into Released and Durable
+inline constexpr uint16_t kVersion = 2;         // 2: Applied split into Released and Durable
 inline constexpr size_t kHeaderSize = 32;
 inline constexpr size_t kMaxJson = 64 * 1024;
 inline constexpr size_t kMaxBlob = 128 * 1024;
@@ -39,17 +38,17 @@ inline constexpr size_t kMaxFrame = kHeaderSize + kMaxJson + kMaxBlob;
 // on the same socket; kReleased and kDurable are unsolicited (agent →
 // instance), and so is a kError naming an epoch.
 enum class MsgType : uint16_t {
-  kOk = 1,          // body: request-specific result
-  kError = 2,       // body: {code: "<CodeName>", message}
-  kAttach = 10,     // instance → agent, see docs/WIRE.md for every body
+  kOk = 1,       // body: request-specific result
+  kError = 2,    // body: {code: "<CodeName>", message}
+  kAttach = 10,  // instance → agent, see docs/WIRE.md for every body
   kRegion = 11,
   kCommit = 12,
   // 13 was Applied (version 1).
   kConfigGet = 14,
   kConfigPut = 15,
-  kReleased = 16,   // agent → instance: slots of epochs <= N are free again
-  kDurable = 17,    // agent → instance: epochs <= N are durable; outputs may leave
-  kRun = 20,        // CLI → agent
+  kReleased = 16,  // agent → instance: slots of epochs <= N are free again
+  kDurable = 17,   // agent → instance: epochs <= N are durable; outputs may leave
+  kRun = 20,       // CLI → agent
   kStatus = 21,
   kStop = 22,
 };

@@ -109,8 +109,8 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
     Disconnected(st);
     return false;  // slots are still ours; carry_ is intact
   }
-  in_flight_.push_back(
-      {e, first, plan.parts, std::string(reinterpret_cast<const char*>(record.data()), record.size())});
+  in_flight_.push_back({e, first, plan.parts,
+                        std::string(reinterpret_cast<const char*>(record.data()), record.size())});
   next_slot_ = (first + plan.parts) % staging_.slot_count;
   busy_ += plan.parts;
   epoch_ = e;
@@ -132,8 +132,8 @@ Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
   }
   SPARE_RETURN_IF_ERROR(error_);
   if (record.size() > epoch::kMaxRecord)
-    return Status(Code::kInvalidArgument, "record of " + std::to_string(record.size()) +
-                                              " bytes exceeds the 64 KiB limit");
+    return Status(Code::kInvalidArgument,
+                  "record of " + std::to_string(record.size()) + " bytes exceeds the 64 KiB limit");
   const uint64_t t0 = NowNs();
   Status st = Drain();  // frees the slots of epochs applied meanwhile
   if (st.ok() && !connected_) st = TryReconnect();

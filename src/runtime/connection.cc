@@ -150,8 +150,8 @@ Status RuntimeImpl::Handle(ipc::Message msg) {
     case ipc::MsgType::kReleased:
     case ipc::MsgType::kDurable:
       if (!epoch.ok() || e > epoch_)
-        return Status(Code::kBadMessage, std::string(ipc::MsgTypeName(msg.type)) +
-                                             " names epoch " + std::to_string(e) + " but only " +
+        return Status(Code::kBadMessage, std::string(ipc::MsgTypeName(msg.type)) + " names epoch " +
+                                             std::to_string(e) + " but only " +
                                              std::to_string(epoch_) + " were handed over");
       if (msg.type == ipc::MsgType::kReleased) {
         OnReleased(e);

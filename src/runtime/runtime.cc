@@ -110,11 +110,10 @@ Result<Region*> RuntimeImpl::region(std::string_view name, size_t size, RegionOp
     if (reply.fds.size() != 1)
       return Status(Code::kBadMessage, "agent's answer to Region lacks the region's fd");
     if (index != regions_.size() || got != size)
-      return Status(Code::kInternal, "agent numbered region " + std::string(name) + " " +
-                                         std::to_string(index) + " with size " +
-                                         std::to_string(got) + "; expected " +
-                                         std::to_string(regions_.size()) + " and " +
-                                         std::to_string(size));
+      return Status(Code::kInternal,
+                    "agent numbered region " + std::string(name) + " " + std::to_string(index) +
+                        " with size " + std::to_string(got) + "; expected " +
+                        std::to_string(regions_.size()) + " and " + std::to_string(size));
     rs.memfd = std::move(reply.fds[0]);
     SPARE_ASSIGN_OR_RETURN(base, region::MapPrivateFixed(rs.memfd.get(), address, size));
     Status st = tracker_->Add(base, size);
@@ -153,8 +152,7 @@ Status RuntimeImpl::wait_durable(uint64_t epoch, int timeout_ms) {
                       deadline - std::chrono::steady_clock::now())
                       .count();
       if (left <= 0)
-        return Status(Code::kUnavailable, "epoch " + std::to_string(epoch) +
-                                              " not durable after " +
+        return Status(Code::kUnavailable, "epoch " + std::to_string(epoch) + " not durable after " +
                                               std::to_string(timeout_ms) + " ms");
       wait = static_cast<int>(std::min<int64_t>(left, 50));
     }
@@ -179,8 +177,7 @@ Result<ConfigLookup> RuntimeImpl::config_lookup(std::string_view key, uint64_t f
   return Status(Code::kBadMessage, "agent answered ConfigGet with state '" + state + "'");
 }
 
-Status RuntimeImpl::config_save(std::string_view key, uint64_t fingerprint,
-                                std::string_view blob) {
+Status RuntimeImpl::config_save(std::string_view key, uint64_t fingerprint, std::string_view blob) {
   if (!protected_) return Status::Ok();
   if (blob.size() > ipc::kMaxBlob)
     return Status(Code::kInvalidArgument, "config value of " + std::to_string(blob.size()) +

@@ -81,7 +81,7 @@ class RuntimeImpl {
   Status TryReconnect();
   Result<ipc::Message> Request(ipc::Message request, int timeout_ms = 10000);
   Status Handle(ipc::Message msg);
-  Status Drain();                  // handle everything that is there now
+  Status Drain();                    // handle everything that is there now
   Status WaitEvent(int timeout_ms);  // block for agent news (or reconnect tick)
   void OnReleased(uint64_t epoch);
   void OnDurable(uint64_t epoch);

@@ -1,6 +1,6 @@
 // The instance side of the protocol against a small in-process agent that
 // speaks the real wire format over a real unix socket and applies epochs
-// with the real ApplyEpoch. Its knobs (hold Applied, drop the connection)
+// with the real ApplyEpoch. Its knobs (hold answers, hold Durable, drop the connection)
 // are the fault-injection seam; end-to-end tests with the real agent
 // process live in tests/.
 #include "spare/runtime.h"
@@ -86,7 +86,8 @@ class FakeAgent {
           continue;
         }
       }
-      if (send_durable_.exchange(false)) Reply(conn.get(), Progress(ipc::MsgType::kDurable, epoch_));
+      if (send_durable_.exchange(false))
+        Reply(conn.get(), Progress(ipc::MsgType::kDurable, epoch_));
       while (!hold_ && !held.empty()) {
         Commit(conn.get(), held.front());
         held.pop_front();
@@ -117,8 +118,12 @@ class FakeAgent {
       if (*re) {
         reattach_fds_ = m.fds.size();
       } else {
-        out.body = {{"id", "t"}, {"generation", 1}, {"resumed", epoch_.load() > 0}, {"epoch", epoch_.load()},
-                    {"slot_count", view_.slot_count}, {"slot_size", view_.slot_size},
+        out.body = {{"id", "t"},
+                    {"generation", 1},
+                    {"resumed", epoch_.load() > 0},
+                    {"epoch", epoch_.load()},
+                    {"slot_count", view_.slot_count},
+                    {"slot_size", view_.slot_size},
                     {"regions", nlohmann::json::array()}};
         out.blob = record_;
         out.fds.emplace_back(dup(staging_fd_.get()));
@@ -130,8 +135,11 @@ class FakeAgent {
       auto fd = region::CreateMemfd("r", size);
       std::lock_guard<std::mutex> l(mu_);
       uint64_t address = region::DeriveAddress("rt-test", "heap", size);
-      out.body = {{"name", m.body["name"]}, {"index", regions_.size()}, {"address", address},
-                  {"size", size}, {"existed", false}};
+      out.body = {{"name", m.body["name"]},
+                  {"index", regions_.size()},
+                  {"address", address},
+                  {"size", size},
+                  {"existed", false}};
       memfds_.emplace_back(dup(fd->get()));
       regions_.push_back({memfds_.back().get(), size});
       out.fds.push_back(std::move(*fd));
@@ -299,9 +307,9 @@ TEST_P(RuntimeTest, BlockedCommitHasADeadline) {
     blocked = rt.commit().status();
   }
   unsetenv("SPARE_COMMIT_WAIT_MS");
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                                  t0)
-                .count();
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   EXPECT_EQ(blocked.code(), Code::kUnavailable) << blocked.ToString();
   EXPECT_NE(blocked.message().find("free staging slot"), std::string::npos);
   EXPECT_LT(ms, 5000);
