@@ -95,6 +95,7 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
                         "`spare run --slots/--slot-size`");
     return false;
   }
+  planned_parts_ = plan.parts;
   if (plan.parts > FreeSlots()) return false;
   const uint64_t e = epoch_ + 1;
   const uint32_t first = next_slot_;
@@ -141,7 +142,11 @@ Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
   Status ship_error;
   bool shipped = st.ok() && TryShip(record, &ship_error);
   if (st.ok() && !shipped && ship_error.ok()) {
-    if (deferrals_ < kMaxDeferrals) {
+    // Merge into the next epoch while the merged epoch stays small next to
+    // the ring; past half of it, wait for slots instead: a carry that kept
+    // growing while the agent is slower than the app would end up larger
+    // than the whole ring, which no number of free slots can ship.
+    if (deferrals_ < kMaxDeferrals && 2 * planned_parts_ <= staging_.slot_count) {
       ++deferrals_;  // merged into the next epoch: its outputs wait for that one
       stats_.deferred_commits++;
     } else {

@@ -124,6 +124,7 @@ class RuntimeImpl {
   uint32_t busy_ = 0;
   std::vector<PageSpan> carry_;  // collected, not yet copied to staging
   uint32_t deferrals_ = 0;
+  uint32_t planned_parts_ = 0;  // slots the last TryShip() needed
   std::vector<region::PageRange> scratch_;
   Reclaimer reclaimer_{Reclaimer::Options{.clean_after_ns = 0}};
   std::vector<PageSpan> drops_;  // scratch: spans DropCleanCopies() drops

@@ -321,6 +321,35 @@ TEST_P(RuntimeTest, BlockedCommitHasADeadline) {
   EXPECT_EQ(agent.Image(32 * kPage), View(r, 32 * kPage));
 }
 
+// Regression (found by bench/run_all.sh's commit bench once applies moved to
+// the agent's worker): while the agent lags, each commit writing new pages
+// grew the merged epoch until it was larger than the whole ring — a sticky
+// kResourceExhausted. Now a commit waits for slots once the merged epoch
+// needs half the ring, so the epoch stays shippable and nothing is lost.
+TEST_P(RuntimeTest, LaggingAgentNeverMakesTheMergedEpochTooLarge) {
+  FakeAgent agent(4, epoch::kMinSlotSize);  // 4 x 128 KiB
+  Runtime rt = Attach(agent);
+  Region* r = *rt.region("heap", 256 * kPage);
+  agent.Hold(true);  // an agent that answers 300 ms late
+  std::thread late([&] {
+    usleep(300'000);
+    agent.Hold(false);
+  });
+  for (int i = 0; i < 12; ++i) {  // 16 new pages (64 KiB) per commit: 768 KiB in all
+    for (int p = 0; p < 16; ++p) r->bytes()[((i * 16 + p) % 256) * kPage] = std::byte(i + 1);
+    auto e = rt.commit();
+    EXPECT_TRUE(e.ok()) << "commit " << i << ": " << e.status().ToString();
+    if (!e.ok()) break;
+  }
+  late.join();
+  EXPECT_GT(rt.stats().backpressure_waits, 0u);
+  ASSERT_TRUE(rt.wait_durable(rt.epoch(), 5000).ok());
+  auto e = rt.commit();
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  ASSERT_TRUE(rt.wait_durable(*e, 5000).ok());
+  EXPECT_EQ(agent.Image(256 * kPage), View(r, 256 * kPage));
+}
+
 TEST_P(RuntimeTest, BusyStagingDefersAndMergesWithoutLosingPages) {
   FakeAgent agent(2, epoch::kMinSlotSize);
   Runtime rt = Attach(agent);
