@@ -49,6 +49,22 @@ spare::Result<std::vector<std::string>> SplitConfigLine(std::string_view line) {
   return args;
 }
 
+spare::Result<std::vector<ConfigLine>> SplitConfigText(std::string_view text,
+                                                       std::string_view file) {
+  std::vector<ConfigLine> out;
+  size_t line_no = 0;
+  while (!text.empty()) {
+    ++line_no;
+    const size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    auto args = SplitConfigLine(line);
+    if (!args.ok()) return LineError(file, line_no, args.status().message());
+    if (!args->empty()) out.push_back({line_no, std::move(args).value()});
+  }
+  return out;
+}
+
 bool ParseBoundedInt(std::string_view s, uint64_t min, uint64_t max, uint64_t* out) {
   uint64_t v = 0;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);

@@ -27,6 +27,16 @@ namespace kv {
 // by a space") for a malformed line; the caller adds file and line.
 spare::Result<std::vector<std::string>> SplitConfigLine(std::string_view line);
 
+// One directive: its 1-based line number and its arguments (never empty).
+struct ConfigLine {
+  size_t line_no;
+  std::vector<std::string> args;
+};
+// Every directive of `text`, blank and comment lines skipped; the first
+// malformed line is a LineError ("FILE:LINE: ...").
+spare::Result<std::vector<ConfigLine>> SplitConfigText(std::string_view text,
+                                                       std::string_view file);
+
 // Decimal integer in [min, max], nothing else.
 bool ParseBoundedInt(std::string_view s, uint64_t min, uint64_t max, uint64_t* out);
 // A byte count like redis.conf: 100, 1k = 1000, 1kb = 1024, m/mb, g/gb

@@ -37,15 +37,10 @@ std::string Range(const IntDirective& d) {
 
 spare::Result<KvConfig> ParseConfig(std::string_view text, std::string_view file) {
   KvConfig config;
-  size_t line_no = 0;
-  while (!text.empty()) {
-    ++line_no;
-    size_t nl = text.find('\n');
-    std::string_view line = text.substr(0, nl);
-    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
-    auto args = SplitConfigLine(line);
-    if (!args.ok()) return LineError(file, line_no, args.status().message());
-    if (args->empty()) continue;
+  SPARE_ASSIGN_OR_RETURN(std::vector<ConfigLine> lines, SplitConfigText(text, file));
+  for (const ConfigLine& directive : lines) {
+    const size_t line_no = directive.line_no;
+    const std::vector<std::string>* args = &directive.args;
     const std::string name = ToLower((*args)[0]);
     const std::string quoted = "'" + (*args)[0] + "'";
     if (args->size() != 2) {

@@ -44,15 +44,10 @@ bool Users::Check(std::string_view name, std::string_view password) const {
 spare::Result<Users> ParseUsers(std::string_view text, std::string_view file) {
   Users table;
   std::vector<size_t> defined_at;  // line of each user
-  size_t line_no = 0;
-  while (!text.empty()) {
-    ++line_no;
-    size_t nl = text.find('\n');
-    std::string_view line = text.substr(0, nl);
-    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
-    auto args = SplitConfigLine(line);
-    if (!args.ok()) return LineError(file, line_no, args.status().message());
-    if (args->empty()) continue;
+  SPARE_ASSIGN_OR_RETURN(std::vector<ConfigLine> lines, SplitConfigText(text, file));
+  for (const ConfigLine& directive : lines) {
+    const size_t line_no = directive.line_no;
+    const std::vector<std::string>* args = &directive.args;
     if (ToLower((*args)[0]) != "user") {
       return LineError(file, line_no,
                        "expected 'user NAME RULE...', got '" + (*args)[0].substr(0, 64) + "'");

@@ -100,15 +100,13 @@ ApplyResult RunApply(ApplyJob& job) {
   return out;
 }
 
-UniqueFd Dup(int fd) { return UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); }
-
 }  // namespace
 
 Status Agent::PostApply(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts) {
   auto job = std::make_shared<ApplyJob>();
   job->staging = inst.staging.Share();
   for (size_t i = 0; i < inst.rec.regions.size(); ++i) {
-    UniqueFd fd = Dup(inst.region_fds[i].get());
+    UniqueFd fd = DupFd(inst.region_fds[i].get());
     if (!fd.valid()) return Status::FromErrno("dup of region memfd", errno);
     job->targets.push_back({fd.get(), inst.rec.regions[i].size});
     job->fds.push_back(std::move(fd));

@@ -21,8 +21,6 @@ namespace {
 // An Attach can carry the staging fd plus one fd per region.
 constexpr size_t kMaxRegions = ipc::kMaxFds - 1;
 
-UniqueFd Dup(int fd) { return UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); }
-
 nlohmann::json RegionsJson(const Instance& inst) {
   nlohmann::json out = nlohmann::json::array();
   for (const RegionRecord& r : inst.rec.regions)
@@ -119,7 +117,7 @@ ipc::Message Agent::AttachReply(Instance& inst, bool reattach) {
                                    {"slot_size", inst.staging.view().slot_size},
                                    {"regions", RegionsJson(inst)}});
   m.blob = inst.record;
-  if (!reattach) m.fds.push_back(Dup(inst.staging.fd()));
+  if (!reattach) m.fds.push_back(DupFd(inst.staging.fd()));
   return m;
 }
 
@@ -221,7 +219,7 @@ std::optional<ipc::Message> Agent::OnRegion(Conn& conn, ipc::Message& msg) {
                                          {"address", r.address},
                                          {"size", r.size},
                                          {"existed", true}});
-    reply.fds.push_back(Dup(inst.region_fds[i].get()));
+    reply.fds.push_back(DupFd(inst.region_fds[i].get()));
     return reply;
   }
   return CreateRegion(inst, *name, rounded, *address);
@@ -248,7 +246,7 @@ ipc::Message Agent::CreateRegion(Instance& inst, const std::string& name, uint64
   SaveStateOrLog();
   ipc::Message reply = ipc::OkMessage(
       {{"name", name}, {"index", index}, {"address", at}, {"size", rounded}, {"existed", false}});
-  reply.fds.push_back(Dup(inst.region_fds.back().get()));
+  reply.fds.push_back(DupFd(inst.region_fds.back().get()));
   return reply;
 }
 

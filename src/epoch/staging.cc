@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "common/check.h"
+#include "common/hex.h"
 #include "epoch/copy_pool.h"
 #include "epoch/data_hash.h"
 
@@ -36,12 +37,6 @@ uint64_t TableHash(const std::byte* slot, const SlotHeader& h) {
   XXH64_update(&st, slot + sizeof(SlotHeader), h.record_len);
   XXH64_update(&st, slot + TableOffset(h.record_len), uint64_t{h.n_entries} * sizeof(SlotEntry));
   return XXH64_digest(&st);
-}
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%016llx", static_cast<unsigned long long>(v));
-  return buf;
 }
 
 Status Torn(uint64_t epoch, uint32_t part, const std::string& what) {
