@@ -215,6 +215,15 @@ void Server::AppendInfo(std::string_view section, std::string* out) {
     Field(out, "bytes_committed", rs.bytes_committed);
     Field(out, "commit_avg_us", rs.commits ? rs.commit_ns_total / rs.commits / 1000 : 0);
     Field(out, "commit_max_us", rs.commit_ns_max / 1000);
+    // Totals, so a benchmark can split each commit (difference two INFOs
+    // and divide by the commits between them).
+    Field(out, "commit_us_total", rs.commit_ns_total / 1000);
+    Field(out, "commit_collect_us_total", rs.collect_ns_total / 1000);
+    Field(out, "commit_copy_us_total", rs.copy_ns_total / 1000);
+    Field(out, "commit_handover_us_total", rs.handover_ns_total / 1000);
+    Field(out, "commit_drop_us_total", rs.drop_ns_total / 1000);
+    Field(out, "ranges_committed", rs.ranges_committed);
+    Field(out, "pages_dropped", rs.pages_dropped);
     Field(out, "outputs_released", rs.outputs_released);
     Field(out, "held_outputs", rt_.gate().held_outputs());
     Field(out, "held_bytes", rt_.gate().held_bytes());

@@ -87,6 +87,13 @@ struct RuntimeStats {
   uint64_t bytes_committed = 0;
   uint64_t commit_ns_total = 0;  // time spent inside commit()
   uint64_t commit_ns_max = 0;
+  // Where commit() spends it (sums over all commits; the rest is waiting
+  // for slots and bookkeeping):
+  uint64_t collect_ns_total = 0;   // finding what was written (tracker, declared ranges)
+  uint64_t copy_ns_total = 0;      // copying and hashing it into staging slots
+  uint64_t handover_ns_total = 0;  // the Commit message to the agent
+  uint64_t drop_ns_total = 0;      // dropping private copies of long-clean pages
+  uint64_t ranges_committed = 0;   // entries (contiguous byte runs) shipped
   uint64_t backpressure_waits = 0;  // commits that blocked for a free slot
   uint64_t outputs_released = 0;
   uint64_t released_epoch = 0;  // newest epoch whose staging slots the agent released

@@ -41,6 +41,7 @@ uint64_t NowNs() {
 // sorted by (region, offset) and merged, so a page collected twice (once
 // in a deferred epoch, again after a later write) is shipped once.
 Status RuntimeImpl::Collect() {
+  const uint64_t t0 = NowNs();
   const size_t had = carry_.size();
   for (uint32_t i = 0; i < regions_.size(); ++i) {
     Region& r = *regions_[i].region;
@@ -53,6 +54,7 @@ Status RuntimeImpl::Collect() {
   // next epoch shipped carries them.
   reclaimer_.Written(epoch_ + 1, std::span(carry_).subspan(had));
   if (had) NormalizeSpans(&carry_);  // else already sorted and merged
+  stats_.collect_ns_total += NowNs() - t0;
   return Status::Ok();
 }
 
@@ -63,6 +65,7 @@ Status RuntimeImpl::Collect() {
 // and the madvise would lose that write. A refused madvise just keeps the
 // copy (memory, not data).
 void RuntimeImpl::DropCleanCopies() {
+  const uint64_t t0 = NowNs();
   drops_.clear();
   reclaimer_.Take(durable_, NowNs(), &drops_);
   for (const PageSpan& s : drops_) {
@@ -72,6 +75,7 @@ void RuntimeImpl::DropCleanCopies() {
       stats_.drop_errors++;
     }
   }
+  stats_.drop_ns_total += NowNs() - t0;
 }
 
 // Copies carry_ into free slots and sends Commit. False (and *error ok)
@@ -99,12 +103,16 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
   if (plan.parts > FreeSlots()) return false;
   const uint64_t e = epoch_ + 1;
   const uint32_t first = next_slot_;
+  const uint64_t t_copy = NowNs();
   epoch::FillEpoch(staging_, generation_, e, first, plan, runs_, record, copy_pool_.get());
+  const uint64_t t_send = NowNs();
+  stats_.copy_ns_total += t_send - t_copy;
   ipc::Message c;
   c.type = ipc::MsgType::kCommit;
   c.generation = generation_;
   c.body = {{"epoch", e}, {"first_slot", first}, {"parts", plan.parts}};
   Status st = ipc::Send(sock_.get(), c);
+  stats_.handover_ns_total += NowNs() - t_send;
   if (!st.ok()) {
     if (st.code() != Code::kUnavailable) *error = st;
     Disconnected(st);
@@ -119,6 +127,7 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
   stats_.commits++;
   stats_.pages_committed += bytes / region::kPageSize;
   stats_.bytes_committed += bytes;
+  stats_.ranges_committed += runs_.size();
   carry_.clear();
   deferrals_ = 0;
   return true;
