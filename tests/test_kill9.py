@@ -20,7 +20,16 @@ pipelined MGETs:
   - no key exists that was never sent (k:n beyond the last one sent,
     p:<conn>:<seq> past each connection's last, values other than the one
     sent, and — every few kills — DBSIZE equal to the keys accounted for).
-Environment: SPARE_KILLS (default 50), SPARE_TRACKER (passed to spare-kv).
+With SPARE_KILL9_FILL=N the server first holds a large data set (DEBUG
+POPULATE N fill 1024: fill:<j> = "value:<j>" padded to 1 KiB), redis-benchmark
+overwrites random keys of an N-key space with SPARE_KILL9_VALUE_LEN-byte
+values, and the pipelined loader writes values of that length too; every
+full check also reads back every fill key (acknowledged by DEBUG POPULATE's
++OK, so none may be lost or changed).
+Environment: SPARE_KILLS (default 50), SPARE_TRACKER (passed to spare-kv),
+SPARE_KV_WRITES (spare-kv --writes: declared, the default, or pages),
+SPARE_VERIFY_WRITES (1: spare-kv checks every commit against the page
+tracker, spare/runtime.h), SPARE_KILL9_FILL, SPARE_KILL9_VALUE_LEN.
 """
 
 import os
@@ -31,13 +40,17 @@ import threading
 import time
 import unittest
 
-from resp_load import PipelinedLoad
+from resp_load import Conn, PipelinedLoad, encode
 from spare_harness import REDIS_BENCHMARK, SPARE_KV, Harness, free_port, mget, redis
 
 KILLS = int(os.environ.get("SPARE_KILLS", "50"))
 SEED = int(os.environ.get("SPARE_SEED", str(int(time.time()))))
-BENCH_KEYS = 100000
-BENCH_VALUE_LEN = 3  # redis-benchmark -d default; one fixed value for all its keys
+FILL = int(os.environ.get("SPARE_KILL9_FILL", "0"))
+FILL_VALUE_LEN = 1024
+BENCH_KEYS = max(100000, FILL)
+# redis-benchmark -d (default 3); one fixed value for all its keys.
+BENCH_VALUE_LEN = int(os.environ.get("SPARE_KILL9_VALUE_LEN", "3"))
+KV_WRITES = os.environ.get("SPARE_KV_WRITES", "declared")
 FULL_CHECK_EVERY = 5
 LOAD_FULL_EVERY = 25  # reading every p:* key costs ~4 us each; DBSIZE covers them in between
 
@@ -101,7 +114,27 @@ class Kill9Test(unittest.TestCase):
 
     def start_bench(self):
         return self.h.popen([REDIS_BENCHMARK, "-p", str(self.port), "-t", "set", "-r",
-                             str(BENCH_KEYS), "-n", "10000000", "-c", "4", "-q"])
+                             str(BENCH_KEYS), "-d", str(BENCH_VALUE_LEN), "-n", "10000000",
+                             "-c", "4", "-q"])
+
+    def fill_value(self, j):
+        v = f"value:{j}".encode()
+        return v + b"\0" * (FILL_VALUE_LEN - len(v))
+
+    def check_fill(self):
+        """Every key DEBUG POPULATE acknowledged is there with its value."""
+        conn = Conn(self.port, timeout=60)
+        try:
+            for lo in range(0, FILL, 5000):
+                hi = min(FILL, lo + 5000)
+                conn.send(encode("MGET", *[f"fill:{j}" for j in range(lo, hi)]))
+                got = conn.read_reply()
+                self.assertEqual(len(got), hi - lo)
+                for j, v in zip(range(lo, hi), got):
+                    if v != self.fill_value(j):
+                        self.fail(f"acknowledged fill:{j} lost or changed: {v!r:.80}")
+        finally:
+            conn.close()
 
     def check(self, lg, load, full, load_full):
         """The invariants of the module docstring, against the live server.
@@ -138,19 +171,28 @@ class Kill9Test(unittest.TestCase):
         self.assertLessEqual(len(kinds), 1, f"key:* values redis-benchmark never wrote: {kinds}")
         self.assertTrue(all(len(v) == BENCH_VALUE_LEN for v in kinds), kinds)
         bench_present = sum(v is not None for v in bench)
+        self.check_fill()
         rc, out = redis(self.port, "DBSIZE")
         self.assertEqual(rc, 0)
-        self.assertEqual(int(out), present + rep.present + bench_present + has_counter,
+        self.assertEqual(int(out), present + rep.present + bench_present + has_counter + FILL,
                          "DBSIZE counts keys that were never sent (or lost acknowledged p:* keys)")
         print(f"  full check: DBSIZE {out} = {present} k:* + {rep.present} p:*"
-              f" + {bench_present} key:* + {has_counter} counter")
+              f" + {bench_present} key:* + {has_counter} counter + {FILL} fill:*")
         return rep
 
     def test_kill9_under_write_load(self):
         h, lg = self.h, Ledger()
-        pid, _ = h.run("kv", [SPARE_KV, "--port", str(self.port)],
+        pid, _ = h.run("kv", [SPARE_KV, "--port", str(self.port), "--writes", KV_WRITES],
                        extra=["--max-restarts", "100000", "--restart-window", "1"])
         h.wait_pong(self.port)
+        if FILL:
+            rc, out = redis(self.port, "DEBUG", "POPULATE", str(FILL), "fill",
+                            str(FILL_VALUE_LEN), timeout=300)
+            self.assertEqual((rc, out.strip()), (0, "OK"))
+            rc, out = redis(self.port, "INFO", "spare")
+            print("after fill: " + " ".join(
+                ln for ln in out.splitlines()
+                if ln.startswith(("writes:", "bytes_committed:", "commits:", "pages_verified:"))))
         inst = h.instance("kv")
         tracker = os.environ.get("SPARE_TRACKER")
         if tracker == "mprotect":
@@ -165,7 +207,8 @@ class Kill9Test(unittest.TestCase):
         lg.sent.update(base)
         lg.acked.update(base)
 
-        load = PipelinedLoad(self.port, conns=4, batch=16, seed=self.rng.random())
+        load = PipelinedLoad(self.port, conns=4, batch=16, seed=self.rng.random(),
+                             value_len=max(24, BENCH_VALUE_LEN))
         self.addCleanup(load.stop)
         load.start(paused=True)
         restart_s, load_checked = [], 0
@@ -203,6 +246,11 @@ class Kill9Test(unittest.TestCase):
         totals = load.totals()
         self.assertGreater(totals["acked"], 0, "no pipelined SET was ever acknowledged")
         self.assertGreater(totals["breaks"], 0, "no kill ever broke a pipelined batch")
+        rc, out = redis(self.port, "INFO", "spare")
+        info = dict(ln.split(":", 1) for ln in out.splitlines() if ":" in ln)
+        self.assertEqual(info["writes"].strip(), KV_WRITES)
+        if os.environ.get("SPARE_VERIFY_WRITES") == "1":
+            self.assertGreater(int(info["pages_verified"]), 0, "verification never ran")
         ms = sorted(s * 1000 for s in restart_s)
         print(f"{KILLS} kills: kill -> PONG p50 {statistics.median(ms):.1f} ms,"
               f" max {ms[-1]:.1f} ms; {len(lg.acked)} acknowledged keys verified,"

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "spare/runtime.h"
+
 namespace kv {
 namespace {
 
@@ -20,10 +22,19 @@ class FakeInfo : public InfoSource {
 
 class CommandsTest : public ::testing::Test {
  protected:
+  // The store lives in a declared region under write verification (see
+  // store_test.cc): TearDown's commit checks every byte was declared.
   void SetUp() override {
-    mem_ = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                -1, 0);
-    ASSERT_NE(mem_, MAP_FAILED);
+    setenv("SPARE_VERIFY_WRITES", "1", 1);
+    auto rt = spare::Runtime::Unprotected();
+    unsetenv("SPARE_VERIFY_WRITES");
+    ASSERT_TRUE(rt.ok()) << rt.status().ToString();
+    rt_.emplace(std::move(rt).value());
+    spare::RegionOptions o;
+    o.writes = spare::WriteTracking::kDeclared;
+    auto region = rt_->region("kv", kSize, o);
+    ASSERT_TRUE(region.ok()) << region.status().ToString();
+    mem_ = (*region)->data();
     auto arena = spare::Arena::Open(mem_, kSize);
     ASSERT_TRUE(arena.ok());
     auto store = Store::Open(*arena);
@@ -31,7 +42,10 @@ class CommandsTest : public ::testing::Test {
     store_.emplace(std::move(store).value());
     commands_.emplace(&*store_, &info_, CommandsOptions{});
   }
-  void TearDown() override { munmap(mem_, kSize); }
+  void TearDown() override {
+    auto e = rt_->commit();
+    EXPECT_TRUE(e.ok()) << e.status().ToString();
+  }
 
   std::string Run(std::vector<std::string> args, Session* session = nullptr) {
     std::vector<std::string_view> views(args.begin(), args.end());
@@ -41,6 +55,7 @@ class CommandsTest : public ::testing::Test {
   }
 
   static constexpr size_t kSize = 64 << 20;
+  std::optional<spare::Runtime> rt_;
   void* mem_ = nullptr;
   FakeInfo info_;
   std::optional<Store> store_;

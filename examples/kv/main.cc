@@ -23,6 +23,13 @@ int main(int argc, char** argv) {
                  "bytes of the data region (suffixes K, M, G are powers of 1024)")
       ->capture_default_str()
       ->transform(CLI::AsSizeValue(false));
+  std::string writes = "declared";
+  app.add_option("--writes", writes,
+                 "how each epoch finds what changed: 'declared' (the store declares every "
+                 "byte it writes and only those ship; SPARE_VERIFY_WRITES=1 checks it) or "
+                 "'pages' (the dirty-page tracker; whole 4 KiB pages ship)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"declared", "pages"}));
   app.add_option("--max-batch", options.max_batch,
                  "requests executed per epoch before committing (0: no limit)")
       ->capture_default_str();
@@ -46,6 +53,7 @@ int main(int argc, char** argv) {
   app.add_option("--users", users_path,
                  "users file (`user NAME on >password` per line): clients must AUTH first");
   CLI11_PARSE(app, argc, argv);
+  options.declared_writes = writes == "declared";
 
   auto runtime = unprotected ? spare::Runtime::Unprotected() : spare::Runtime::Attach();
   if (!runtime.ok()) {

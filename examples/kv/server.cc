@@ -61,7 +61,10 @@ spare::Result<std::unique_ptr<Server>> Server::Create(spare::Runtime runtime,
                                                       ServerOptions options) {
   std::unique_ptr<Server> s(new Server(std::move(runtime), std::move(options)));
   s->start_ms_ = NowMs(CLOCK_MONOTONIC);
-  auto region = s->rt_.region("kv", s->options_.region_size);
+  spare::RegionOptions ropts;
+  ropts.writes = s->options_.declared_writes ? spare::WriteTracking::kDeclared
+                                             : spare::WriteTracking::kPages;
+  auto region = s->rt_.region("kv", s->options_.region_size, ropts);
   if (!region.ok()) return region.status().With("mapping region kv");
   auto arena = spare::Arena::Open((*region)->data(), (*region)->size());
   if (!arena.ok()) return arena.status().With("opening the arena in region kv");
@@ -223,6 +226,10 @@ void Server::AppendInfo(std::string_view section, std::string* out) {
     Field(out, "commit_handover_us_total", rs.handover_ns_total / 1000);
     Field(out, "commit_drop_us_total", rs.drop_ns_total / 1000);
     Field(out, "ranges_committed", rs.ranges_committed);
+    Field(out, "writes", options_.declared_writes ? "declared" : "pages");
+    Field(out, "declare_calls", rs.declare_calls);
+    Field(out, "bytes_declared", rs.bytes_declared);
+    Field(out, "pages_verified", rs.pages_verified);
     Field(out, "pages_dropped", rs.pages_dropped);
     Field(out, "outputs_released", rs.outputs_released);
     Field(out, "held_outputs", rt_.gate().held_outputs());

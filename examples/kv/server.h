@@ -43,6 +43,9 @@ struct ServerOptions {
   int port = 6379;
   std::string bind = "127.0.0.1";
   size_t region_size = size_t{1} << 30;
+  // How commit() learns what the store wrote: the store declares its
+  // writes (spare/declare.h; only those bytes ship), or the page tracker.
+  bool declared_writes = true;
   size_t max_batch = 1024;  // requests per epoch
   // While an epoch is in flight, gather batches into the next one for up to
   // this long (0: commit every batch).

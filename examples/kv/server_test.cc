@@ -28,6 +28,9 @@ class ServerTest : public ::testing::Test {
       options.port = 0;
       options.region_size = 64 << 20;
       options.max_batch = max_batch;
+      // Every commit checks that the store declared each byte it wrote;
+      // an undeclared one fails Run() (exit 6).
+      setenv("SPARE_VERIFY_WRITES", "1", 1);
       auto rt = spare::Runtime::Unprotected();
       if (!rt.ok()) _exit(3);
       auto server = Server::Create(std::move(rt).value(), options);

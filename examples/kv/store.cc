@@ -10,6 +10,8 @@
 #include <cstring>
 #include <vector>
 
+#include "spare/declare.h"
+
 namespace kv {
 namespace {
 
@@ -73,6 +75,14 @@ namespace {
 Entry* EntryOf(uint64_t slot) { return reinterpret_cast<Entry*>(slot & kPtrMask); }
 uint64_t MakeSlot(const Entry* e) { return (e->hash & ~kPtrMask) | reinterpret_cast<uintptr_t>(e); }
 bool TagMatches(uint64_t slot, uint64_t hash) { return ((slot ^ hash) & ~kPtrMask) == 0; }
+
+// Every in-place write of the store is declared (spare/declare.h), so a
+// region mapped with WriteTracking::kDeclared ships exactly these bytes;
+// new entries and tables are declared by the arena that hands them out.
+void SetSlot(Table& t, uint64_t i, uint64_t value) {
+  t.slots[i] = value;
+  spare::DeclareWrite(t.slots[i]);
+}
 
 // Index of the first empty slot on hash's probe path in t.
 uint64_t ProbeEmpty(const Table& t, uint64_t hash) {
@@ -175,24 +185,26 @@ Entry* Store::NewEntry(std::string_view key, uint64_t hash, std::string_view val
 }
 
 void Store::Install(const Slot& where, Entry* e) {
+  spare::DeclareWrite(*root_);
   if (e->expire_ms != 0) ++root_->volatile_keys;
   if (where.entry != nullptr) {
     if (where.entry->expire_ms != 0) --root_->volatile_keys;
-    where.table->slots[where.index] = MakeSlot(e);
+    SetSlot(*where.table, where.index, MakeSlot(e));
     return;
   }
   Table& m = root_->main;
   if (m.slots[where.insert_index] != kEmpty) Die("insert slot taken");
-  m.slots[where.insert_index] = MakeSlot(e);
+  SetSlot(m, where.insert_index, MakeSlot(e));
   ++m.used;
 }
 
 void Store::Remove(const Slot& where) {
+  spare::DeclareWrite(*root_);
   if (where.entry->expire_ms != 0) --root_->volatile_keys;
   Table& t = *where.table;
   --t.used;
   if (&t == &root_->old) {
-    t.slots[where.index] = kTombstone;
+    SetSlot(t, where.index, kTombstone);
     return;
   }
   // Backward-shift deletion: main never holds tombstones.
@@ -203,11 +215,11 @@ void Store::Remove(const Slot& where) {
     if (s == kEmpty) break;
     uint64_t home = EntryOf(s)->hash & t.mask;
     if (((j - home) & t.mask) >= ((j - hole) & t.mask)) {
-      t.slots[hole] = s;
+      SetSlot(t, hole, s);
       hole = j;
     }
   }
-  t.slots[hole] = kEmpty;
+  SetSlot(t, hole, kEmpty);
 }
 
 void Store::FreeEntry(Entry* e) { arena_->deallocate(e); }
@@ -219,6 +231,7 @@ void Store::StartResize(uint64_t min_slots) {
   while (cap * 3 < min_slots * 4) cap *= 2;
   auto* slots = static_cast<uint64_t*>(arena_->allocate_zeroed(cap * sizeof(uint64_t)));
   if (slots == nullptr) return;  // keep going in the current table
+  spare::DeclareWrite(*root_);
   root_->old = root_->main;
   root_->main = {slots, cap - 1, 0};
   root_->migrate_pos = 0;
@@ -228,13 +241,14 @@ void Store::StartResize(uint64_t min_slots) {
 bool Store::ResizeStep(size_t max_slots) {
   Table& o = root_->old;
   if (o.slots == nullptr) return false;
+  spare::DeclareWrite(*root_);
   Table& m = root_->main;
   uint64_t end = o.mask + 1;
   if (max_slots < end - root_->migrate_pos) end = root_->migrate_pos + max_slots;
   for (uint64_t& pos = root_->migrate_pos; pos < end; ++pos) {
     uint64_t s = o.slots[pos];
     if (s == kEmpty || s == kTombstone) continue;
-    m.slots[ProbeEmpty(m, EntryOf(s)->hash)] = s;
+    SetSlot(m, ProbeEmpty(m, EntryOf(s)->hash), s);
     ++m.used;
     --o.used;
   }
@@ -267,7 +281,7 @@ bool Store::Get(std::string_view key, int64_t now_ms, ValueRef* out) {
   if (Expired(s.entry, now_ms)) {
     Remove(s);
     FreeEntry(s.entry);
-    ++root_->expired_keys;
+    ++root_->expired_keys;  // Remove() declared the root
     ++mutations_;
     return false;
   }
@@ -283,6 +297,7 @@ spare::Status Store::Set(std::string_view key, std::string_view value, int64_t e
   Slot s;
   bool found = Find(key, hash, &s);
   if (found && Expired(s.entry, now_ms)) {
+    spare::DeclareWrite(root_->expired_keys);
     ++root_->expired_keys;  // replaced below; its expiry is not kept
   } else if (found && keep_ttl) {
     expire_ms = s.entry->expire_ms;
@@ -298,8 +313,11 @@ spare::Status Store::Set(std::string_view key, std::string_view value, int64_t e
       e->vlen = uint32_t(value.size());
       if ((expire_ms != 0) != (e->expire_ms != 0)) {  // the root page stays clean otherwise
         root_->volatile_keys += expire_ms != 0 ? 1 : -1;
+        spare::DeclareWrite(root_->volatile_keys);
       }
       e->expire_ms = expire_ms;
+      spare::DeclareWrite(e, sizeof(Entry));  // expiry and length
+      spare::DeclareWrite(e->bytes() + e->klen, value.size());
       ++mutations_;
       return spare::Status::Ok();
     }
@@ -346,8 +364,12 @@ bool Store::SetExpire(std::string_view key, int64_t expire_ms, int64_t now_ms) {
     Get(key, now_ms, nullptr);  // reclaims it
     return false;
   }
-  if ((expire_ms != 0) != (e->expire_ms != 0)) root_->volatile_keys += expire_ms != 0 ? 1 : -1;
+  if ((expire_ms != 0) != (e->expire_ms != 0)) {
+    root_->volatile_keys += expire_ms != 0 ? 1 : -1;
+    spare::DeclareWrite(root_->volatile_keys);
+  }
   e->expire_ms = expire_ms;
+  spare::DeclareWrite(e->expire_ms);
   ++mutations_;
   return true;
 }
@@ -389,6 +411,7 @@ size_t Store::SweepExpired(int64_t now_ms, size_t max_slots) {
     i = (i + 1) & m.mask;
   }
   root_->sweep_pos = i;
+  spare::DeclareWrite(root_->sweep_pos);
   if (deleted != 0) {
     root_->expired_keys += deleted;
     ++mutations_;

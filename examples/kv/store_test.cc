@@ -10,20 +10,38 @@
 #include <string>
 #include <vector>
 
+#include "spare/runtime.h"
+
 namespace kv {
 namespace {
 
-// A Store over an Arena over plain memory: no agent, no runtime.
+// A Store over an Arena in a declared region of an unprotected runtime
+// (no agent), under write verification: every commit — in Reopen() and at
+// the end of each test — checks that each byte the store and its arena
+// changed was declared (spare/declare.h), as spare-kv needs.
 class StoreTest : public ::testing::Test {
  protected:
   void Open(size_t size = 64 << 20) {
     size_ = size;
-    mem_ = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                -1, 0);
-    ASSERT_NE(mem_, MAP_FAILED);
+    setenv("SPARE_VERIFY_WRITES", "1", 1);
+    auto rt = spare::Runtime::Unprotected();
+    unsetenv("SPARE_VERIFY_WRITES");
+    ASSERT_TRUE(rt.ok()) << rt.status().ToString();
+    rt_.emplace(std::move(rt).value());
+    spare::RegionOptions o;
+    o.writes = spare::WriteTracking::kDeclared;
+    auto region = rt_->region("kv", size, o);
+    ASSERT_TRUE(region.ok()) << region.status().ToString();
+    mem_ = (*region)->data();
     Reopen();
   }
+  void Commit() {
+    auto e = rt_->commit();
+    ASSERT_TRUE(e.ok()) << e.status().ToString();
+    EXPECT_GT(rt_->stats().pages_verified, 0u);
+  }
   void Reopen() {
+    if (store_) Commit();
     auto arena = spare::Arena::Open(mem_, size_);
     ASSERT_TRUE(arena.ok()) << arena.status().ToString();
     arena_ = *arena;
@@ -32,13 +50,14 @@ class StoreTest : public ::testing::Test {
     store_.emplace(std::move(store).value());
   }
   void TearDown() override {
-    if (mem_ != nullptr) munmap(mem_, size_);
+    if (rt_) Commit();
   }
   std::string GetOr(std::string_view key, int64_t now = 1000, std::string dflt = "<none>") {
     ValueRef v;
     return store_->Get(key, now, &v) ? std::string(v.data) : dflt;
   }
 
+  std::optional<spare::Runtime> rt_;
   void* mem_ = nullptr;
   size_t size_ = 0;
   spare::Arena* arena_ = nullptr;

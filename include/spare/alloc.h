@@ -32,6 +32,14 @@
 // take whole pages: free runs live in power-of-two buckets and coalesce
 // with free neighbours and with the bump pointer.
 //
+// Declared writes (spare/declare.h): in a region mapped with
+// WriteTracking::kDeclared the arena declares everything it writes — its
+// header state, page-map entries, free-list links, the bytes
+// allocate_zeroed() clears — and every new block: allocate(n) counts the
+// first n bytes of the block as written, since its caller is about to fill
+// it. The program declares only what it changes in place afterwards.
+// Outside declared regions the declarations cost one compare.
+//
 // Dirty pages: every page an arena writes is shipped by the next commit,
 // so the arena writes only what it must. Allocation writes the header page
 // and its slab's page-map entry; it never pre-carves or zeroes memory.
@@ -148,6 +156,11 @@ class Arena {
 
   std::byte* base() const { return reinterpret_cast<std::byte*>(const_cast<Arena*>(this)); }
   PageInfo* map() const;
+  // The page-map entry of `page`, declared as written (spare/declare.h):
+  // every change to the page map goes through it.
+  PageInfo& Mut(uint32_t page);
+  // Declares the mutable header state (root .. classes_) as written.
+  void DeclareState();
   void* AllocateSmall(size_t cls);
   void FreeSmall(uint32_t page, uint64_t offset);
   void PushSlab(size_t cls, uint32_t head);

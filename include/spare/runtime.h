@@ -54,19 +54,46 @@ class Region {
   size_t size() const { return size_; }
   std::byte* bytes() const { return static_cast<std::byte*>(data_); }
 
+  // True when the region was mapped with WriteTracking::kDeclared: only the
+  // bytes declared with declare() (or spare::DeclareWrite, spare/declare.h)
+  // reach the next epoch.
+  bool declares_writes() const { return declares_; }
+  // Declares that [p, p+n) was (or is about to be) written in the current
+  // epoch; the next commit() ships exactly those bytes. Bytes outside the
+  // region are ignored. No-op for page-tracked regions.
+  void declare(const void* p, size_t n) const;
+
  private:
   friend class RuntimeImpl;
-  Region(std::string name, void* data, size_t size)
-      : name_(std::move(name)), data_(data), size_(size) {}
+  Region(std::string name, void* data, size_t size, bool declares)
+      : name_(std::move(name)), data_(data), size_(size), declares_(declares) {}
   std::string name_;
   void* data_;
   size_t size_;
+  bool declares_;
+};
+
+// How commit() finds what a region's epoch must carry.
+enum class WriteTracking {
+  // The dirty-page tracker (region/tracker.h) reports every page written
+  // since the last commit; whole pages ship. Nothing to do in the program.
+  kPages,
+  // The program declares the byte ranges it writes (Region::declare,
+  // spare::DeclareWrite; spare::Arena does it for its own metadata and for
+  // new blocks). Only declared bytes ship, and the page tracker is not
+  // involved at all: no write faults, no page-table walk at commit. A write
+  // that is not declared is lost at the next restart. $SPARE_VERIFY_WRITES=1
+  // runs the page tracker as a safety net: commit() then fails (sticky,
+  // kDataLoss) naming the first byte written but not declared. Use it in
+  // tests.
+  kDeclared,
 };
 
 struct RegionOptions {
   // 0: derived from (instance id, region name), the same on every run.
   // Otherwise the exact address to map at (page aligned).
   uint64_t address = 0;
+  WriteTracking writes = WriteTracking::kPages;
 };
 
 // What a configuration-checkpoint lookup found (seed 002).
@@ -94,6 +121,9 @@ struct RuntimeStats {
   uint64_t handover_ns_total = 0;  // the Commit message to the agent
   uint64_t drop_ns_total = 0;      // dropping private copies of long-clean pages
   uint64_t ranges_committed = 0;   // entries (contiguous byte runs) shipped
+  uint64_t declare_calls = 0;      // DeclareWrite calls that hit declared regions
+  uint64_t bytes_declared = 0;     // bytes they named (overlaps counted each time)
+  uint64_t pages_verified = 0;     // dirty pages checked against declarations ($SPARE_VERIFY_WRITES)
   uint64_t backpressure_waits = 0;  // commits that blocked for a free slot
   uint64_t outputs_released = 0;
   uint64_t released_epoch = 0;  // newest epoch whose staging slots the agent released

@@ -34,6 +34,7 @@ enum class Code : uint8_t {
   kChecksumMismatch,    // data does not match the checksum sent with it (corrupted in transit or
                         // memory)
   kTornImage,           // a committed image is between two epochs; nothing may resume from it
+  kUndeclaredWrite,     // a region that declares its writes was written where it declared none
   kInternal,            // an invariant broke; a bug in spare
 };
 

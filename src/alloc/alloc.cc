@@ -13,6 +13,7 @@
 #include "alloc/layout.h"
 #include "common/check.h"
 #include "common/hex.h"
+#include "spare/declare.h"
 
 namespace spare {
 using namespace alloc_internal;
@@ -114,6 +115,7 @@ void Arena::Format(size_t size) {
   bump_page_ = high_water_page_ = data_page_;
   used_bytes_ = allocations_ = 0;
   // Everything else is already zero (a fresh region).
+  DeclareWrite(this, sizeof(Arena));
 }
 
 Result<Arena*> Arena::Open(void* base, size_t size) {
@@ -149,11 +151,24 @@ bool Arena::contains(const void* p) const {
   return a >= b + data_page_ * kPage && a < b + region_size_;
 }
 
+Arena::PageInfo& Arena::Mut(uint32_t page) {
+  PageInfo& e = map()[page];
+  DeclareWrite(e);
+  return e;
+}
+
+void Arena::DeclareState() {
+  const auto* lo = reinterpret_cast<const std::byte*>(&root_);
+  const auto* hi = reinterpret_cast<const std::byte*>(classes_ + kNumClasses);
+  DeclareWrite(lo, static_cast<size_t>(hi - lo));
+}
+
 void* Arena::root() const { return root_ == 0 ? nullptr : base() + root_; }
 
 void Arena::set_root(void* p) {
   SPARE_CHECK(p == nullptr || contains(p));
   root_ = p == nullptr ? 0 : static_cast<std::byte*>(p) - base();
+  DeclareWrite(root_);
 }
 
 void* Arena::allocate(size_t n, size_t align) {
@@ -161,8 +176,10 @@ void* Arena::allocate(size_t n, size_t align) {
   if (align < kMinAlign) align = kMinAlign;
   if (n == 0) n = 1;
   size_t cls = ClassFor(n, align);
-  if (cls == kNoClass) return AllocateLarge(n, /*zero=*/false);
-  return AllocateSmall(cls);
+  DeclareState();
+  void* p = cls == kNoClass ? AllocateLarge(n, /*zero=*/false) : AllocateSmall(cls);
+  if (p != nullptr) DeclareWrite(p, n);  // the caller fills it
+  return p;
 }
 
 void* Arena::allocate_zeroed(size_t n, size_t align) {
@@ -170,9 +187,13 @@ void* Arena::allocate_zeroed(size_t n, size_t align) {
   if (align < kMinAlign) align = kMinAlign;
   if (n == 0) n = 1;
   size_t cls = ClassFor(n, align);
+  DeclareState();
   if (cls == kNoClass) return AllocateLarge(n, /*zero=*/true);
   void* p = AllocateSmall(cls);
-  if (p != nullptr) std::memset(p, 0, n);
+  if (p != nullptr) {
+    std::memset(p, 0, n);
+    DeclareWrite(p, n);
+  }
   return p;
 }
 
@@ -182,13 +203,17 @@ void* Arena::AllocateLarge(size_t n, bool zero) {
   uint64_t pristine = high_water_page_;
   uint32_t page = AllocPages(npages);
   if (page == 0) return nullptr;
-  map()[page] = {kLarge, 0, 0, uint32_t(npages), 0, 0};
+  Mut(page) = {kLarge, 0, 0, uint32_t(npages), 0, 0};
   used_bytes_ += npages * kPage;
   ++allocations_;
   std::byte* p = base() + uint64_t{page} * kPage;
-  // Pages at or past the old high-water mark were never handed out: zero.
-  if (zero && page < pristine)
-    std::memset(p, 0, (std::min(page + npages, pristine) - page) * kPage);
+  // Pages at or past the old high-water mark were never handed out: zero
+  // (in the committed image too, so not declared either).
+  if (zero && page < pristine) {
+    const size_t n_used = (std::min(page + npages, pristine) - page) * kPage;
+    std::memset(p, 0, n_used);
+    DeclareWrite(p, n_used);
+  }
   return p;
 }
 
@@ -203,6 +228,7 @@ void Arena::deallocate(void* p) {
   const uint64_t off = static_cast<std::byte*>(p) - base();
   const uint32_t page = uint32_t(off / kPage);
   PageInfo& e = map()[page];
+  DeclareState();
   if (e.kind == kSlabHead || e.kind == kSlabPart) {
     FreeSmall(page, off);
   } else {
@@ -230,8 +256,10 @@ size_t Arena::usable_size(const void* p) const {
 }
 
 void Arena::Reset() {
+  DeclareState();
   std::memset(static_cast<void*>(map() + data_page_), 0,
               (high_water_page_ - data_page_) * sizeof(PageInfo));
+  DeclareWrite(map() + data_page_, (high_water_page_ - data_page_) * sizeof(PageInfo));
   root_ = 0;
   bump_page_ = data_page_;
   used_bytes_ = allocations_ = 0;

@@ -43,34 +43,31 @@ uint32_t Arena::AllocPages(uint64_t npages) {
 
 // Allocates the first npages of the free run at page; the rest stays free.
 void Arena::TakeFromFreeRun(uint32_t page, uint64_t npages) {
-  PageInfo* m = map();
-  const uint64_t len = m[page].arg;
+  const uint64_t len = map()[page].arg;
   RemoveFreeRun(page);
-  m[page] = {};
-  if (len > 1) m[page + len - 1] = {};
+  Mut(page) = {};
+  if (len > 1) Mut(uint32_t(page + len - 1)) = {};
   if (len > npages) PushFreeRun(uint32_t(page + npages), len - npages);
 }
 
 void Arena::PushFreeRun(uint32_t page, uint64_t npages) {
-  PageInfo* m = map();
   size_t b = BucketFor(npages);
   uint32_t head = page_heads_[b];
-  m[page] = {kFreeHead, 0, 0, uint32_t(npages), head, 0};
-  if (npages > 1) m[page + npages - 1] = {kFreeTail, 0, 0, uint32_t(npages), 0, 0};
-  if (head != 0) m[head].prev = page;
+  Mut(page) = {kFreeHead, 0, 0, uint32_t(npages), head, 0};
+  if (npages > 1) Mut(uint32_t(page + npages - 1)) = {kFreeTail, 0, 0, uint32_t(npages), 0, 0};
+  if (head != 0) Mut(head).prev = page;
   page_heads_[b] = page;
 }
 
 void Arena::RemoveFreeRun(uint32_t page) {
-  PageInfo* m = map();
-  PageInfo& e = m[page];
+  PageInfo& e = Mut(page);
   SPARE_CHECK(e.kind == kFreeHead);
   if (e.prev != 0) {
-    m[e.prev].next = e.next;
+    Mut(e.prev).next = e.next;
   } else {
     page_heads_[BucketFor(e.arg)] = e.next;
   }
-  if (e.next != 0) m[e.next].prev = e.prev;
+  if (e.next != 0) Mut(e.next).prev = e.prev;
   e.next = e.prev = 0;
 }
 
@@ -84,23 +81,23 @@ uint32_t Arena::FreeRunEndingAt(uint32_t page) const {
 }
 
 void Arena::FreePages(uint32_t page, uint64_t npages) {
-  PageInfo* m = map();
-  m[page] = {};
+  const PageInfo* m = map();
+  Mut(page) = {};
   // Coalesce with a free run on the right (never one ending at the bump).
   uint64_t right = uint64_t{page} + npages;
   if (right < bump_page_ && m[right].kind == kFreeHead) {
     uint64_t len = m[right].arg;
     RemoveFreeRun(uint32_t(right));
-    m[right] = {};
-    if (len > 1) m[right + len - 1] = {};
+    Mut(uint32_t(right)) = {};
+    if (len > 1) Mut(uint32_t(right + len - 1)) = {};
     npages += len;
   }
   // ... and on the left.
   if (uint32_t left = FreeRunEndingAt(page - 1); left != 0) {
     uint64_t len = m[left].arg;
     RemoveFreeRun(left);
-    m[left] = {};
-    m[page - 1] = {};
+    Mut(left) = {};
+    Mut(page - 1) = {};
     page = left;
     npages += len;
   }

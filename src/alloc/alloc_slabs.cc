@@ -10,6 +10,7 @@
 #include "alloc/layout.h"
 #include "common/check.h"
 #include "spare/alloc.h"
+#include "spare/declare.h"
 
 namespace spare {
 using namespace alloc_internal;
@@ -25,39 +26,36 @@ bool Full(const Arena::PageInfo& h) { return h.free == 0 && Carved(h) == BlocksP
 }  // namespace
 
 void Arena::PushSlab(size_t cls, uint32_t head) {
-  PageInfo* m = map();
   uint32_t first = classes_[cls].partial;
-  m[head].next = first;
-  m[head].prev = 0;
-  if (first != 0) m[first].prev = head;
+  Mut(head).next = first;
+  Mut(head).prev = 0;
+  if (first != 0) Mut(first).prev = head;
   classes_[cls].partial = head;
 }
 
 void Arena::RemoveSlab(size_t cls, uint32_t head) {
-  PageInfo* m = map();
-  PageInfo& h = m[head];
+  PageInfo& h = Mut(head);
   if (h.prev != 0) {
-    m[h.prev].next = h.next;
+    Mut(h.prev).next = h.next;
   } else {
     SPARE_CHECK(classes_[cls].partial == head);
     classes_[cls].partial = h.next;
   }
-  if (h.next != 0) m[h.next].prev = h.prev;
+  if (h.next != 0) Mut(h.next).prev = h.prev;
   h.next = h.prev = 0;
 }
 
 void* Arena::AllocateSmall(size_t cls) {
-  PageInfo* m = map();
   uint32_t head = classes_[cls].partial;
   if (head == 0) {
     head = AllocPages(kSlabPages);
     if (head == 0) return nullptr;
-    m[head] = {kSlabHead, uint8_t(cls), 0, 0, 0, 0};
+    Mut(head) = {kSlabHead, uint8_t(cls), 0, 0, 0, 0};
     for (uint32_t i = 1; i < kSlabPages; ++i)
-      m[head + i] = {kSlabPart, uint8_t(cls), 0, head, 0, 0};
+      Mut(head + i) = {kSlabPart, uint8_t(cls), 0, head, 0, 0};
     PushSlab(cls, head);
   }
-  PageInfo& h = m[head];
+  PageInfo& h = Mut(head);
   const uint64_t size = kClassSize[cls];
   std::byte* slab = base() + uint64_t{head} * kPage;
   uint32_t live = Live(h), carved = Carved(h), index;
@@ -79,9 +77,9 @@ void* Arena::AllocateSmall(size_t cls) {
 }
 
 void Arena::FreeSmall(uint32_t page, uint64_t offset) {
-  PageInfo* m = map();
+  const PageInfo* m = map();
   const uint32_t head = m[page].kind == kSlabHead ? page : m[page].arg;
-  PageInfo& h = m[head];
+  PageInfo& h = Mut(head);
   SPARE_CHECK(h.kind == kSlabHead);
   const size_t cls = h.cls;
   const uint64_t size = kClassSize[cls];
@@ -93,6 +91,7 @@ void Arena::FreeSmall(uint32_t page, uint64_t offset) {
   const bool was_full = Full(h);
   uint16_t link = h.free;
   std::memcpy(base() + offset, &link, sizeof link);
+  DeclareWrite(base() + offset, sizeof link);
   h.free = static_cast<uint16_t>(index + 1);
   SetCounts(h, live - 1, carved);
   used_bytes_ -= size;
@@ -102,7 +101,7 @@ void Arena::FreeSmall(uint32_t page, uint64_t offset) {
   // and unmake a slab each time.
   if (live - 1 == 0 && !(classes_[cls].partial == head && h.next == 0)) {
     RemoveSlab(cls, head);
-    for (uint32_t i = 0; i < kSlabPages; ++i) m[head + i] = {};
+    for (uint32_t i = 0; i < kSlabPages; ++i) Mut(head + i) = {};
     FreePages(head, kSlabPages);
   }
 }

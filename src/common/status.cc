@@ -38,6 +38,8 @@ std::string_view CodeName(Code code) {
       return "ChecksumMismatch";
     case Code::kTornImage:
       return "TornImage";
+    case Code::kUndeclaredWrite:
+      return "UndeclaredWrite";
     case Code::kInternal:
       return "Internal";
   }

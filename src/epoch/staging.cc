@@ -81,7 +81,11 @@ EpochPlan PlanEpoch(const StagingView& view, std::span<const DirtyRun> runs, siz
     uint64_t skip = 0;
     while (skip < runs[r].length) {
       uint64_t fixed = DataOffset(part == 0 ? rec : 0, n + 1) + data;
-      uint64_t room = fixed < view.slot_size ? (view.slot_size - fixed) / kPage * kPage : 0;
+      // Entries are byte ranges (declared writes), so the data of one part
+      // packs them back to back; page runs keep page-sized pieces as long
+      // as whole pages fit.
+      uint64_t room = fixed < view.slot_size ? view.slot_size - fixed : 0;
+      if (room >= kPage && runs[r].length - skip > room) room = room / kPage * kPage;
       if (room == 0) {  // this part is full: start the next one
         ++part;
         n = data = 0;
@@ -212,8 +216,7 @@ Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generatio
                                               std::to_string(e.region) + " but only " +
                                               std::to_string(regions.size()) + " exist");
       const uint64_t size = regions[e.region].size;
-      if (e.offset % kPage || e.length % kPage || e.length == 0 || e.offset > size ||
-          e.length > size - e.offset)
+      if (e.length == 0 || e.offset > size || e.length > size - e.offset)
         return Status(Code::kOutOfBounds,
                       "epoch " + std::to_string(epoch) + " writes " + std::to_string(e.length) +
                           " bytes at offset " + std::to_string(e.offset) + " of region " +

@@ -7,8 +7,9 @@
 // A slot holds one part of an epoch:
 //   SlotHeader | record bytes (part 0 only) | entries[] | page data
 // An entry {region, offset, length} names `length` bytes of region `region`
-// at byte `offset` (page aligned), whose data follows the entry table in
-// entry order. The header names the instance generation that filled it
+// at byte `offset` (any bytes: whole pages from the page tracker, or the
+// ranges a program declared), whose data follows the entry table in entry
+// order, packed. The header names the instance generation that filled it
 // and carries two checksums: of the header, record and table, and of the
 // page data (epoch/data_hash.h), so a slot can cross hosts and still be
 // checked by whoever applies it.
@@ -39,7 +40,7 @@ class CopyPool;
 
 inline constexpr uint32_t kStagingMagic = 0x47545353;  // "SSTG"
 inline constexpr uint32_t kSlotMagic = 0x544f4c53;     // "SLOT"
-inline constexpr uint32_t kStagingVersion = 2;
+inline constexpr uint32_t kStagingVersion = 3;  // 3: entries are byte ranges
 inline constexpr size_t kSlotBase = 4096;
 inline constexpr size_t kMaxRecord = 64 * 1024;
 
@@ -99,8 +100,8 @@ struct RegionTarget {
 struct DirtyRun {
   uint32_t region;
   const std::byte* src;  // where the bytes are now (the instance's mapping)
-  uint64_t offset;       // page-aligned byte offset in the region
-  uint64_t length;       // page multiple
+  uint64_t offset;       // byte offset in the region
+  uint64_t length;       // bytes, > 0
 };
 
 // How an epoch's runs are cut into slot parts (instance side).
@@ -109,7 +110,7 @@ struct EpochPlan {
     uint32_t part;
     uint32_t run;     // index into the runs
     uint64_t skip;    // bytes of the run before this piece
-    uint64_t length;  // page multiple
+    uint64_t length;  // bytes
   };
   uint32_t parts = 1;
   std::vector<Piece> pieces;  // in part order

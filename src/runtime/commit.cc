@@ -37,24 +37,73 @@ uint64_t NowNs() {
 
 }  // namespace
 
-// Adds the pages written since the last collection to carry_, keeping it
-// sorted by (region, offset) and merged, so a page collected twice (once
-// in a deferred epoch, again after a later write) is shipped once.
+// Adds what was written since the last collection to carry_, keeping it
+// sorted by (region, offset) and merged, so bytes collected twice (once in
+// a deferred epoch, again after a later write) ship once: for page-tracked
+// regions the pages the tracker reports, for declared regions the declared
+// byte ranges (checked against the tracker under $SPARE_VERIFY_WRITES).
 Status RuntimeImpl::Collect() {
   const uint64_t t0 = NowNs();
   const size_t had = carry_.size();
+  written_.clear();
   for (uint32_t i = 0; i < regions_.size(); ++i) {
-    Region& r = *regions_[i].region;
+    RegionState& rs = regions_[i];
+    Region& r = *rs.region;
+    const auto base = reinterpret_cast<uintptr_t>(r.data());
     scratch_.clear();
-    SPARE_RETURN_IF_ERROR(tracker_->Collect(r.data(), r.size(), &scratch_));
-    auto base = reinterpret_cast<uintptr_t>(r.data());
-    for (const auto& pr : scratch_) carry_.push_back({i, pr.start - base, pr.bytes()});
+    if (!rs.log || rs.shadow) SPARE_RETURN_IF_ERROR(tracker_->Collect(r.data(), r.size(), &scratch_));
+    if (!rs.log) {
+      for (const auto& pr : scratch_) {
+        carry_.push_back({i, pr.start - base, pr.bytes()});
+        written_.push_back(carry_.back());
+      }
+      continue;
+    }
+    if (rs.shadow) SPARE_RETURN_IF_ERROR(VerifyDeclared(i, scratch_));
+    region::WriteLog& log = *rs.log;
+    region::NormalizeRanges(&log.ranges);
+    for (const region::ByteRange& b : log.ranges) {
+      carry_.push_back({i, b.offset, b.length});
+      // The reclaimer works in pages: the private copies it may drop.
+      const uint64_t lo = b.offset / region::kPageSize * region::kPageSize;
+      const uint64_t hi = region::RoundUpToPage(b.end());
+      PageSpan* last = written_.empty() ? nullptr : &written_.back();
+      if (last && last->region == i && last->offset + last->length >= lo) {
+        last->length = std::max(last->offset + last->length, hi) - last->offset;
+      } else {
+        written_.push_back({i, lo, hi - lo});
+      }
+    }
+    stats_.declare_calls += log.calls;
+    stats_.bytes_declared += log.bytes;
+    log.ranges.clear();
+    log.calls = log.bytes = 0;
   }
-  // New spans are sorted (regions in order, tracker output sorted); the
-  // next epoch shipped carries them.
-  reclaimer_.Written(epoch_ + 1, std::span(carry_).subspan(had));
+  // New spans are sorted (regions in order, tracker and normalized output
+  // sorted, pages of declared ranges merged as they came); the next epoch
+  // shipped carries them.
+  reclaimer_.Written(epoch_ + 1, written_);
   if (had) NormalizeSpans(&carry_);  // else already sorted and merged
   stats_.collect_ns_total += NowNs() - t0;
+  return Status::Ok();
+}
+
+// Unprotected: nothing ships, but the logs must not grow forever, and
+// verification still runs.
+Status RuntimeImpl::ForgetDeclared() {
+  for (uint32_t i = 0; i < regions_.size(); ++i) {
+    RegionState& rs = regions_[i];
+    if (!rs.log) continue;
+    if (rs.shadow) {
+      scratch_.clear();
+      SPARE_RETURN_IF_ERROR(tracker_->Collect(rs.region->data(), rs.region->size(), &scratch_));
+      SPARE_RETURN_IF_ERROR(VerifyDeclared(i, scratch_));
+    }
+    stats_.declare_calls += rs.log->calls;
+    stats_.bytes_declared += rs.log->bytes;
+    rs.log->ranges.clear();
+    rs.log->calls = rs.log->bytes = 0;
+  }
   return Status::Ok();
 }
 
@@ -135,6 +184,11 @@ bool RuntimeImpl::TryShip(std::span<const std::byte> record, Status* error) {
 
 Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
   if (!protected_) {  // every epoch is durable at once
+    SPARE_RETURN_IF_ERROR(error_);
+    if (Status st = ForgetDeclared(); !st.ok()) {
+      error_ = st;
+      return st;
+    }
     ++epoch_;
     durable_ = epoch_;
     (void)gate_.release(durable_);

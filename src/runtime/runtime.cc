@@ -12,6 +12,7 @@
 #include "ipc/body.h"
 #include "region/mapping.h"
 #include "runtime/runtime_impl.h"
+#include "spare/declare.h"
 
 namespace spare {
 namespace {
@@ -19,6 +20,16 @@ namespace {
 const char* Env(const char* name) {
   const char* v = std::getenv(name);
   return v && *v ? v : nullptr;
+}
+
+// $SPARE_VERIFY_WRITES: 1 checks every commit of a declared region against
+// the page tracker (spare/runtime.h, WriteTracking::kDeclared).
+Result<bool> VerifyWritesFromEnv() {
+  const char* v = Env("SPARE_VERIFY_WRITES");
+  if (!v || std::string_view(v) == "0") return false;
+  if (std::string_view(v) == "1") return true;
+  return Status(Code::kInvalidArgument,
+                "SPARE_VERIFY_WRITES=\"" + std::string(v) + "\": expected 0 or 1");
 }
 
 Status NewEpollAndTimer(UniqueFd* epfd, UniqueFd* timer) {
@@ -54,6 +65,7 @@ Result<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Attach() {
   if (const char* g = Env("SPARE_GENERATION")) rt->generation_ = std::strtoull(g, nullptr, 10);
   SPARE_ASSIGN_OR_RETURN(region::TrackerKind kind, region::TrackerKindFromEnv());
   SPARE_ASSIGN_OR_RETURN(rt->tracker_, region::DirtyTracker::Create(kind));
+  SPARE_ASSIGN_OR_RETURN(rt->verify_writes_, VerifyWritesFromEnv());
   SPARE_ASSIGN_OR_RETURN(unsigned helpers, epoch::CopyHelpersFromEnv());
   rt->copy_pool_ = std::make_unique<epoch::CopyPool>(helpers);
   SPARE_ASSIGN_OR_RETURN(uint64_t clean_after_ns, DropCleanAfterNsFromEnv());
@@ -67,6 +79,13 @@ Result<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Unprotected() {
   std::unique_ptr<RuntimeImpl> rt(new RuntimeImpl());
   rt->protected_ = false;
   rt->id_ = Env("SPARE_INSTANCE") ? Env("SPARE_INSTANCE") : "unprotected";
+  // Unprotected, the tracker serves only to verify declared writes, so the
+  // same program can be checked without an agent (unit tests).
+  SPARE_ASSIGN_OR_RETURN(rt->verify_writes_, VerifyWritesFromEnv());
+  if (rt->verify_writes_) {
+    SPARE_ASSIGN_OR_RETURN(region::TrackerKind kind, region::TrackerKindFromEnv());
+    SPARE_ASSIGN_OR_RETURN(rt->tracker_, region::DirtyTracker::Create(kind));
+  }
   SPARE_RETURN_IF_ERROR(NewEpollAndTimer(&rt->epfd_, &rt->timer_));
   rt->gate_.set_pending_epoch(0);  // everything is "durable" at once
   return rt;
@@ -74,7 +93,10 @@ Result<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Unprotected() {
 
 RuntimeImpl::~RuntimeImpl() {
   for (auto& r : regions_) {
-    if (tracker_) (void)tracker_->Remove(r.region->data(), r.region->size());
+    const bool tracked = !r.log || r.shadow;
+    if (tracker_ && tracked) (void)tracker_->Remove(r.region->data(), r.region->size());
+    if (r.log) region::UnregisterWriteLog(r.log.get());
+    if (r.shadow) ::munmap(r.shadow, r.region->size());
     ::munmap(r.region->data(), r.region->size());
   }
   if (staging_.base) ::munmap(staging_.base, staging_.size);
@@ -91,6 +113,7 @@ Result<Region*> RuntimeImpl::region(std::string_view name, size_t size, RegionOp
     return r.region.get();
   }
   if (size == 0) return Status(Code::kInvalidArgument, "region size must be > 0");
+  const bool declared = options.writes == WriteTracking::kDeclared;
   RegionState rs;
   void* base = nullptr;
   if (!protected_) {
@@ -116,13 +139,29 @@ Result<Region*> RuntimeImpl::region(std::string_view name, size_t size, RegionOp
                         std::to_string(regions_.size()) + " and " + std::to_string(size));
     rs.memfd = std::move(reply.fds[0]);
     SPARE_ASSIGN_OR_RETURN(base, region::MapPrivateFixed(rs.memfd.get(), address, size));
-    Status st = tracker_->Add(base, size);
-    if (!st.ok()) {
-      ::munmap(base, size);
-      return st.With("tracking region " + std::string(name));
-    }
   }
-  rs.region.reset(new Region(std::string(name), base, size));
+  rs.region.reset(new Region(std::string(name), base, size, declared));
+  // Page-tracked regions, and declared ones under verification, go to the
+  // tracker; the others never fault and are never scanned.
+  const bool tracked = tracker_ && (!declared || verify_writes_);
+  Status st = Status::Ok();
+  if (declared) {
+    rs.log = std::make_unique<region::WriteLog>();
+    rs.log->start = reinterpret_cast<uintptr_t>(base);
+    rs.log->end = rs.log->start + size;
+    if (!region::RegisterWriteLog(rs.log.get()))
+      st = Status(Code::kResourceExhausted,
+                  "at most " + std::to_string(region::kMaxWriteLogs) +
+                      " regions per process may declare their writes");
+  }
+  if (st.ok() && declared && tracked) st = StartShadow(rs);
+  if (st.ok() && tracked) st = tracker_->Add(base, size);
+  if (!st.ok()) {
+    if (rs.log) region::UnregisterWriteLog(rs.log.get());
+    if (rs.shadow) ::munmap(rs.shadow, size);
+    ::munmap(base, size);
+    return st.With("region " + std::string(name));
+  }
   regions_.push_back(std::move(rs));
   return regions_.back().region.get();
 }
@@ -205,6 +244,10 @@ RuntimeStats RuntimeImpl::stats() const {
 }
 
 // --- the public handle ---
+
+void Region::declare(const void* p, size_t n) const {
+  if (declares_) DeclareWrite(p, n);
+}
 
 Runtime::Runtime(std::unique_ptr<RuntimeImpl> impl) : impl_(std::move(impl)) {}
 Runtime::Runtime(Runtime&&) noexcept = default;

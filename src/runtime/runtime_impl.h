@@ -30,6 +30,7 @@
 #include "epoch/staging.h"
 #include "ipc/wire.h"
 #include "region/tracker.h"
+#include "region/write_log.h"
 #include "runtime/reclaim.h"
 #include "spare/runtime.h"
 
@@ -66,6 +67,12 @@ class RuntimeImpl {
   struct RegionState {
     std::unique_ptr<Region> region;
     UniqueFd memfd;  // the committed image; invalid when unprotected
+    // WriteTracking::kDeclared: where DeclareWrite puts the ranges (null
+    // for page-tracked regions), and with $SPARE_VERIFY_WRITES the region's
+    // contents as of the last collection, to tell declared bytes from
+    // undeclared ones (verify.cc).
+    std::unique_ptr<region::WriteLog> log;
+    void* shadow = nullptr;
   };
   struct InFlight {
     uint64_t epoch;
@@ -86,8 +93,13 @@ class RuntimeImpl {
   void OnReleased(uint64_t epoch);
   void OnDurable(uint64_t epoch);
 
+  // --- verify.cc: $SPARE_VERIFY_WRITES for declared regions ---
+  Status StartShadow(RegionState& rs);
+  Status VerifyDeclared(uint32_t index, std::span<const region::PageRange> dirty);
+
   // --- commit.cc: the epoch pipeline ---
   Status Collect();
+  Status ForgetDeclared();  // unprotected commit(): nothing ships, verify still runs
   void DropCleanCopies();
   bool TryShip(std::span<const std::byte> record, Status* error);
   uint32_t FreeSlots() const { return staging_.slot_count - busy_; }
@@ -103,6 +115,7 @@ class RuntimeImpl {
   std::chrono::steady_clock::time_point next_reconnect_{};
 
   std::unique_ptr<region::DirtyTracker> tracker_;
+  bool verify_writes_ = false;  // $SPARE_VERIFY_WRITES=1
   std::vector<RegionState> regions_;
   UniqueFd staging_fd_;
   epoch::StagingView staging_;
@@ -126,6 +139,7 @@ class RuntimeImpl {
   uint32_t deferrals_ = 0;
   uint32_t planned_parts_ = 0;  // slots the last TryShip() needed
   std::vector<region::PageRange> scratch_;
+  std::vector<PageSpan> written_;  // scratch: pages collected, for the reclaimer
   Reclaimer reclaimer_{Reclaimer::Options{.clean_after_ns = 0}};
   std::vector<PageSpan> drops_;  // scratch: spans DropCleanCopies() drops
   std::vector<epoch::DirtyRun> runs_;
