@@ -213,6 +213,7 @@ void Server::AppendInfo(std::string_view section, std::string* out) {
     Field(out, "tracker", rs.tracker.empty() ? "none" : rs.tracker);
     Field(out, "commits", rs.commits);
     Field(out, "deferred_commits", rs.deferred_commits);
+    Field(out, "paced_commits", rs.paced_commits);
     Field(out, "backpressure_waits", rs.backpressure_waits);
     Field(out, "pages_committed", rs.pages_committed);
     Field(out, "bytes_committed", rs.bytes_committed);

@@ -110,6 +110,7 @@ struct ConfigLookup {
 struct RuntimeStats {
   uint64_t commits = 0;           // epochs handed to the agent
   uint64_t deferred_commits = 0;  // commits merged into a later epoch (staging busy)
+  uint64_t paced_commits = 0;     // commits merged into a later epoch by pacing
   uint64_t pages_committed = 0;
   uint64_t bytes_committed = 0;
   uint64_t commit_ns_total = 0;  // time spent inside commit()
@@ -172,6 +173,11 @@ class Runtime {
   // the epoch is merged into the next commit (its outputs are covered by
   // that later epoch); past the merge bound it blocks until a slot frees.
   // Never drops a page. Returns the epoch number assigned.
+  // Pacing (group commit by cost): while recent commits took more than
+  // $SPARE_PACE_SHARE percent (default 10, 0 = off) of the time between
+  // them, a commit is merged into the next one without collecting
+  // anything, for at most $SPARE_PACE_BUDGET_US (default 2000) after the
+  // first merged one; commit_deferred() is then true, as for a full ring.
   // Call it where no other thread writes the regions (the quiescent point
   // the epoch captures): it also drops the private copies of pages that
   // stayed clean for $SPARE_DROP_CLEAN_MS (default 1000, 0 = never) once

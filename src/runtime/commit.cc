@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 
 #include "common/check.h"
@@ -35,7 +36,56 @@ uint64_t NowNs() {
   return uint64_t(ts.tv_sec) * 1'000'000'000 + uint64_t(ts.tv_nsec);
 }
 
+Result<uint64_t> EnvUint(const char* name, uint64_t dflt, uint64_t max) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return dflt;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long n = std::strtoull(v, &end, 10);
+  if (*end != '\0' || errno != 0 || n > max || *v == '-')
+    return Status(Code::kInvalidArgument, std::string(name) + "=\"" + v +
+                                              "\": expected an integer from 0 to " +
+                                              std::to_string(max));
+  return n;
+}
+
 }  // namespace
+
+Result<PaceOptions> PaceOptionsFromEnv() {
+  PaceOptions o;
+  SPARE_ASSIGN_OR_RETURN(uint64_t share, EnvUint("SPARE_PACE_SHARE", o.share_pct, 100));
+  SPARE_ASSIGN_OR_RETURN(uint64_t budget_us,
+                         EnvUint("SPARE_PACE_BUDGET_US", o.budget_ns / 1000, 10'000'000));
+  o.share_pct = static_cast<uint32_t>(share);
+  o.budget_ns = budget_us * 1000;
+  return o;
+}
+
+// True when this commit should merge into the next one: recent commits
+// cost more than the allowed share of the time between them, and the
+// first commit merged since the last shipped one is younger than the
+// budget. The averages weigh the last few commits (1/8 each), so a burst
+// starts pacing within a few epochs and an idle spell ends it at once
+// (the next interval is long).
+bool RuntimeImpl::Pace(uint64_t now_ns) {
+  if (pace_.share_pct == 0 || pace_.budget_ns == 0 || last_ship_ns_ == 0) return false;
+  const uint64_t since = now_ns - last_ship_ns_;
+  const uint64_t interval = std::max(pace_interval_ns_, since);
+  if (pace_cost_ns_ * 100 <= uint64_t{pace_.share_pct} * interval) return false;
+  if (pace_since_ns_ == 0) pace_since_ns_ = now_ns;
+  return now_ns - pace_since_ns_ < pace_.budget_ns;
+}
+
+void RuntimeImpl::Paced(uint64_t start_ns, uint64_t end_ns) {
+  const uint64_t cost = end_ns - start_ns;
+  if (last_ship_ns_ != 0) {
+    const uint64_t interval = start_ns - last_ship_ns_;
+    pace_interval_ns_ = pace_interval_ns_ ? (7 * pace_interval_ns_ + interval) / 8 : interval;
+    pace_cost_ns_ = pace_cost_ns_ ? (7 * pace_cost_ns_ + cost) / 8 : cost;
+  }
+  last_ship_ns_ = start_ns;
+  pace_since_ns_ = 0;
+}
 
 // Adds what was written since the last collection to carry_, keeping it
 // sorted by (region, offset) and merged, so bytes collected twice (once in
@@ -199,6 +249,13 @@ Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
     return Status(Code::kInvalidArgument,
                   "record of " + std::to_string(record.size()) + " bytes exceeds the 64 KiB limit");
   const uint64_t t0 = NowNs();
+  if (connected_ && Pace(t0)) {
+    // Merged into the next epoch without collecting anything: its outputs
+    // wait for that one, at most the pacing budget longer.
+    ++deferrals_;
+    stats_.paced_commits++;
+    return epoch_ + 1;
+  }
   Status st = Drain();  // frees the slots of epochs applied meanwhile
   if (st.ok() && !connected_) st = TryReconnect();
   if (st.ok()) st = Collect();
@@ -237,7 +294,9 @@ Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
     return st;
   }
   if (reclaimer_.enabled()) DropCleanCopies();
-  const uint64_t dt = NowNs() - t0;
+  const uint64_t t1 = NowNs();
+  if (shipped) Paced(t0, t1);
+  const uint64_t dt = t1 - t0;
   stats_.commit_ns_total += dt;
   stats_.commit_ns_max = std::max(stats_.commit_ns_max, dt);
   return epoch_ + (shipped ? 0 : 1);

@@ -66,6 +66,7 @@ Result<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Attach() {
   SPARE_ASSIGN_OR_RETURN(region::TrackerKind kind, region::TrackerKindFromEnv());
   SPARE_ASSIGN_OR_RETURN(rt->tracker_, region::DirtyTracker::Create(kind));
   SPARE_ASSIGN_OR_RETURN(rt->verify_writes_, VerifyWritesFromEnv());
+  SPARE_ASSIGN_OR_RETURN(rt->pace_, PaceOptionsFromEnv());
   SPARE_ASSIGN_OR_RETURN(unsigned helpers, epoch::CopyHelpersFromEnv());
   rt->copy_pool_ = std::make_unique<epoch::CopyPool>(helpers);
   SPARE_ASSIGN_OR_RETURN(uint64_t clean_after_ns, DropCleanAfterNsFromEnv());

@@ -36,6 +36,18 @@
 
 namespace spare {
 
+// Group commit by cost: when commits take more than share_pct of the time
+// between them, consecutive commits are merged into one epoch (nothing is
+// collected or copied for a merged one), for at most budget_ns after the
+// first merged one, so outputs wait at most that much longer.
+struct PaceOptions {
+  uint32_t share_pct = 10;  // 0: never merge
+  uint64_t budget_ns = 2'000'000;
+};
+// $SPARE_PACE_SHARE (percent, 0-100) and $SPARE_PACE_BUDGET_US;
+// kInvalidArgument names a bad value.
+Result<PaceOptions> PaceOptionsFromEnv();
+
 class RuntimeImpl {
  public:
   static Result<std::unique_ptr<RuntimeImpl>> Attach();
@@ -100,6 +112,8 @@ class RuntimeImpl {
   // --- commit.cc: the epoch pipeline ---
   Status Collect();
   Status ForgetDeclared();  // unprotected commit(): nothing ships, verify still runs
+  bool Pace(uint64_t now_ns);                    // true: merge this commit into the next
+  void Paced(uint64_t start_ns, uint64_t end_ns);  // a shipped commit's cost, for Pace()
   void DropCleanCopies();
   bool TryShip(std::span<const std::byte> record, Status* error);
   uint32_t FreeSlots() const { return staging_.slot_count - busy_; }
@@ -137,6 +151,12 @@ class RuntimeImpl {
   uint32_t busy_ = 0;
   std::vector<PageSpan> carry_;  // collected, not yet copied to staging
   uint32_t deferrals_ = 0;
+  // Epoch pacing ($SPARE_PACE_SHARE, $SPARE_PACE_BUDGET_US; commit.cc).
+  PaceOptions pace_;
+  uint64_t pace_cost_ns_ = 0;      // moving average of a shipped commit's time
+  uint64_t pace_interval_ns_ = 0;  // ... and of the time between shipped commits
+  uint64_t last_ship_ns_ = 0;      // when the last shipped commit started
+  uint64_t pace_since_ns_ = 0;     // first commit merged by pacing since then (0: none)
   uint32_t planned_parts_ = 0;  // slots the last TryShip() needed
   std::vector<region::PageRange> scratch_;
   std::vector<PageSpan> written_;  // scratch: pages collected, for the reclaimer

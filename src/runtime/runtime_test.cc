@@ -18,12 +18,14 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "epoch/staging.h"
 #include "ipc/body.h"
 #include "ipc/wire.h"
 #include "region/mapping.h"
+#include "runtime/runtime_impl.h"
 
 namespace spare {
 namespace {
@@ -611,6 +613,84 @@ TEST(UnprotectedRuntime, VerifyWritesRunsWithoutAnAgent) {
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.status().code(), Code::kUndeclaredWrite);
   EXPECT_EQ(rt->commit().status().code(), Code::kUndeclaredWrite);  // sticky
+}
+
+// Pacing (issue 7 item 4): back-to-back commits that cost more than the
+// allowed share of the time between them are merged, none longer than the
+// budget, and the merged epoch still carries every write.
+TEST_P(RuntimeTest, PacingMergesCostlyBackToBackCommitsWithinTheBudget) {
+  setenv("SPARE_PACE_SHARE", "1", 1);
+  setenv("SPARE_PACE_BUDGET_US", "20000", 1);
+  FakeAgent agent(8, 4 << 20);
+  Runtime rt = Attach(agent);
+  unsetenv("SPARE_PACE_SHARE");
+  unsetenv("SPARE_PACE_BUDGET_US");
+  Region* r = *rt.region("heap", 512 * kPage);
+  using Clock = std::chrono::steady_clock;
+  std::optional<Clock::time_point> first_merged;
+  Clock::duration longest{};
+  uint64_t last = 0;
+  for (int i = 0; i < 200; ++i) {
+    for (int p = 0; p < 512; p += 2) r->bytes()[p * kPage + i % 64] = std::byte(i + 1);
+    const uint64_t before = rt.epoch();
+    const auto now = Clock::now();
+    auto e = rt.commit();
+    ASSERT_TRUE(e.ok()) << e.status().ToString();
+    last = *e;
+    if (rt.epoch() == before) {
+      if (!first_merged) first_merged = now;
+    } else if (first_merged) {
+      longest = std::max(longest, now - *first_merged);
+      first_merged.reset();
+    }
+    ASSERT_TRUE(rt.poll().ok());
+  }
+  const RuntimeStats st = rt.stats();
+  EXPECT_GT(st.paced_commits, 0u);
+  EXPECT_LT(st.commits, 200u);
+  // Outputs of a merged commit waited at most the 20 ms budget (plus the
+  // time of one loop iteration here, on a loaded machine).
+  EXPECT_LT(longest, std::chrono::milliseconds(20 + 30));
+  for (int t = 0; t < 200 && rt.commit_deferred(); ++t) {
+    usleep(5000);
+    ASSERT_TRUE(rt.commit().ok());
+  }
+  ASSERT_FALSE(rt.commit_deferred());
+  ASSERT_TRUE(rt.wait_durable(rt.epoch(), 5000).ok());
+  EXPECT_GE(rt.epoch(), 1u);
+  EXPECT_LE(last, rt.epoch() + 1);
+  EXPECT_EQ(agent.Image(512 * kPage), View(r, 512 * kPage));
+}
+
+TEST_P(RuntimeTest, PacingOffNeverMerges) {
+  setenv("SPARE_PACE_SHARE", "0", 1);
+  FakeAgent agent(8, 4 << 20);
+  Runtime rt = Attach(agent);
+  unsetenv("SPARE_PACE_SHARE");
+  Region* r = *rt.region("heap", 512 * kPage);
+  for (int i = 0; i < 50; ++i) {
+    for (int p = 0; p < 512; p += 2) r->bytes()[p * kPage] = std::byte(i + 1);
+    ASSERT_TRUE(rt.commit().ok());
+    ASSERT_TRUE(rt.wait_durable(rt.epoch(), 5000).ok());
+  }
+  EXPECT_EQ(rt.stats().paced_commits, 0u);
+}
+
+TEST(PaceOptions, BadValuesAreNamed) {
+  setenv("SPARE_PACE_SHARE", "150", 1);
+  auto o = PaceOptionsFromEnv();
+  unsetenv("SPARE_PACE_SHARE");
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("SPARE_PACE_SHARE=\"150\""), std::string::npos);
+  setenv("SPARE_PACE_BUDGET_US", "soon", 1);
+  o = PaceOptionsFromEnv();
+  unsetenv("SPARE_PACE_BUDGET_US");
+  ASSERT_FALSE(o.ok());
+  EXPECT_EQ(o.status().code(), Code::kInvalidArgument);
+  o = PaceOptionsFromEnv();
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->share_pct, 10u);
+  EXPECT_EQ(o->budget_ns, 2'000'000u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Trackers, RuntimeTest, ::testing::Values("uffd", "mprotect"));
