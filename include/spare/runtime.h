@@ -206,7 +206,9 @@ class Runtime {
   // durable epochs. Errors are sticky (returned again by later calls).
   Status poll();
   // Blocks until durable_epoch() >= epoch or timeout_ms passes (-1: forever).
-  // REQUIRES: epoch <= epoch() (handed over, not deferred).
+  // REQUIRES: epoch <= epoch() (handed over, not deferred), or the last
+  // commit() was merged by pacing and returned `epoch`: that one is then
+  // shipped first.
   Status wait_durable(uint64_t epoch, int timeout_ms = -1);
 
   // Configuration checkpoints (seed 002): fingerprint = a hash of whatever

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -55,6 +56,25 @@ struct ApplyJob {
   const epoch::WriteFn* write = nullptr;  // test seam; null: pwrite
 };
 
+// Maps the image regions the chain has not mapped yet and points the
+// targets at them. A region that cannot be mapped keeps pwrite(2).
+void MapImages(ApplyJob& job) {
+  ApplyChain& chain = *job.chain;
+  if (job.write) return;  // the test seam sees every write
+  for (size_t i = 0; i < job.targets.size(); ++i) {
+    if (i >= chain.maps.size()) chain.maps.resize(i + 1);
+    ApplyChain::Map& m = chain.maps[i];
+    if (m.base == nullptr || m.size != job.targets[i].size) {
+      if (m.base) ::munmap(m.base, m.size);
+      void* p = ::mmap(nullptr, job.targets[i].size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                       job.targets[i].fd, 0);
+      m = p == MAP_FAILED ? ApplyChain::Map{} : ApplyChain::Map{static_cast<std::byte*>(p),
+                                                               job.targets[i].size};
+    }
+    job.targets[i].map = m.base;
+  }
+}
+
 // Runs on the apply worker.
 ApplyResult RunApply(ApplyJob& job) {
   ApplyResult out;
@@ -72,6 +92,7 @@ ApplyResult RunApply(ApplyJob& job) {
                                               " (an earlier epoch was refused)");
     return out;
   }
+  MapImages(job);
   auto v = epoch::ValidateEpoch(job.staging->view, job.generation, job.epoch, job.first_slot,
                                 job.parts, job.targets);
   if (!v.ok()) {
@@ -101,6 +122,11 @@ ApplyResult RunApply(ApplyJob& job) {
 }
 
 }  // namespace
+
+ApplyChain::~ApplyChain() {
+  for (const Map& m : maps)
+    if (m.base) ::munmap(m.base, m.size);
+}
 
 Status Agent::PostApply(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts) {
   auto job = std::make_shared<ApplyJob>();

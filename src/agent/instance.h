@@ -72,8 +72,22 @@ class StagingArea {
 // loop when an image is made or adopted (no apply in flight then); from
 // then on only the apply worker reads or writes it (agent/apply.cc).
 struct ApplyChain {
+  ApplyChain() = default;
+  ApplyChain(const ApplyChain&) = delete;
+  ApplyChain& operator=(const ApplyChain&) = delete;
+  ~ApplyChain();  // unmaps `maps`
+
   uint64_t epoch = 0;  // newest epoch wholly written into the image
   bool torn = false;   // a write failed for good: the image is between epochs
+  // The image's region memfds mapped MAP_SHARED, by the apply worker on
+  // first use (only it touches them): an epoch of many small declared
+  // ranges is copied in, not written with one pwrite(2) per range. Lives
+  // as long as the image.
+  struct Map {
+    std::byte* base = nullptr;
+    size_t size = 0;
+  };
+  std::vector<Map> maps;
 };
 
 struct Instance {

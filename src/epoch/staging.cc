@@ -245,6 +245,10 @@ Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generatio
 Status WriteEpoch(const ValidatedEpoch& v, std::span<const RegionTarget> regions,
                   const WriteFn* write) {
   for (const auto& w : v.writes) {
+    if (write == nullptr && regions[w.region].map != nullptr) {
+      std::memcpy(regions[w.region].map + w.offset, w.src, w.length);  // bounds validated
+      continue;
+    }
     uint64_t done = 0;
     while (done < w.length) {
       const auto off = static_cast<off_t>(w.offset + done);

@@ -94,6 +94,11 @@ Result<StagingView> OpenStaging(std::byte* base, size_t size);
 struct RegionTarget {
   int fd;         // committed image (memfd)
   uint64_t size;  // its size in bytes
+  // The image mapped MAP_SHARED (null: write with pwrite(2)). Writes
+  // through it are plain copies; out of memory then stalls the writer in
+  // the page-fault path (the kernel's OOM handling) instead of failing
+  // the write with ENOMEM.
+  std::byte* map = nullptr;
 };
 
 // Instance side: a run of dirty bytes of one region to put in an epoch.
@@ -162,7 +167,8 @@ Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generatio
 using WriteFn = std::function<ssize_t(int fd, const void* buf, size_t n, off_t offset)>;
 
 // Writes every write of a validated epoch into its region's memfd, in
-// order. kIoError names the region, offset and errno when a write fails;
+// order: copied into the target's mapping when it has one and `write` is
+// null, else written with `write` or pwrite(2). kIoError names the region, offset and errno when a write fails;
 // the image is then partly at this epoch: writing the same epoch again
 // from the start (idempotent) repairs it. `write` null: pwrite(2).
 // REQUIRES: the slots stay owned by the caller until it returns.

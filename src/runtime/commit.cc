@@ -251,11 +251,20 @@ Result<uint64_t> RuntimeImpl::commit(std::span<const std::byte> record) {
   const uint64_t t0 = NowNs();
   if (connected_ && Pace(t0)) {
     // Merged into the next epoch without collecting anything: its outputs
-    // wait for that one, at most the pacing budget longer.
+    // wait for that one, at most the pacing budget longer. The record is
+    // kept in case wait_durable() must ship it before the next commit().
     ++deferrals_;
     stats_.paced_commits++;
+    paced_record_.assign(reinterpret_cast<const char*>(record.data()), record.size());
+    paced_pending_ = true;
     return epoch_ + 1;
   }
+  paced_pending_ = false;
+  return CommitNow(record, t0);
+}
+
+Result<uint64_t> RuntimeImpl::CommitNow(std::span<const std::byte> record, uint64_t t0) {
+  if (t0 == 0) t0 = NowNs();
   Status st = Drain();  // frees the slots of epochs applied meanwhile
   if (st.ok() && !connected_) st = TryReconnect();
   if (st.ok()) st = Collect();

@@ -113,6 +113,8 @@ class RuntimeImpl {
   Status Collect();
   Status ForgetDeclared();  // unprotected commit(): nothing ships, verify still runs
   bool Pace(uint64_t now_ns);                    // true: merge this commit into the next
+  // No pacing; t0: when commit() started (0: now).
+  Result<uint64_t> CommitNow(std::span<const std::byte> record, uint64_t t0);
   void Paced(uint64_t start_ns, uint64_t end_ns);  // a shipped commit's cost, for Pace()
   void DropCleanCopies();
   bool TryShip(std::span<const std::byte> record, Status* error);
@@ -157,6 +159,8 @@ class RuntimeImpl {
   uint64_t pace_interval_ns_ = 0;  // ... and of the time between shipped commits
   uint64_t last_ship_ns_ = 0;      // when the last shipped commit started
   uint64_t pace_since_ns_ = 0;     // first commit merged by pacing since then (0: none)
+  bool paced_pending_ = false;     // the last commit() was merged by pacing
+  std::string paced_record_;       // ... with this record
   uint32_t planned_parts_ = 0;  // slots the last TryShip() needed
   std::vector<region::PageRange> scratch_;
   std::vector<PageSpan> written_;  // scratch: pages collected, for the reclaimer

@@ -203,7 +203,11 @@ class FakeAgent {
 
 class RuntimeTest : public ::testing::TestWithParam<const char*> {
  protected:
-  void SetUp() override { setenv("SPARE_TRACKER", GetParam(), 1); }
+  void SetUp() override {
+    setenv("SPARE_TRACKER", GetParam(), 1);
+    // Pacing merges commits by timing; the tests of pacing turn it on.
+    setenv("SPARE_PACE_SHARE", "0", 1);
+  }
   Runtime Attach(const FakeAgent& a) {
     setenv("SPARE_AGENT", a.dir().c_str(), 1);
     setenv("SPARE_INSTANCE", "t", 1);
@@ -662,8 +666,33 @@ TEST_P(RuntimeTest, PacingMergesCostlyBackToBackCommitsWithinTheBudget) {
   EXPECT_EQ(agent.Image(512 * kPage), View(r, 512 * kPage));
 }
 
+// A program that commits and then waits for that epoch works with pacing:
+// wait_durable() ships an epoch pacing held back.
+TEST_P(RuntimeTest, WaitDurableShipsAPacedCommit) {
+  setenv("SPARE_PACE_SHARE", "1", 1);
+  setenv("SPARE_PACE_BUDGET_US", "10000000", 1);  // would hold it for 10 s
+  FakeAgent agent(8, 4 << 20);
+  Runtime rt = Attach(agent);
+  unsetenv("SPARE_PACE_BUDGET_US");
+  Region* r = *rt.region("heap", 512 * kPage);
+  int paced = 0;
+  for (int i = 0; i < 100 && paced < 5; ++i) {
+    for (int p = 0; p < 512; p += 2) r->bytes()[p * kPage] = std::byte(i + 1);
+    const uint64_t before = rt.epoch();
+    auto e = rt.commit("rec" + std::to_string(i));
+    ASSERT_TRUE(e.ok()) << e.status().ToString();
+    paced += rt.epoch() == before;
+    const auto t = std::chrono::steady_clock::now();
+    Status w = rt.wait_durable(*e, 5000);
+    ASSERT_TRUE(w.ok()) << w.ToString();
+    EXPECT_LT(std::chrono::steady_clock::now() - t, std::chrono::seconds(2));
+    ASSERT_EQ(agent.Image(512 * kPage), View(r, 512 * kPage));
+  }
+  EXPECT_GT(paced, 0) << "pacing never held a commit back";
+}
+
 TEST_P(RuntimeTest, PacingOffNeverMerges) {
-  setenv("SPARE_PACE_SHARE", "0", 1);
+  setenv("SPARE_PACE_SHARE", "0", 1);  // (the fixture's default; said again here)
   FakeAgent agent(8, 4 << 20);
   Runtime rt = Attach(agent);
   unsetenv("SPARE_PACE_SHARE");
