@@ -232,6 +232,10 @@ void Server::AppendInfo(std::string_view section, std::string* out) {
     Field(out, "bytes_declared", rs.bytes_declared);
     Field(out, "pages_verified", rs.pages_verified);
     Field(out, "pages_dropped", rs.pages_dropped);
+    Field(out, "pages_dropped_idle", rs.pages_dropped_idle);
+    Field(out, "idle_drop_passes", rs.idle_drop_passes);
+    Field(out, "idle_drop_us_total", rs.idle_drop_ns_total / 1000);
+    Field(out, "idle_drop_max_us", rs.idle_drop_ns_max / 1000);
     Field(out, "outputs_released", rs.outputs_released);
     Field(out, "held_outputs", rt_.gate().held_outputs());
     Field(out, "held_bytes", rt_.gate().held_bytes());

@@ -21,7 +21,8 @@
 //   ... epoll on rt->fd(); when readable: rt->poll();  // releases outputs
 //
 // Threading: a Runtime and everything it hands out belong to one thread
-// (the thread that calls commit). libspare may start one helper thread of
+// (the thread that calls commit; commit() and poll() need a point where no
+// other thread writes the regions). libspare may start one helper thread of
 // its own ("spare-copy"; $SPARE_COPY_THREADS=N allows N, 0 none), the
 // first time commit() copies a large epoch (>= 1 MiB): it shares such
 // copies with the committing thread, sleeps between commits, blocks
@@ -136,6 +137,13 @@ struct RuntimeStats {
   std::string tracker;          // "uffd-wp" or "mprotect"
   uint32_t copy_helpers = 0;    // helper threads allowed ($SPARE_COPY_THREADS)
   uint64_t bytes_copied_by_helpers = 0;  // of bytes_committed
+
+  // Drops from poll() while no commits come (part of pages_dropped); one
+  // pass is bounded (16 MiB, ~2 ms here), idle_drop_ns_max shows it.
+  uint64_t pages_dropped_idle = 0;
+  uint64_t idle_drop_passes = 0;
+  uint64_t idle_drop_ns_total = 0;  // collect + madvise, outside commit()
+  uint64_t idle_drop_ns_max = 0;
 };
 
 class Runtime {
@@ -183,6 +191,7 @@ class Runtime {
   // stayed clean for $SPARE_DROP_CLEAN_MS (default 1000, 0 = never) once
   // their epoch is durable — they read from the committed image again — a
   // few MiB per call at most; a write racing with that would be lost.
+  // poll() drops them too while no commits come.
   Result<uint64_t> commit(std::span<const std::byte> record = {});
   Result<uint64_t> commit(std::string_view record) {
     return commit(std::as_bytes(std::span(record.data(), record.size())));
@@ -199,11 +208,21 @@ class Runtime {
 
   Gate& gate();
 
-  // Readable when the agent has news (an epoch applied). Add it to your
-  // event loop and call poll() when it is readable.
+  // Readable when the agent has news (an epoch applied) or when private
+  // copies of long-clean pages are due to be dropped. Add it to your event
+  // loop and call poll() when it is readable.
   int fd() const;
   // Processes agent messages without blocking and releases outputs of
-  // durable epochs. Errors are sticky (returned again by later calls).
+  // durable epochs. Then, when due, drops private copies of pages clean for
+  // $SPARE_DROP_CLEAN_MS whose epoch is durable (as commit() does, up to
+  // 16 MiB per call, ~2 ms; fd() stays readable while more are due), so an
+  // idle program's memory shrinks to what it still writes. Pages written
+  // since the last commit are kept: poll() first collects them for the next
+  // commit, as commit() would.
+  // REQUIRES: called from the thread that commits, at a point where no
+  // other thread writes the regions (as for commit()): a write racing with
+  // the drop would be lost.
+  // Errors are sticky (returned again by later calls).
   Status poll();
   // Blocks until durable_epoch() >= epoch or timeout_ms passes (-1: forever).
   // REQUIRES: epoch <= epoch() (handed over, not deferred), or the last

@@ -219,10 +219,13 @@ Status RuntimeImpl::Drain() {
   }
 }
 
+// Waits on the socket and the reconnect timer, not on epfd_: epfd_ also
+// holds the drop timer, which only poll() clears, so a wait on it would
+// spin once that timer is due.
 Status RuntimeImpl::WaitEvent(int timeout_ms) {
-  epoll_event ev[4];
-  int n = epoll_wait(epfd_.get(), ev, 4, timeout_ms);
-  if (n < 0 && errno != EINTR) return Status::FromErrno("epoll_wait", errno);
+  pollfd p[2] = {{sock_.valid() ? sock_.get() : -1, POLLIN, 0}, {timer_.get(), POLLIN, 0}};
+  int n = ::poll(p, 2, timeout_ms);
+  if (n < 0 && errno != EINTR) return Status::FromErrno("poll", errno);
   return Drain();
 }
 

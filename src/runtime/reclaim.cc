@@ -71,7 +71,7 @@ void Reclaimer::Written(uint64_t epoch, std::span<const PageSpan> spans) {
   if (!droppable_.empty()) droppable_ = SubtractSpans(droppable_, spans);
 }
 
-void Reclaimer::Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* out) {
+void Reclaimer::Advance(uint64_t durable, uint64_t now_ns) {
   if (!enabled()) return;
   if (!started_) {
     started_ = true;
@@ -87,12 +87,19 @@ void Reclaimer::Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* o
     old_max_epoch_ = young_max_epoch_;
     interval_start_ns_ = now_ns;
   }
+}
+
+void Reclaimer::Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* out, Budget budget) {
+  if (!enabled()) return;
+  Advance(durable, now_ns);
+  const bool idle = budget == Budget::kIdle;
+  const uint64_t max_bytes = idle ? options_.idle_budget_bytes : options_.budget_bytes;
+  const size_t max_spans = idle ? options_.idle_budget_spans : options_.budget_spans;
   uint64_t bytes = 0;
   size_t taken = 0;
-  while (taken < droppable_.size() && taken < options_.budget_spans &&
-         bytes < options_.budget_bytes) {
+  while (taken < droppable_.size() && taken < max_spans && bytes < max_bytes) {
     PageSpan s = droppable_[taken];
-    const uint64_t room = options_.budget_bytes - bytes;
+    const uint64_t room = max_bytes - bytes;
     if (s.length > room) {  // split: the rest waits for the next Take
       droppable_[taken].offset += room;
       droppable_[taken].length -= room;
@@ -106,6 +113,14 @@ void Reclaimer::Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* o
     ++taken;
   }
   droppable_.erase(droppable_.begin(), droppable_.begin() + static_cast<ptrdiff_t>(taken));
+}
+
+uint64_t Reclaimer::NextWakeNs(uint64_t now_ns) const {
+  if (!enabled()) return UINT64_MAX;
+  if (!droppable_.empty()) return now_ns;
+  if (young_.empty() && old_.empty()) return UINT64_MAX;
+  const uint64_t swap = interval_start_ns_ + options_.clean_after_ns;
+  return swap > now_ns ? swap : now_ns + options_.clean_after_ns;
 }
 
 uint64_t Reclaimer::droppable_bytes() const {

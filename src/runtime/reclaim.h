@@ -16,11 +16,13 @@
 // meanwhile), and are handed out a budget at a time so one
 // commit never pays for a large drop.
 //
-// Pure bookkeeping: the caller (commit(), at a quiescent point, right after
-// collecting) does the madvise(MADV_DONTNEED). Dropping a page that another
-// thread is writing would lose that write; that is why it only happens
-// inside commit(), whose contract is that nothing writes the regions
-// meanwhile.
+// Pure bookkeeping: the caller does the madvise(MADV_DONTNEED), at a
+// quiescent point, right after collecting — inside commit() (a small
+// budget) and from poll() while the program is idle (runtime/idle.cc, a
+// larger one, paced by a timer from NextWakeNs()). Dropping a page that
+// was written and not yet collected, or that another thread is writing,
+// would lose that write; both callers' contracts say nothing writes the
+// regions meanwhile.
 #pragma once
 
 #include <cstdint>
@@ -42,9 +44,15 @@ class Reclaimer {
  public:
   struct Options {
     uint64_t clean_after_ns = 1'000'000'000;  // 0: never drop
-    uint64_t budget_bytes = 2u << 20;         // per Take()
-    size_t budget_spans = 64;                 // per Take()
+    uint64_t budget_bytes = 2u << 20;         // per Take(kCommit)
+    size_t budget_spans = 64;                 // per Take(kCommit)
+    // An idle pass has no commit to slow down, only the event loop's next
+    // turn: MADV_DONTNEED frees ~10 GiB/s here (16 MiB in ~1.8 ms, 64 MiB
+    // in ~6 ms; docs/BENCHMARKS.md), so 16 MiB keeps one pass near 2 ms.
+    uint64_t idle_budget_bytes = 16u << 20;  // per Take(kIdle)
+    size_t idle_budget_spans = 512;          // per Take(kIdle): ~2 us per madvise
   };
+  enum class Budget { kCommit, kIdle };
 
   explicit Reclaimer(Options options) : options_(options) {}
 
@@ -55,10 +63,26 @@ class Reclaimer {
   // this commit ships or defers).
   void Written(uint64_t epoch, std::span<const PageSpan> spans);
 
-  // Appends to *out the spans to drop now, within the budget, given the
-  // newest durable epoch. Advances the generations when due.
-  void Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* out);
+  // Swaps the generations when an interval has passed and the old one is
+  // durable (`durable` = the newest durable epoch). Take() does it too; the
+  // idle path calls it alone to learn whether anything is droppable before
+  // paying for a collection.
+  void Advance(uint64_t durable, uint64_t now_ns);
 
+  // Advance(), then appends to *out the spans to drop now, within the
+  // budget. REQUIRES: every page written since the caller's last Written()
+  // was collected and passed to Written() first.
+  void Take(uint64_t durable, uint64_t now_ns, std::vector<PageSpan>* out,
+            Budget budget = Budget::kCommit);
+
+  // When the idle path should run next, after an Advance() at now_ns:
+  // now_ns if pages are droppable; the next swap if pages are tracked; if
+  // that swap is overdue because the old generation is not durable yet,
+  // one interval from now (a Durable message usually comes first);
+  // UINT64_MAX when nothing is tracked or dropping is off.
+  uint64_t NextWakeNs(uint64_t now_ns) const;
+
+  bool has_droppable() const { return !droppable_.empty(); }
   uint64_t droppable_bytes() const;
 
  private:

@@ -92,6 +92,49 @@ TEST(ReclaimerTest, SpanBudgetBoundsOneTake) {
   EXPECT_EQ(Take(r, 1, 2 * kSec), Spans{Pages(0, 4, 1)});
 }
 
+// The idle path (runtime/idle.cc): Advance() moves the generations by time
+// alone, NextWakeNs() says when to come back, and Take(kIdle) uses the
+// larger idle budget.
+TEST(ReclaimerTest, IdleAdvanceWakeAndBudget) {
+  Reclaimer r({.clean_after_ns = kSec,
+               .budget_bytes = 1 * kP,
+               .budget_spans = 1000,
+               .idle_budget_bytes = 3 * kP,
+               .idle_budget_spans = 1000});
+  EXPECT_EQ(r.NextWakeNs(0), UINT64_MAX) << "nothing tracked";
+  r.Advance(0, 0);  // starts the first interval
+  Spans e1{Pages(0, 0, 8)};
+  r.Written(1, e1);
+  EXPECT_EQ(r.NextWakeNs(kSec / 2), kSec) << "the first swap";
+  r.Advance(1, kSec);
+  EXPECT_FALSE(r.has_droppable());
+  EXPECT_EQ(r.NextWakeNs(kSec), 2 * kSec) << "the swap that makes epoch 1 droppable";
+  r.Advance(0, 2 * kSec);  // epoch 1 not durable: no swap
+  EXPECT_FALSE(r.has_droppable());
+  EXPECT_EQ(r.NextWakeNs(2 * kSec), 3 * kSec) << "overdue: retry an interval later";
+  r.Advance(1, 2 * kSec + 5);
+  ASSERT_TRUE(r.has_droppable());
+  EXPECT_EQ(r.NextWakeNs(2 * kSec + 6), 2 * kSec + 6) << "droppable: at once";
+  Spans out;
+  r.Take(1, 2 * kSec + 6, &out, Reclaimer::Budget::kIdle);
+  EXPECT_EQ(out, Spans{Pages(0, 0, 3)}) << "the idle budget";
+  EXPECT_EQ(Take(r, 1, 2 * kSec + 7), Spans{Pages(0, 3, 1)}) << "the commit budget";
+  out.clear();
+  r.Take(1, 2 * kSec + 8, &out, Reclaimer::Budget::kIdle);
+  out.clear();
+  r.Take(1, 2 * kSec + 9, &out, Reclaimer::Budget::kIdle);
+  EXPECT_EQ(out, Spans{Pages(0, 7, 1)});
+  EXPECT_EQ(r.NextWakeNs(2 * kSec + 9), UINT64_MAX) << "all dropped, nothing tracked";
+}
+
+TEST(ReclaimerTest, DisabledNeverWakes) {
+  Reclaimer r({.clean_after_ns = 0});
+  Spans e1{Pages(0, 0, 1)};
+  r.Written(1, e1);
+  r.Advance(1, kSec);
+  EXPECT_EQ(r.NextWakeNs(kSec), UINT64_MAX);
+}
+
 TEST(ReclaimerTest, DisabledNeverDrops) {
   Reclaimer r({.clean_after_ns = 0});
   Spans e1{Pages(0, 0, 1)};

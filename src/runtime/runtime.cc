@@ -72,6 +72,7 @@ Result<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Attach() {
   SPARE_ASSIGN_OR_RETURN(uint64_t clean_after_ns, DropCleanAfterNsFromEnv());
   rt->reclaimer_ = Reclaimer(Reclaimer::Options{.clean_after_ns = clean_after_ns});
   SPARE_RETURN_IF_ERROR(NewEpollAndTimer(&rt->epfd_, &rt->timer_));
+  if (rt->reclaimer_.enabled()) SPARE_RETURN_IF_ERROR(rt->AddDropTimer());
   SPARE_RETURN_IF_ERROR(rt->Connect(/*reattach=*/false));
   return rt;
 }
@@ -174,6 +175,7 @@ Status RuntimeImpl::poll() {
   if (!protected_) return Status::Ok();
   SPARE_RETURN_IF_ERROR(error_);
   Status st = Drain();
+  if (st.ok() && drop_timer_.valid()) st = DropWhileIdle();
   if (!st.ok()) error_ = st;
   return st;
 }

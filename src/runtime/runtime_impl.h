@@ -15,7 +15,9 @@
 //   - the copy pool that fills staging slots, with the helper thread(s) it
 //     starts for large epochs ($SPARE_COPY_THREADS, epoch/copy_pool.h);
 //     they touch nothing but the page data of the epoch being copied, and
-//     only inside commit().
+//     only inside commit();
+//   - the drop timer (in epfd_ too, idle.cc): wakes the app's loop so that
+//     poll() drops private copies while no commits come.
 #pragma once
 
 #include <chrono>
@@ -120,6 +122,10 @@ class RuntimeImpl {
   bool TryShip(std::span<const std::byte> record, Status* error);
   uint32_t FreeSlots() const { return staging_.slot_count - busy_; }
 
+  // --- idle.cc: dropping private copies from poll() ---
+  Status AddDropTimer();
+  Status DropWhileIdle();
+
   bool protected_ = false;
   std::string id_;
   std::string agent_dir_;
@@ -166,6 +172,8 @@ class RuntimeImpl {
   std::vector<PageSpan> written_;  // scratch: pages collected, for the reclaimer
   Reclaimer reclaimer_{Reclaimer::Options{.clean_after_ns = 0}};
   std::vector<PageSpan> drops_;  // scratch: spans DropCleanCopies() drops
+  UniqueFd drop_timer_;          // only while dropping is on
+  uint64_t drop_timer_at_ = 0;   // CLOCK_MONOTONIC ns it is armed for, 0: disarmed
   std::vector<epoch::DirtyRun> runs_;
 
   Status error_;  // sticky
