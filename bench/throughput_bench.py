@@ -405,8 +405,12 @@ def measure(agent, id_, ppid, port_p, unprot, case, pipeline, keyspace, args) ->
             for k in ("Rss", "Anonymous")} if ex else {}
         per["cpu_s_per_round"] = {k: bl.summarize(v) for k, v in cpu[test].items()}
         results[test] = per
+    # All tests of a round together, as the one-key bench reported it.
+    cpu_round = {k: bl.summarize([sum(cpu[t][k][i] for t in args.tests)
+                                  for i in range(args.rounds)])
+                 for k in ("protected", "unprotected", "agent")}
     return {**case, "pipeline": pipeline, "keyspace": keyspace, "results": results,
-            "rounds": rounds, "explain": explain}
+            "cpu_s_per_round": cpu_round, "rounds": rounds, "explain": explain}
 
 
 def run_data_case(agent, kv, data_bytes, value_size, args, tracker_env, user_env) -> list:
@@ -631,6 +635,7 @@ def main() -> int:
                               if k in ("protected", "unprotected", "ratio_rps_of_medians",
                                        "ratio_rps_paired", "ratio_p99_of_medians")}
                           for t, per in first["results"].items()}
+    summary["cpu_s_per_round"] = first["cpu_s_per_round"]
     summary["results_case"] = {k: first[k] for k in ("data", "value_size", "keyspace",
                                                      "pipeline", "pace_budget_us")}
     set_ratio = summary["results"].get("SET", {}).get("ratio_rps_of_medians")
