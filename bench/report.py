@@ -84,7 +84,7 @@ def throughput_cases(d: dict) -> str:
     out += ["", "Protected server per epoch (medians over rounds; INFO spare and `spare status` "
             "deltas / commits); memory from /proc/PID/smaps_rollup, MiB:", ""]
     out.append("| data | value B | -P | budget | test | epochs | req/epoch | pages/epoch | "
-               "KiB/epoch | ranges/epoch | declared KiB/epoch | collect µs | copy µs | "
+               "KiB/epoch | ranges/epoch | declared KiB/epoch (calls) | collect µs | copy µs | "
                "hand-over µs | drop µs | commit µs | agent apply µs | deferred | pages dropped | "
                "RSS / anon after fill | after round |")
     out.append("|" + "---|" * 21)
@@ -97,7 +97,8 @@ def throughput_cases(d: dict) -> str:
                 f"| {c['data']} | {c['value_size']} | {c['pipeline']} | {c['pace_budget_us']} | "
                 f"{t} | {f(e.get('epochs'), 0)} | {f(e.get('requests_per_epoch'))} | "
                 f"{f(e.get('pages_per_epoch'))} | {f(kib(e.get('bytes_per_epoch')))} | "
-                f"{f(e.get('ranges_per_epoch'))} | {f(kib(e.get('bytes_declared_per_epoch')))} | "
+                f"{f(e.get('ranges_per_epoch'))} | {f(kib(e.get('bytes_declared_per_epoch')))} "
+                f"({f(e.get('declare_calls_per_epoch'), 0)}) | "
                 f"{f(e.get('collect_us'), 0)} | {f(e.get('copy_us'), 0)} | "
                 f"{f(e.get('handover_us'), 0)} | {f(e.get('drop_us'), 0)} | "
                 f"{f(e.get('commit_us'), 0)} | {f(e.get('agent_apply_us'), 0)} | "

@@ -306,6 +306,7 @@ def per_epoch(d: dict, ds: dict, requests: int, wall_s: float) -> dict:
         "ranges_per_epoch": per("ranges_committed"),
         "bytes_declared_per_epoch": per("bytes_declared"),
         "ranges_declared_per_epoch": per("ranges_declared"),
+        "declare_calls_per_epoch": per("declare_calls"),
         "commit_us": per("commit_us_total"),
         "collect_us": per("commit_collect_us_total"),
         "copy_us": per("commit_copy_us_total"),
@@ -462,6 +463,7 @@ def run_data_case(agent, kv, data_bytes, value_size, args, tracker_env, user_env
                       f"MiB/s), RSS {pfill['mem_kib'].get('Rss', 0) >> 10} MiB, anon "
                       f"{pfill['mem_kib'].get('Anonymous', 0) >> 10} MiB", file=sys.stderr)
                 case = {"data_bytes": data_bytes, "data": size_label(data_bytes),
+                        "writes": pfill["info_spare"].get("writes", "-"),
                         "value_size": value_size, "keys": keys, "region_size": region,
                         "pace_budget_us": budget, "env": env, "kv_args": kv_args,
                         "run_args": run_args,
@@ -511,6 +513,7 @@ def report(cases: list, args) -> str:
                           fmt(e.get("pages_per_epoch")), fmt(e.get("bytes_per_epoch"), 1 / 1024),
                           fmt(e.get("ranges_per_epoch")),
                           fmt(e.get("bytes_declared_per_epoch"), 1 / 1024),
+                          fmt(e.get("declare_calls_per_epoch")),
                           fmt(e.get("collect_us")), fmt(e.get("copy_us")),
                           fmt(e.get("handover_us")), fmt(e.get("drop_us")),
                           fmt(e.get("commit_us")), fmt(e.get("agent_apply_us")),
@@ -524,7 +527,7 @@ def report(cases: list, args) -> str:
     human += ("\n\nrps and p99 (ms) are medians over rounds; ratio = of medians, paired = "
               "median (min) of per-round protected/unprotected.\n\n")
     human += bl.table(["data", "value", "-P", "budget", "test", "epochs", "req/ep", "pages/ep",
-                       "KiB/ep", "ranges/ep", "decl KiB/ep", "collect us", "copy us",
+                       "KiB/ep", "ranges/ep", "decl KiB/ep", "decl calls/ep", "collect us", "copy us",
                        "handover us", "drop us", "commit us", "apply us", "deferred",
                        "dropped", "fill RSS", "fill anon", "round RSS", "round anon"], erows)
     human += ("\n\nProtected server, medians over rounds: per epoch (INFO spare deltas / "
