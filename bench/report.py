@@ -61,7 +61,56 @@ def restart(d: dict) -> str:
     return "\n".join(out)
 
 
+def throughput_cases(d: dict) -> str:
+    """The real-data-set bench (issue 7): one row per case and test."""
+    out = [f"`{d['command']}`", "", f"Machine: {machine(d['machine'])}; tracker "
+           f"{d['machine'].get('tracker')}; {d['machine'].get('redis_benchmark')}; "
+           f"{d['config']['rounds']} rounds (+{d['config']['warmup']} warm-up) of "
+           f"{d['config']['requests']:,} requests per test, -c {d['config']['clients']}; "
+           f"run took {d.get('elapsed_s', '?')} s.", ""]
+    out.append("| data | value B | keys = -r | -P | pace budget µs | test | protected rps | "
+               "unprotected rps | ratio (paired min) | protected p99 ms (max) | "
+               "unprotected p99 ms (max) |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in d["cases"]:
+        for t, per in c["results"].items():
+            p, u = per["protected"], per["unprotected"]
+            out.append(f"| {c['data']} | {c['value_size']} | {c['keyspace']:,} | {c['pipeline']} | "
+                       f"{c['pace_budget_us']} | {t} | {f(p['rps']['p50'], 0)} | "
+                       f"{f(u['rps']['p50'], 0)} | **{per['ratio_rps_of_medians']:.3f}** "
+                       f"({per['ratio_rps_paired']['min']:.3f}) | {f(p['p99_ms']['p50'], 2)} "
+                       f"({f(p['p99_ms']['max'], 2)}) | {f(u['p99_ms']['p50'], 2)} "
+                       f"({f(u['p99_ms']['max'], 2)}) |")
+    out += ["", "Protected server per epoch (medians over rounds; INFO spare and `spare status` "
+            "deltas / commits); memory from /proc/PID/smaps_rollup, MiB:", ""]
+    out.append("| data | value B | -P | budget | test | epochs | req/epoch | pages/epoch | "
+               "KiB/epoch | ranges/epoch | declared KiB/epoch (calls) | collect µs | copy µs | "
+               "hand-over µs | drop µs | commit µs | agent apply µs | deferred | pages dropped | "
+               "RSS / anon after fill | after round |")
+    out.append("|" + "---|" * 21)
+    for c in d["cases"]:
+        fm = c["fill"]["protected"]["mem_kib"]
+        for t, per in c["results"].items():
+            e, am = per["per_epoch_median"], per["mem_after_round_kib_median"]
+            kib = (lambda v: None if v is None else v / 1024)
+            out.append(
+                f"| {c['data']} | {c['value_size']} | {c['pipeline']} | {c['pace_budget_us']} | "
+                f"{t} | {f(e.get('epochs'), 0)} | {f(e.get('requests_per_epoch'))} | "
+                f"{f(e.get('pages_per_epoch'))} | {f(kib(e.get('bytes_per_epoch')))} | "
+                f"{f(e.get('ranges_per_epoch'))} | {f(kib(e.get('bytes_declared_per_epoch')))} "
+                f"({f(e.get('declare_calls_per_epoch'), 0)}) | "
+                f"{f(e.get('collect_us'), 0)} | {f(e.get('copy_us'), 0)} | "
+                f"{f(e.get('handover_us'), 0)} | {f(e.get('drop_us'), 0)} | "
+                f"{f(e.get('commit_us'), 0)} | {f(e.get('agent_apply_us'), 0)} | "
+                f"{f(e.get('deferred_commits'), 0)} | {f(e.get('pages_dropped'), 0)} | "
+                f"{f(fm.get('Rss', 0) / 1024, 0)} / {f(fm.get('Anonymous', 0) / 1024, 0)} | "
+                f"{f(am.get('Rss', 0) / 1024, 0)} / {f(am.get('Anonymous', 0) / 1024, 0)} |")
+    return "\n".join(out)
+
+
 def throughput(d: dict) -> str:
+    if "cases" in d:
+        return throughput_cases(d)
     out = [f"`{d['command']}`", "", f"Machine: {machine(d['machine'])}; tracker "
            f"{d['machine'].get('tracker')}; {d['machine'].get('redis_benchmark')}.", ""]
     out.append("| test | mode | rps median | rps min | p50 ms median | p99 ms median | p99 ms max |")

@@ -10,7 +10,8 @@
 #                                        isolates the poll loop's own CPU use (2 cores)
 #   bench/results/restart_tmpfs_poll200_rewrite32.json   same, 32 MiB of values
 #                                        rewritten before each kill (a write working set)
-#   bench/results/throughput.json        throughput_bench, defaults
+#   bench/results/throughput.json        throughput_bench, defaults (1 GiB of 1 KiB values,
+#                                        random existing keys, -P 1 and 16)
 #   bench/results/commit.json            commit_bench, both trackers
 #
 #   bench/run_all.sh                     # build dir: build-bench
@@ -61,7 +62,7 @@ quiet=()
 [[ -n "${WAIT_QUIET:-}" ]] && quiet=(--wait-quiet "$WAIT_QUIET")
 if [[ -n "${QUICK:-}" ]]; then
   restart=(--sizes 64M,256M --kills 5)
-  tput=(--rounds 2 --warmup 0 --requests 50000)
+  tput=(--data-sizes 64M --rounds 2 --warmup 0 --requests 50000)
   commit=(--repetitions 2 --iterations-scale 0.2)
 else
   restart=(--sizes 64M,4G --kills 20)
