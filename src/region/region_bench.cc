@@ -146,9 +146,10 @@ void BenchCollect(Variant v, size_t dirty, size_t stride) {
 // A `len` region, every page written before Add() (fully resident, as a
 // long-running instance's region is). Each round writes one byte into each
 // of `dirty` random pages (timed: includes any write fault), then collects
-// (timed). 64 untimed rounds first, so adaptive state settles; then
-// `rounds` timed ones.
+// (timed). kWarmup rounds first, so adaptive state settles (their mean
+// Collect time is printed too); then `rounds` timed ones.
 void BenchResident(Variant v, size_t len, size_t dirty, int rounds) {
+  constexpr int kWarmup = 300;
   auto t = NewTracker(v);
   Region r;
   MapRegion("resident" + std::to_string(len) + "-" + std::to_string(dirty), len, &r);
@@ -160,7 +161,8 @@ void BenchResident(Variant v, size_t len, size_t dirty, int rounds) {
   std::vector<size_t> picked;
   std::vector<PageRange> out;
   std::vector<double> write, collect, total;
-  for (int i = 0; i < 64 + rounds; ++i) {
+  double warmup_us = 0;
+  for (int i = 0; i < kWarmup + rounds; ++i) {
     picked.clear();
     for (size_t k = 0; k < dirty; ++k) {
       x ^= x << 13;
@@ -182,16 +184,20 @@ void BenchResident(Variant v, size_t len, size_t dirty, int rounds) {
       std::fprintf(stderr, "collected %zu pages, wrote %zu\n", got, distinct);
       std::exit(1);
     }
-    if (i < 64) continue;
+    if (i < kWarmup) {
+      warmup_us += Us(t2 - t1) / kWarmup;
+      continue;
+    }
     write.push_back(Us(t1 - t0));
     collect.push_back(Us(t2 - t1));
     total.push_back(Us(t2 - t0));
   }
   std::printf(
       "  resident %4zu MiB, %4zu random pages/round: Collect p50 %8.1f p99 %8.1f us; "
-      "writes p50 %8.1f p99 %8.1f us; writes+Collect p50 %8.1f p99 %8.1f us (%d rounds)\n",
+      "writes p50 %8.1f p99 %8.1f us; writes+Collect p50 %8.1f p99 %8.1f us (%d rounds; "
+      "warm-up Collect mean %.1f us)\n",
       len / kMiB, dirty, Median(collect), P99(collect), Median(write), P99(write), Median(total),
-      P99(total), rounds);
+      P99(total), rounds, warmup_us);
   std::fflush(stdout);
   Check(t->Remove(r.base, r.len));
 }

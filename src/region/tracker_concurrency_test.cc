@@ -36,13 +36,14 @@ using PagePicker = size_t (*)(uint64_t x, size_t pages, size_t first_boundary);
 size_t AnyPage(uint64_t x, size_t pages, size_t) { return x % pages; }
 
 // Three bursts in four start on one of the two pages before a 2 MiB chunk
-// boundary (page `first_boundary` + k * 512), so the burst often spills
-// into the next chunk; the rest anywhere.
+// boundary (page `first_boundary` + k * 512) or a boundary of the guard's
+// 64 KiB units (16 pages), so the burst often spills into the next chunk
+// or unit; the rest anywhere.
 size_t NearChunkBoundary(uint64_t x, size_t pages, size_t first_boundary) {
-  constexpr size_t kChunkPages = 512;
+  const size_t step = (x >> 44) % 2 == 0 ? 512 : 16;
   if ((x >> 40) % 4 == 0 || pages <= first_boundary) return x % pages;
-  const size_t boundaries = (pages - first_boundary + kChunkPages - 1) / kChunkPages;
-  const size_t b = first_boundary + ((x >> 8) % boundaries) * kChunkPages;
+  const size_t boundaries = (pages - first_boundary + step - 1) / step;
+  const size_t b = first_boundary + ((x >> 8) % boundaries) * step;
   const size_t page = b - 1 - (x >> 20) % 2;
   return page < pages ? page : x % pages;
 }
@@ -89,7 +90,7 @@ TEST_P(TrackerConcurrencyTest, WritesAreNeverLost) { RunWriters(512, AnyPage); }
 class ChunkGuardConcurrencyTest : public TrackerConcurrencyTest {
  protected:
   internal::ChunkGuardPolicy GuardPolicy() const override {
-    return {.enabled = true, .initial_need = 1, .min_need = 1, .max_need = 1, .break_even = 0};
+    return {.enabled = true, .initial_need = 1, .max_need = 1, .break_even = 0};
   }
 };
 

@@ -34,17 +34,22 @@ const UffdSupport& UffdProbe();
 
 // The uffd tracker's chunk guard (uffd_tracker.cc): a sealed 2 MiB chunk
 // found clean by `need` consecutive collections is made read-only as a
-// whole and skipped by later scans until a write faults on it. A guarded
-// chunk written again within `break_even` collections of being guarded
-// (the fault and the two mprotects cost more than the scans it saved)
-// goes back to being scanned every time and its `need` doubles; one
-// written later is guarded again at once and its `need` halves.
+// whole and skipped by later scans until a write faults on it. Each write
+// fault and re-protection costs about as much as `break_even` scans of the
+// chunk, and guarding or un-guarding a chunk several times that: so a
+// guarded chunk found written in `min_writes` or more collections, on
+// average less than `break_even` collections apart, goes back to being
+// scanned every time and its `need` grows 8-fold (up to `max_need`). Guarding
+// costs ~50-100 us per resident chunk (mprotect rewrites 512 entries), so
+// one collection guards at most `max_guard_per_collect` chunks.
+// (break_even 48: measured on a loaded 2-core VM, docs/BENCHMARKS.md.)
 struct ChunkGuardPolicy {
   bool enabled = true;
-  uint16_t initial_need = 4;
-  uint16_t min_need = 2;
-  uint16_t max_need = 1024;
-  uint32_t break_even = 16;
+  uint16_t initial_need = 32;
+  uint16_t max_need = 4096;
+  uint16_t min_writes = 4;
+  uint32_t break_even = 48;
+  uint32_t max_guard_per_collect = 16;
 };
 // enabled unless $SPARE_UFFD_GUARD is "off" (kInvalidArgument names any
 // value but on/off).

@@ -338,7 +338,7 @@ class UffdChunkGuard : public ::testing::Test {
 };
 
 TEST_F(UffdChunkGuard, SkipsCleanChunksAndReportsExactlyTheWrittenPages) {
-  Start({.enabled = true, .initial_need = 2, .min_need = 1, .max_need = 8, .break_even = 3}, 8);
+  Start({.enabled = true, .initial_need = 2, .max_need = 4, .min_writes = 2, .break_even = 3}, 8);
   internal::CollectStats st;
   // Add() was collection 1 (it saw the writes). Two clean ones, then the
   // third guards all 8 chunks (read-only first, then one last scan).
@@ -355,28 +355,37 @@ TEST_F(UffdChunkGuard, SkipsCleanChunksAndReportsExactlyTheWrittenPages) {
   EXPECT_EQ(Collect(&st), Ranges{});  // 5
   EXPECT_EQ(st.chunks_scanned, 0u);
 
-  // Written 2 collections after being guarded (< break_even 3): scanned,
-  // the page reported, and the chunk goes back to the scanned set (its
-  // need doubles to 4).
-  Write(r().page(3 * kChunkPages + 5));
-  EXPECT_EQ(Collect(&st), Ranges{r().pages(3 * kChunkPages + 5, 3 * kChunkPages + 6)});  // 6
-  EXPECT_EQ(st.chunks_scanned, 1u);
-  EXPECT_EQ(st.chunks_guarded, 7u);
-  Write(r().page(3 * kChunkPages + 6));  // no fault now, still seen
-  EXPECT_EQ(Collect(&st), Ranges{r().pages(3 * kChunkPages + 6, 3 * kChunkPages + 7)});  // 7
-  EXPECT_EQ(st.chunks_scanned, 1u);
-  for (int i = 0; i < 4; ++i) {  // 8-11: clean 1-4 of 4
-    EXPECT_EQ(Collect(&st), Ranges{});
-    EXPECT_EQ(st.chunks_guarded, 7u);
-  }
-  EXPECT_EQ(Collect(&st), Ranges{});  // 12: guarded again
+  // Chunk 3 written: scanned, the page reported, still guarded (one write
+  // is not enough to judge).
+  const size_t c3 = 3 * kChunkPages;
+  Write(r().page(c3 + 5));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 5, c3 + 6)});  // 6
   EXPECT_EQ(st.chunks_scanned, 1u);
   EXPECT_EQ(st.chunks_guarded, 8u);
-  for (int i = 0; i < 2; ++i) EXPECT_EQ(Collect(&st), Ranges{});  // 13, 14
-
-  // Written 3 collections after being guarded: stays guarded.
-  Write(r().page(3 * kChunkPages + 7));
-  EXPECT_EQ(Collect(&st), Ranges{r().pages(3 * kChunkPages + 7, 3 * kChunkPages + 8)});  // 15
+  // Written again: 2 writes in 3 collections (< break_even 3 apart): back
+  // to the scanned set, need grows to 4 (max_need).
+  Write(r().page(c3 + 300));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 300, c3 + 301)});  // 7
+  EXPECT_EQ(st.chunks_scanned, 1u);
+  EXPECT_EQ(st.chunks_guarded, 7u);
+  Write(r().page(c3 + 6));  // no fault now, still seen
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 6, c3 + 7)});  // 8
+  EXPECT_EQ(st.chunks_scanned, 1u);
+  for (int i = 0; i < 4; ++i) {  // 9-12: clean 1-4 of 4
+    EXPECT_EQ(Collect(&st), Ranges{});
+    EXPECT_EQ(st.chunks_scanned, 1u);
+    EXPECT_EQ(st.chunks_guarded, 7u);
+  }
+  EXPECT_EQ(Collect(&st), Ranges{});  // 13: guarded again
+  EXPECT_EQ(st.chunks_scanned, 1u);
+  EXPECT_EQ(st.chunks_guarded, 8u);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(Collect(&st), Ranges{});  // 14, 15
+  Write(r().page(c3 + 7));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 7, c3 + 8)});  // 16
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(Collect(&st), Ranges{});  // 17-20
+  // 2 writes in 8 collections: stays guarded.
+  Write(r().page(c3 + 8));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 8, c3 + 9)});  // 21
   EXPECT_EQ(st.chunks_scanned, 1u);
   EXPECT_EQ(st.chunks_guarded, 8u);
   EXPECT_EQ(Collect(&st), Ranges{});
@@ -393,7 +402,7 @@ TEST_F(UffdChunkGuard, SkipsCleanChunksAndReportsExactlyTheWrittenPages) {
 TEST_F(UffdChunkGuard, ChunkWrittenEveryCollectionStaysScanned) {
   Start({}, 2);  // the default policy
   internal::CollectStats st;
-  for (int i = 0; i < 50; ++i) {
+  for (int i = 0; i < 100; ++i) {
     Write(r().page(10 + i));
     EXPECT_EQ(Collect(&st), Ranges{r().pages(10 + i, 11 + i)});
   }
@@ -402,7 +411,7 @@ TEST_F(UffdChunkGuard, ChunkWrittenEveryCollectionStaysScanned) {
 }
 
 TEST_F(UffdChunkGuard, CollectOfPartOfAGuardedChunk) {
-  Start({.enabled = true, .initial_need = 1, .min_need = 1, .max_need = 1, .break_even = 0}, 2);
+  Start({.enabled = true, .initial_need = 1, .max_need = 1, .break_even = 0}, 2);
   internal::CollectStats st;
   EXPECT_EQ(Collect(&st), Ranges{});
   EXPECT_EQ(Collect(&st), Ranges{});
@@ -428,7 +437,7 @@ TEST_F(UffdChunkGuard, CollectOfPartOfAGuardedChunk) {
 // handler, so a system call writing into a guarded chunk fails. Without
 // the guard it works (TrackerTest.KernelWritesIntoTrackedMemory).
 TEST_F(UffdChunkGuard, KernelWritesIntoAGuardedChunkFailWithEfault) {
-  Start({.enabled = true, .initial_need = 1, .min_need = 1, .max_need = 1, .break_even = 0}, 1);
+  Start({.enabled = true, .initial_need = 1, .max_need = 1, .break_even = 0}, 1);
   internal::CollectStats st;
   EXPECT_EQ(Collect(&st), Ranges{});
   EXPECT_EQ(Collect(&st), Ranges{});

@@ -206,7 +206,7 @@ class UffdTracker final : public DirtyTracker {
 
     std::unique_ptr<WriteFaults> faults;
     if (policy_.enabled) {
-      SPARE_ASSIGN_OR_RETURN(faults, WriteFaults::Publish({start, start + len}, kChunkShift,
+      SPARE_ASSIGN_OR_RETURN(faults, WriteFaults::Publish({start, start + len}, kUnitShift,
                                                           "uffd-wp chunk guard"));
     }
     uffdio_register reg{};
@@ -277,15 +277,20 @@ class UffdTracker final : public DirtyTracker {
   CollectStats last_collect() const { return last_; }
 
  private:
-  static constexpr unsigned kChunkShift = 21;
-  static_assert(kChunk == uintptr_t{1} << kChunkShift);
+  // A write into a guarded chunk makes only its 64 KiB unit writable
+  // (mprotect costs ~0.1 us per resident page, so 2 MiB would cost ~50 us
+  // in the fault and again to re-protect it).
+  static constexpr unsigned kUnitShift = 16;
+  static_assert(kChunk % (uintptr_t{1} << kUnitShift) == 0);
 
   // Guard state of one chunk (see the top of the file).
   struct ChunkState {
     uint64_t since = 0;  // guarded: the collection that guarded it
     uint16_t clean = 0;  // scanned: consecutive collections that found it clean
     uint16_t need = 0;   // clean collections before it is guarded
+    uint16_t writes = 0;  // guarded: collections since `since` that found it written
     bool guarded = false;
+    bool ready = false;    // on Chunks::ready
     bool scan = false;     // scratch: guarded, but scan it in this collection
     bool written = false;  // scratch: this collection reported a page in it
   };
@@ -301,7 +306,7 @@ class UffdTracker final : public DirtyTracker {
     std::unique_ptr<WriteFaults> faults;  // one unit per chunk; null: guard off
     size_t guarded = 0;                   // chunks with guard[i].guarded
     uint64_t collections = 0;
-    std::vector<size_t> ready;  // scanned chunks clean for `need` collections
+    std::vector<size_t> ready;  // scanned chunks clean for `need` collections, once each
   };
 
   // The bytes of chunk i inside the range.
@@ -333,6 +338,8 @@ class UffdTracker final : public DirtyTracker {
   Status CollectChunks(PageRange range, uintptr_t start, uintptr_t end,
                        std::vector<PageRange>* out);
   void PrepareGuard(Chunks* chunks, size_t c0, size_t c1, size_t f0, size_t f1);
+  bool KeepGuarded(Chunks* chunks, size_t i);
+  bool AnyFlagged(const Chunks& chunks, size_t i) const;
   void GuardReady(Chunks* chunks, size_t f0, size_t f1);
   void ProtectChunks(Chunks* chunks);
   void AfterScan(Chunks* chunks, size_t c0, size_t c1, size_t f0, size_t f1);
@@ -359,7 +366,8 @@ class UffdTracker final : public DirtyTracker {
   std::map<uintptr_t, Chunks> chunks_;  // by range start
   std::vector<page_region> vec_;        // reused by every Collect
   std::vector<uintptr_t> used_;         // chunks a lazy scan saw in use
-  std::vector<size_t> protect_;         // chunks to make read-only (Y) in this collection
+  std::vector<PageRange> protect_;      // to make read-only (Y) in this collection
+  std::vector<size_t> demote_;          // chunks no longer guarded in this collection
   CollectStats last_;
 };
 
@@ -425,35 +433,45 @@ Status UffdTracker::CollectChunks(PageRange range, uintptr_t start, uintptr_t en
 }
 
 // Before the scans: takes the flags of guarded chunks (X), decides which of
-// them stay guarded, guards the chunks that became ready, and makes all
-// chunks that are guarded from now on read-only (Y). Every chunk taken or
-// newly guarded is scanned by this collection, after its Y.
+// them stay guarded, guards the chunks that became ready, and makes read-
+// only (Y) the written units of chunks that stay guarded and the whole of
+// newly guarded chunks. Every chunk taken or newly guarded is scanned by
+// this collection, after its Y.
 void UffdTracker::PrepareGuard(Chunks* chunks, size_t c0, size_t c1, size_t f0, size_t f1) {
   WriteFaults& faults = *chunks->faults;
   protect_.clear();
-  last_.flag_words = faults.Take(f0, f1, [&](size_t u, size_t n) {
-    for (size_t i = u; i < u + n; ++i) {
-      ChunkState& g = chunks->guard[i];
-      if (!g.guarded) continue;  // a scanned chunk: a late A2 of an earlier fault
-      g.scan = true;
-      if (chunks->collections - g.since >= policy_.break_even) {
-        // Written rarely: keep guarding it.
-        g.need = std::max<uint16_t>(policy_.min_need, g.need / 2);
-        g.since = chunks->collections;
-        protect_.push_back(i);
-      } else {
-        // Written soon after being guarded: the fault and the mprotects
-        // cost more than the scans saved. The handler left it writable.
-        g.need = static_cast<uint16_t>(std::min<uint32_t>(policy_.max_need, g.need * 2u));
-        g.clean = 0;
-        SetGuarded(chunks, i, false);
+  demote_.clear();
+  if (f0 < f1) {
+    const size_t u0 = faults.UnitOf(ChunkSpan(*chunks, f0).start);
+    const size_t u1 = faults.UnitOf(ChunkSpan(*chunks, f1 - 1).end - 1) + 1;
+    size_t decided = SIZE_MAX;  // the chunk of the last unit taken
+    bool keep = false;
+    last_.flag_words = faults.Take(u0, u1, [&](size_t u, size_t n) {
+      for (size_t k = u; k < u + n; ++k) {
+        const PageRange span = faults.Span(k);
+        const size_t i = ChunkOf(span.start) - chunks->first;
+        // A scanned chunk's flag (a late A2 of a fault from before it was
+        // demoted) means nothing: it is scanned anyway.
+        if (i != decided && !chunks->guard[i].guarded) continue;
+        if (i != decided) {
+          decided = i;
+          keep = KeepGuarded(chunks, i);
+        }
+        if (keep) protect_.push_back(span);
       }
-    }
-  });
+    });
+  }
+  // The handler left written units writable; a chunk no longer guarded is
+  // made writable as a whole, so scanned chunks hold no read-only islands
+  // (each one a mapping, and a fault on its next write).
+  for (size_t i : demote_) {
+    const PageRange span = ChunkSpan(*chunks, i);
+    (void)::mprotect(reinterpret_cast<void*>(span.start), span.bytes(), PROT_READ | PROT_WRITE);
+  }
   // A chunk only partly inside [start, end) may be flagged for pages this
   // collection does not own: look without taking, scan if flagged.
   for (size_t i : {c0, c1 - 1}) {
-    if ((i < f0 || i >= f1) && chunks->guard[i].guarded && faults.Peek(i)) {
+    if ((i < f0 || i >= f1) && chunks->guard[i].guarded && AnyFlagged(*chunks, i)) {
       chunks->guard[i].scan = true;
     }
   }
@@ -461,39 +479,75 @@ void UffdTracker::PrepareGuard(Chunks* chunks, size_t c0, size_t c1, size_t f0, 
   ProtectChunks(chunks);
 }
 
+// For a guarded chunk found written: scan it in this collection, and say
+// whether it stays guarded (policy at the top of the file).
+bool UffdTracker::KeepGuarded(Chunks* chunks, size_t i) {
+  ChunkState& g = chunks->guard[i];
+  g.scan = true;
+  g.writes = static_cast<uint16_t>(std::min<uint32_t>(g.writes + 1u, 0xFFFF));
+  const uint64_t age = chunks->collections - g.since;
+  if (g.writes < policy_.min_writes || age >= uint64_t{policy_.break_even} * g.writes) {
+    return true;
+  }
+  g.need = static_cast<uint16_t>(std::min<uint32_t>(policy_.max_need, g.need * 8u));
+  g.clean = 0;
+  SetGuarded(chunks, i, false);
+  demote_.push_back(i);
+  return false;
+}
+
+bool UffdTracker::AnyFlagged(const Chunks& chunks, size_t i) const {
+  const PageRange span = ChunkSpan(chunks, i);
+  for (size_t u = chunks.faults->UnitOf(span.start); u <= chunks.faults->UnitOf(span.end - 1);
+       ++u) {
+    if (chunks.faults->Peek(u)) return true;
+  }
+  return false;
+}
+
 // Guards the chunks on the ready list that lie in [f0, f1) and are still
 // clean enough, within the process-wide budget.
 void UffdTracker::GuardReady(Chunks* chunks, size_t f0, size_t f1) {
-  size_t kept = 0;
+  size_t kept = 0, guarded = 0;
   for (size_t i : chunks->ready) {
     ChunkState& g = chunks->guard[i];
-    if (i < f0 || i >= f1) {
-      chunks->ready[kept++] = i;  // for a collection that covers it
+    if (i < f0 || i >= f1 || guarded == policy_.max_guard_per_collect) {
+      chunks->ready[kept++] = i;  // for a later collection
       continue;
     }
+    g.ready = false;
     if (g.guarded || !chunks->sealed[i] || g.clean < g.need) continue;
     if (g_guarded.load(std::memory_order_relaxed) >= GuardBudget()) continue;
     SetGuarded(chunks, i, true);
+    ++guarded;
     g.since = chunks->collections;
+    g.writes = 0;
     g.scan = true;
-    protect_.push_back(i);
+    protect_.push_back(ChunkSpan(*chunks, i));
   }
   chunks->ready.resize(kept);
 }
 
-// (Y) for every chunk in protect_, before any scan. A chunk that cannot be
-// made read-only (vm.max_map_count, or memory for the split) just stays
-// scanned: whatever part did become read-only faults into the handler,
-// which makes it writable again, and the flag is ignored.
+// (Y) for everything in protect_, before any scan. A chunk that cannot be
+// made read-only (vm.max_map_count, or memory for the split) is scanned
+// from now on and made writable again; should that fail too, the part
+// that stayed read-only faults into the handler, which makes it writable,
+// and the flag is ignored.
 void UffdTracker::ProtectChunks(Chunks* chunks) {
-  std::sort(protect_.begin(), protect_.end());
+  std::sort(protect_.begin(), protect_.end(),
+            [](const PageRange& a, const PageRange& b) { return a.start < b.start; });
   for (size_t i = 0; i < protect_.size();) {
     size_t j = i + 1;
-    while (j < protect_.size() && protect_[j] == protect_[j - 1] + 1) ++j;
-    const uintptr_t lo = ChunkSpan(*chunks, protect_[i]).start;
-    const uintptr_t hi = ChunkSpan(*chunks, protect_[j - 1]).end;
+    while (j < protect_.size() && protect_[j].start == protect_[j - 1].end) ++j;
+    const uintptr_t lo = protect_[i].start;
+    const uintptr_t hi = protect_[j - 1].end;
     if (::mprotect(reinterpret_cast<void*>(lo), hi - lo, PROT_READ) != 0) {
-      for (size_t k = i; k < j; ++k) SetGuarded(chunks, protect_[k], false);
+      for (uintptr_t c = ChunkOf(lo); c <= ChunkOf(hi - 1); ++c) {
+        SetGuarded(chunks, c - chunks->first, false);
+        const PageRange span = ChunkSpan(*chunks, c - chunks->first);
+        (void)::mprotect(reinterpret_cast<void*>(span.start), span.bytes(),
+                         PROT_READ | PROT_WRITE);
+      }
     }
     i = j;
   }
@@ -507,7 +561,10 @@ void UffdTracker::AfterScan(Chunks* chunks, size_t i, size_t j, size_t f0, size_
     ChunkState& g = chunks->guard[k];
     if (k >= f0 && k < f1 && !g.guarded) {
       g.clean = g.written ? 0 : static_cast<uint16_t>(std::min<uint32_t>(g.clean + 1u, 0xFFFF));
-      if (chunks->sealed[k] && g.clean >= g.need) chunks->ready.push_back(k);
+      if (chunks->sealed[k] && g.clean >= g.need && !g.ready) {
+        g.ready = true;
+        chunks->ready.push_back(k);
+      }
     }
     g.scan = false;
     g.written = false;

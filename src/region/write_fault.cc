@@ -123,6 +123,19 @@ void SetFlag(Word* bits, Word* summary, size_t u) {
   summary[u / 4096].fetch_or(uint64_t{1} << (u / 64 % 64), std::memory_order_acq_rel);
 }
 
+// Flags all `units` units (bitmap words first, then the summary).
+void SetAllFlags(Word* bits, Word* summary, size_t units) {
+  const size_t words = (units + 63) / 64;
+  for (size_t w = 0; w < words; ++w) {
+    const size_t n = std::min<size_t>(64, units - w * 64);
+    bits[w].fetch_or(n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1, std::memory_order_acq_rel);
+  }
+  for (size_t s = 0; s * 64 < words; ++s) {
+    const size_t n = std::min<size_t>(64, words - s * 64);
+    summary[s].fetch_or(n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1, std::memory_order_acq_rel);
+  }
+}
+
 // Returns true if addr lies in a published range and the write may be
 // retried.
 bool MarkWritten(uintptr_t addr) {
@@ -150,10 +163,20 @@ bool MarkWritten(uintptr_t addr) {
       if (::mprotect(reinterpret_cast<void*>(lo), hi - lo, PROT_READ | PROT_WRITE) == 0) {
         SetFlag(bits, summary, u);
       } else {
-        WriteStderr(
-            "spare: dirty tracker cannot make tracked memory writable (vm.max_map_count "
-            "reached?); the write will crash\n");
-        retry = false;
+        // Making one unit writable splits a mapping, which fails at
+        // vm.max_map_count. Making the whole range writable merges its
+        // mappings instead; then every unit counts as written (the same
+        // A1, B, A2 for all of them): one collection reports and
+        // re-protects the whole range, and nothing is lost.
+        const size_t units = ((end - 1) >> shift) - (start >> shift) + 1;
+        SetAllFlags(bits, summary, units);
+        if (::mprotect(reinterpret_cast<void*>(start), end - start, PROT_READ | PROT_WRITE) == 0) {
+          SetAllFlags(bits, summary, units);
+        } else {
+          WriteStderr("spare: dirty tracker cannot make tracked memory writable; the write will "
+                      "crash\n");
+          retry = false;
+        }
       }
     }
     // else: the range was removed meanwhile; its owner made it writable
