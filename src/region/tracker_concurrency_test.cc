@@ -48,8 +48,8 @@ size_t NearChunkBoundary(uint64_t x, size_t pages, size_t first_boundary) {
   return page < pages ? page : x % pages;
 }
 
-void WriterLoop(uint64_t id, uint64_t* live, size_t pages, size_t first_boundary,
-                PagePicker pick, const std::atomic<bool>& stop, std::atomic<uint64_t>& writes) {
+void WriterLoop(uint64_t id, uint64_t* live, size_t pages, size_t first_boundary, PagePicker pick,
+                const std::atomic<bool>& stop, std::atomic<uint64_t>& writes) {
   uint64_t x = id * 0x9E3779B97F4A7C15ULL + 1;
   uint64_t seq = 0;
   while (!stop.load(std::memory_order_relaxed)) {
@@ -106,7 +106,8 @@ void TrackerConcurrencyTest::RunWriters(size_t pages, PagePicker pick) {
   constexpr int kWriters = 2;
   constexpr uintptr_t kChunk = uintptr_t{2} << 20;
   TestRegion& r = Tracked(true, pages);
-  const size_t first_boundary = ((r.addr(0) + kChunk - 1) / kChunk * kChunk - r.addr(0)) / kPageSize;
+  const size_t first_boundary =
+      ((r.addr(0) + kChunk - 1) / kChunk * kChunk - r.addr(0)) / kPageSize;
   auto* live = static_cast<uint64_t*>(r.base());
   std::vector<uint64_t> shadow(pages * kWordsPerPage, 0);  // memfd starts zeroed
 

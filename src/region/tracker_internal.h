@@ -59,8 +59,7 @@ Result<ChunkGuardPolicy> ChunkGuardPolicyFromEnv();
 // UffdProbe().status.ok().
 Result<std::unique_ptr<DirtyTracker>> NewUffdTracker();
 // A given mode and policy, for tests and measurements.
-Result<std::unique_ptr<DirtyTracker>> NewUffdTracker(UffdMode mode,
-                                                     ChunkGuardPolicy guard = {});
+Result<std::unique_ptr<DirtyTracker>> NewUffdTracker(UffdMode mode, ChunkGuardPolicy guard = {});
 Result<std::unique_ptr<DirtyTracker>> NewMprotectTracker();
 // How many 2 MiB chunks of the range added at `base` a uffd tracker has
 // sealed (see uffd_tracker.cc); 0 for other trackers. For tests.

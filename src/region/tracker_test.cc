@@ -329,6 +329,16 @@ class UffdChunkGuard : public ::testing::Test {
     return out;
   }
 
+  // Start() with a policy that guards a chunk after one clean collection
+  // and never un-guards it, then that collection: all chunks guarded.
+  void StartAllGuarded(size_t chunks) {
+    Start({.enabled = true, .initial_need = 1, .max_need = 1, .break_even = 0}, chunks);
+    internal::CollectStats st;
+    EXPECT_EQ(Collect(&st), Ranges{});
+    EXPECT_EQ(Collect(&st), Ranges{});
+    ASSERT_EQ(st.chunks_guarded, chunks);
+  }
+
   TestRegion& r() { return *region_; }
   DirtyTracker& tracker() { return *tracker_; }
 
@@ -368,7 +378,7 @@ TEST_F(UffdChunkGuard, SkipsCleanChunksAndReportsExactlyTheWrittenPages) {
   EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 300, c3 + 301)});  // 7
   EXPECT_EQ(st.chunks_scanned, 1u);
   EXPECT_EQ(st.chunks_guarded, 7u);
-  Write(r().page(c3 + 6));  // no fault now, still seen
+  Write(r().page(c3 + 6));                                     // no fault now, still seen
   EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 6, c3 + 7)});  // 8
   EXPECT_EQ(st.chunks_scanned, 1u);
   for (int i = 0; i < 4; ++i) {  // 9-12: clean 1-4 of 4
@@ -381,7 +391,7 @@ TEST_F(UffdChunkGuard, SkipsCleanChunksAndReportsExactlyTheWrittenPages) {
   EXPECT_EQ(st.chunks_guarded, 8u);
   for (int i = 0; i < 2; ++i) EXPECT_EQ(Collect(&st), Ranges{});  // 14, 15
   Write(r().page(c3 + 7));
-  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 7, c3 + 8)});  // 16
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 7, c3 + 8)});     // 16
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Collect(&st), Ranges{});  // 17-20
   // 2 writes in 8 collections: stays guarded.
   Write(r().page(c3 + 8));
@@ -411,11 +421,8 @@ TEST_F(UffdChunkGuard, ChunkWrittenEveryCollectionStaysScanned) {
 }
 
 TEST_F(UffdChunkGuard, CollectOfPartOfAGuardedChunk) {
-  Start({.enabled = true, .initial_need = 1, .max_need = 1, .break_even = 0}, 2);
+  StartAllGuarded(2);
   internal::CollectStats st;
-  EXPECT_EQ(Collect(&st), Ranges{});
-  EXPECT_EQ(Collect(&st), Ranges{});
-  EXPECT_EQ(st.chunks_guarded, 2u);
   Write(r().page(10));
   Write(r().page(400));
   Write(r().page(kChunkPages + 1));
@@ -437,11 +444,8 @@ TEST_F(UffdChunkGuard, CollectOfPartOfAGuardedChunk) {
 // handler, so a system call writing into a guarded chunk fails. Without
 // the guard it works (TrackerTest.KernelWritesIntoTrackedMemory).
 TEST_F(UffdChunkGuard, KernelWritesIntoAGuardedChunkFailWithEfault) {
-  Start({.enabled = true, .initial_need = 1, .max_need = 1, .break_even = 0}, 1);
+  StartAllGuarded(1);
   internal::CollectStats st;
-  EXPECT_EQ(Collect(&st), Ranges{});
-  EXPECT_EQ(Collect(&st), Ranges{});
-  ASSERT_EQ(st.chunks_guarded, 1u);
   int fds[2];
   ASSERT_EQ(::pipe(fds), 0);
   ASSERT_EQ(::write(fds[1], "x", 1), 1);

@@ -38,6 +38,46 @@
 // munmap'd and refaulted page table, MADV_DONTNEED of a written page), the
 // fast path reports that page once more as written: a clean page shipped
 // again, never a lost write.
+//
+// Chunk guard (ChunkGuardPolicy, tracker_internal.h). Even the fast path
+// walks all 512 entries of a sealed chunk (~1 us), so a commit that wrote
+// one page of a resident 4 GiB region would still cost ~2-3 ms. A sealed
+// chunk found clean by `need` collections in a row is therefore *guarded*:
+// made PROT_READ as a whole (Y), then scanned once more, and skipped by
+// later collections while its write-fault flags (write_fault.h, one unit
+// per 64 KiB) stay clear. A write into it faults; the shared SIGSEGV
+// handler flags the unit (A1), makes that 64 KiB writable (B) and flags it
+// again (A2). A collection takes the flags of the chunks it wholly covers
+// (X), re-protects the flagged units (Y) — or, for a chunk written too
+// often, makes the whole chunk writable and scans it every time again —
+// and then PAGEMAP_SCANs every flagged chunk. Why nothing is lost:
+//   - Guarding: Y comes before the scan. A write before Y clears its page's
+//     uffd-wp bit and the scan reports it; a write after Y faults.
+//   - Skipping: a page written since the chunk's last scan was written
+//     while its unit was writable, i.e. after some B (write_fault.cc), so
+//     its unit is flagged and not yet taken, and the chunk is scanned —
+//     by this collection if the write happened before it started (A1
+//     precedes B), else by this or the next one.
+//   - Taking: X, then Y, then the scan. A write before the scan has cleared
+//     its uffd-wp bit (the scan reports it); a write after Y faults again.
+//     The scan sets the bits of what it reports under the page-table lock,
+//     as without the guard.
+//   - mprotect never touches uffd-wp bits or pte markers, so the page-level
+//     state the scan reads is the same as without the guard.
+//   - A chunk only partly inside the collected range is scanned (its part)
+//     if any of its units is flagged, without taking the flags: they may
+//     belong to pages outside the range.
+// Cost: a first write into a guarded 64 KiB unit ~10-15 us (signal +
+// mprotect), its re-protection ~5-10 us, guarding a resident chunk 50-100 us
+// (mprotect rewrites 512 entries). The policy keeps frequently written
+// chunks in the scanned set so random-write workloads do not pay that.
+// Caveats: the kernel's own writes into a guarded chunk (read(2) into the
+// region) fail with EFAULT — SPARE_UFFD_GUARD=off turns the guard off; and
+// each read-only chunk or writable unit inside one splits a mapping:
+// guarded chunks are capped process-wide at vm.max_map_count / 8, and
+// should a unit's mprotect still fail the handler makes the whole range
+// writable and flags every unit (one collection then scans and re-protects
+// the whole range) rather than crash.
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
@@ -78,8 +118,8 @@ struct ScanMasks {
   uint64_t flags, category_mask, category_inverted, category_anyof_mask, return_mask;
 };
 // Sealed chunks: no uffd-wp bit means written (the kernel's fast path).
-constexpr ScanMasks kWrittenMasks{PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN,
-                                  0, 0, PAGE_IS_WRITTEN};
+constexpr ScanMasks kWrittenMasks{PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, 0,
+                                  0, PAGE_IS_WRITTEN};
 // Lazy chunks: every present or swapped entry without the bit, with the
 // categories that tell a written page from a read-mapped one.
 constexpr ScanMasks kLazyMasks{PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, 0,
@@ -206,8 +246,8 @@ class UffdTracker final : public DirtyTracker {
 
     std::unique_ptr<WriteFaults> faults;
     if (policy_.enabled) {
-      SPARE_ASSIGN_OR_RETURN(faults, WriteFaults::Publish({start, start + len}, kUnitShift,
-                                                          "uffd-wp chunk guard"));
+      SPARE_ASSIGN_OR_RETURN(
+          faults, WriteFaults::Publish({start, start + len}, kUnitShift, "uffd-wp chunk guard"));
     }
     uffdio_register reg{};
     reg.range = {start, len};
@@ -285,9 +325,9 @@ class UffdTracker final : public DirtyTracker {
 
   // Guard state of one chunk (see the top of the file).
   struct ChunkState {
-    uint64_t since = 0;  // guarded: the collection that guarded it
-    uint16_t clean = 0;  // scanned: consecutive collections that found it clean
-    uint16_t need = 0;   // clean collections before it is guarded
+    uint64_t since = 0;   // guarded: the collection that guarded it
+    uint16_t clean = 0;   // scanned: consecutive collections that found it clean
+    uint16_t need = 0;    // clean collections before it is guarded
     uint16_t writes = 0;  // guarded: collections since `since` that found it written
     bool guarded = false;
     bool ready = false;    // on Chunks::ready
@@ -545,8 +585,7 @@ void UffdTracker::ProtectChunks(Chunks* chunks) {
       for (uintptr_t c = ChunkOf(lo); c <= ChunkOf(hi - 1); ++c) {
         SetGuarded(chunks, c - chunks->first, false);
         const PageRange span = ChunkSpan(*chunks, c - chunks->first);
-        (void)::mprotect(reinterpret_cast<void*>(span.start), span.bytes(),
-                         PROT_READ | PROT_WRITE);
+        (void)::mprotect(reinterpret_cast<void*>(span.start), span.bytes(), PROT_READ | PROT_WRITE);
       }
     }
     i = j;

@@ -173,8 +173,9 @@ bool MarkWritten(uintptr_t addr) {
         if (::mprotect(reinterpret_cast<void*>(start), end - start, PROT_READ | PROT_WRITE) == 0) {
           SetAllFlags(bits, summary, units);
         } else {
-          WriteStderr("spare: dirty tracker cannot make tracked memory writable; the write will "
-                      "crash\n");
+          WriteStderr(
+              "spare: dirty tracker cannot make tracked memory writable; the write will "
+              "crash\n");
           retry = false;
         }
       }

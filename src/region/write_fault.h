@@ -101,7 +101,8 @@ size_t WriteFaults::Take(size_t u0, size_t u1, OnRun&& on_run) {
     if ((s + 1) * 64 > w1) in &= ~uint64_t{0} >> ((s + 1) * 64 - w1);
     uint64_t whole = in;
     if (u0 % 64 != 0 && w0 / 64 == s) whole &= ~(uint64_t{1} << (w0 % 64));
-    if (u1 % 64 != 0 && u1 != units_ && (w1 - 1) / 64 == s) whole &= ~(uint64_t{1} << ((w1 - 1) % 64));
+    if (u1 % 64 != 0 && u1 != units_ && (w1 - 1) / 64 == s)
+      whole &= ~(uint64_t{1} << ((w1 - 1) % 64));
     ++reads;
     // A load that sees nothing is as good as a fetch-and-clear that finds
     // nothing, and keeps a clean range from bouncing the line.
