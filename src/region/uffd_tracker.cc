@@ -624,8 +624,10 @@ void UffdTracker::SetGuarded(Chunks* chunks, size_t i, bool guarded) {
 }
 
 // Makes the whole range writable and forgets its guards (before Remove).
+// Also with no chunk guarded: a failed re-protection may have left part of
+// a chunk read-only.
 Status UffdTracker::Unguard(Chunks* chunks) {
-  if (chunks->guarded == 0) return Status::Ok();
+  if (!chunks->faults) return Status::Ok();
   if (::mprotect(reinterpret_cast<void*>(chunks->start), chunks->end - chunks->start,
                  PROT_READ | PROT_WRITE) != 0) {
     return Status::FromErrno(
