@@ -48,6 +48,23 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::Create(TrackerKind kind) {
 
 namespace internal {
 
+Result<ChunkGuardPolicy> ChunkGuardPolicyFromEnv() {
+  ChunkGuardPolicy policy;
+  const char* v = std::getenv("SPARE_UFFD_GUARD");
+  if (v == nullptr || *v == '\0') return policy;
+  const std::string_view s(v);
+  if (s != "on" && s != "off") {
+    return Status(Code::kInvalidArgument,
+                  "SPARE_UFFD_GUARD=\"" + std::string(s) + "\": expected on or off");
+  }
+  policy.enabled = s == "on";
+  return policy;
+}
+
+CollectStats LastCollectStats(const DirtyTracker& tracker) {
+  return tracker.name() == "mprotect" ? MprotectLastCollect(tracker) : UffdLastCollect(tracker);
+}
+
 std::string DescribeRange(uintptr_t start, uintptr_t end) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "[0x%" PRIxPTR ", 0x%" PRIxPTR ")", start, end);

@@ -9,9 +9,13 @@
 //   kUffd      userfaultfd write-protect (UFFD_FEATURE_WP_ASYNC |
 //              UFFD_FEATURE_WP_UNPOPULATED) + PAGEMAP_SCAN with
 //              PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC (Linux >= 6.7).
-//              No signals, no handler thread; the kernel also resolves its
-//              own writes (read(2) into a region works). Add() is O(1) in
-//              the region size; Collect() costs O(page tables in use).
+//              Add() is O(1) in the region size; Collect() costs
+//              O(2 MiB chunks written recently): chunks that stayed clean
+//              are made read-only as a whole ("chunk guard") and skipped
+//              until a write faults on them, the others are scanned.
+//              With $SPARE_UFFD_GUARD=off: no signals, no handler, the
+//              kernel resolves its own writes (read(2) into a region
+//              works), and Collect() costs O(page tables in use).
 //   kMprotect  PROT_READ + a SIGSEGV handler that records the page in a
 //              bitmap and re-enables writing; Collect() swaps the bitmap
 //              and re-protects. Works on any kernel. Chains to the previous
@@ -22,18 +26,25 @@
 // Threading: Add/Remove/Collect from one thread (the commit thread). Other
 // threads of the process may write tracked memory at any time.
 //
-// Caveats of kMprotect (none apply to kUffd):
+// Caveats of kMprotect, and of kUffd with the chunk guard (the default):
 //   - The kernel does not raise SIGSEGV for its own accesses: a system call
 //     that writes into a clean tracked page (read(2), recv(2), ...) fails
-//     with EFAULT. Receive into untracked buffers and copy.
+//     with EFAULT. Receive into untracked buffers and copy. (kUffd: only in
+//     chunks clean for a while, so such a failure depends on the workload;
+//     set SPARE_UFFD_GUARD=off if the program must read(2) into a region.)
 //   - The SIGSEGV handler is process-wide and installed on first Add(). A
 //     handler installed later (crash reporters, language runtimes) must
 //     chain to it; threads must not block SIGSEGV; nothing else may change
 //     the protection of tracked pages.
-//   - Every dirty run splits a mapping into up to three; the process is
-//     bounded by vm.max_map_count (65530 by default), i.e. ~32k separate
-//     dirty runs between two collections. A fault past that limit crashes.
-//   - A write fault costs ~5-15 us (signal + mprotect) instead of ~1-5 us.
+//   - Every dirty run (kUffd: every written 64 KiB unit of a guarded chunk,
+//     and every guarded chunk) splits a mapping into up to three, bounded
+//     by vm.max_map_count (65530 by default): kMprotect allows ~32k
+//     separate dirty runs between two collections, kUffd guards at most
+//     max_map_count / 8 chunks. Past the limit the handler makes the whole
+//     range writable and every page (kMprotect) or chunk (kUffd) counts as
+//     written once, instead of crashing.
+//   - A first write into a protected page (kUffd: 64 KiB unit) costs
+//     ~10-15 us (signal + mprotect) instead of ~1-5 us.
 // fork(): neither tracker serves the child. Userfaultfd registration is not
 // inherited (without UFFD_FEATURE_EVENT_FORK the child's copies are
 // untracked) and the tracker's /proc/self/pagemap fd keeps scanning the

@@ -30,15 +30,33 @@ constexpr size_t kWordsPerPage = kPageSize / sizeof(uint64_t);
 
 uint64_t Load(uint64_t* w) { return std::atomic_ref<uint64_t>(*w).load(std::memory_order_relaxed); }
 
-void WriterLoop(uint64_t id, uint64_t* live, size_t pages, const std::atomic<bool>& stop,
-                std::atomic<uint64_t>& writes) {
+// Picks the page a burst starts on from a random number.
+using PagePicker = size_t (*)(uint64_t x, size_t pages, size_t first_boundary);
+
+size_t AnyPage(uint64_t x, size_t pages, size_t) { return x % pages; }
+
+// Three bursts in four start on one of the two pages before a 2 MiB chunk
+// boundary (page `first_boundary` + k * 512) or a boundary of the guard's
+// 64 KiB units (16 pages), so the burst often spills into the next chunk
+// or unit; the rest anywhere.
+size_t NearChunkBoundary(uint64_t x, size_t pages, size_t first_boundary) {
+  const size_t step = (x >> 44) % 2 == 0 ? 512 : 16;
+  if ((x >> 40) % 4 == 0 || pages <= first_boundary) return x % pages;
+  const size_t boundaries = (pages - first_boundary + step - 1) / step;
+  const size_t b = first_boundary + ((x >> 8) % boundaries) * step;
+  const size_t page = b - 1 - (x >> 20) % 2;
+  return page < pages ? page : x % pages;
+}
+
+void WriterLoop(uint64_t id, uint64_t* live, size_t pages, size_t first_boundary, PagePicker pick,
+                const std::atomic<bool>& stop, std::atomic<uint64_t>& writes) {
   uint64_t x = id * 0x9E3779B97F4A7C15ULL + 1;
   uint64_t seq = 0;
   while (!stop.load(std::memory_order_relaxed)) {
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
-    const size_t page = x % pages;
+    const size_t page = pick(x, pages, first_boundary);
     // A short burst on one page, sometimes spilling into the next.
     for (size_t k = 0; k < 3; ++k) {
       const size_t word = page * kWordsPerPage + ((x >> 20) + k * 601) % (2 * kWordsPerPage);
@@ -51,14 +69,47 @@ void WriterLoop(uint64_t id, uint64_t* live, size_t pages, const std::atomic<boo
   }
 }
 
-class TrackerConcurrencyTest : public TrackerTest {};
+class TrackerConcurrencyTest : public TrackerTest {
+ protected:
+  // Races kWriters writers picking pages with `pick` against collections
+  // of a region of `pages`, and checks that none of their writes is lost.
+  void RunWriters(size_t pages, PagePicker pick);
 
-TEST_P(TrackerConcurrencyTest, WritesAreNeverLost) {
-  constexpr size_t kPages = 512;
+  // Collections after which some chunk was guarded (uffd only).
+  size_t guarded_collections_ = 0;
+};
+
+TEST_P(TrackerConcurrencyTest, WritesAreNeverLost) { RunWriters(512, AnyPage); }
+
+// The uffd tracker with a chunk guard that guards every chunk after one
+// clean collection and keeps guarding it however soon it is written: every
+// collection takes the flags of written chunks (X), re-protects them (Y)
+// and scans them, and every chunk a collection found clean is guarded by
+// the next one, while writers keep hitting chunk boundaries. For mprotect
+// the same boundary-heavy writes (its units are pages).
+class ChunkGuardConcurrencyTest : public TrackerConcurrencyTest {
+ protected:
+  internal::ChunkGuardPolicy GuardPolicy() const override {
+    return {.enabled = true, .initial_need = 1, .max_need = 1, .break_even = 0};
+  }
+};
+
+TEST_P(ChunkGuardConcurrencyTest, WritesAtChunkBoundariesAreNeverLost) {
+  RunWriters(8 * 512 + 100, NearChunkBoundary);
+  // Otherwise the run proved nothing about the guard.
+  if (tracker().name() == "uffd-wp") {
+    EXPECT_GE(guarded_collections_, 20u);
+  }
+}
+
+void TrackerConcurrencyTest::RunWriters(size_t pages, PagePicker pick) {
   constexpr int kWriters = 2;
-  TestRegion& r = Tracked(true, kPages);
+  constexpr uintptr_t kChunk = uintptr_t{2} << 20;
+  TestRegion& r = Tracked(true, pages);
+  const size_t first_boundary =
+      ((r.addr(0) + kChunk - 1) / kChunk * kChunk - r.addr(0)) / kPageSize;
   auto* live = static_cast<uint64_t*>(r.base());
-  std::vector<uint64_t> shadow(kPages * kWordsPerPage, 0);  // memfd starts zeroed
+  std::vector<uint64_t> shadow(pages * kWordsPerPage, 0);  // memfd starts zeroed
 
   auto copy_reported = [&](const std::vector<PageRange>& ranges) {
     for (const PageRange& pr : ranges) {
@@ -71,7 +122,8 @@ TEST_P(TrackerConcurrencyTest, WritesAreNeverLost) {
   std::atomic<uint64_t> writes{0};
   std::vector<std::thread> writers;
   for (int i = 0; i < kWriters; ++i) {
-    writers.emplace_back(WriterLoop, i + 1, live, kPages, std::cref(stop), std::ref(writes));
+    writers.emplace_back(WriterLoop, i + 1, live, pages, first_boundary, pick, std::cref(stop),
+                         std::ref(writes));
   }
   // Collect while the writers run. Only collections during which a writer
   // made progress can catch a race, so run until enough of them happened
@@ -91,6 +143,7 @@ TEST_P(TrackerConcurrencyTest, WritesAreNeverLost) {
     racing += writes.load() != before;
     copy_reported(got);
     ++collections;
+    guarded_collections_ += internal::LastCollectStats(tracker()).chunks_guarded > 0;
     nonempty += !got.empty();
     for (const PageRange& pr : got) pages_reported += pr.bytes() / kPageSize;
   }
@@ -100,7 +153,7 @@ TEST_P(TrackerConcurrencyTest, WritesAreNeverLost) {
   EXPECT_EQ(CollectOrDie(tracker(), r), std::vector<PageRange>{});
 
   size_t lost_pages = 0;
-  for (size_t p = 0; p < kPages; ++p) {
+  for (size_t p = 0; p < pages; ++p) {
     for (size_t w = p * kWordsPerPage; w < (p + 1) * kWordsPerPage; ++w) {
       if (shadow[w] != live[w]) {
         if (++lost_pages <= 5) {
@@ -117,6 +170,11 @@ TEST_P(TrackerConcurrencyTest, WritesAreNeverLost) {
       "writers), %zu pages reported\n",
       std::string(tracker().name()).c_str(), static_cast<unsigned long long>(writes.load()),
       collections, nonempty, racing, pages_reported);
+  const internal::CollectStats stats = internal::LastCollectStats(tracker());
+  if (tracker().name() == "uffd-wp") {
+    std::printf("[  tracker ] last collection: %zu chunks scanned, %zu guarded\n",
+                stats.chunks_scanned, stats.chunks_guarded);
+  }
   // The check above only means something if writing and collecting
   // overlapped; on a machine too busy to run them at once, say so.
   EXPECT_GE(nonempty, 20u);
@@ -124,6 +182,7 @@ TEST_P(TrackerConcurrencyTest, WritesAreNeverLost) {
 }
 
 SPARE_INSTANTIATE_TRACKER_TESTS(TrackerConcurrencyTest);
+SPARE_INSTANTIATE_TRACKER_TESTS(ChunkGuardConcurrencyTest);
 
 }  // namespace
 }  // namespace spare::region::testing

@@ -27,8 +27,8 @@ class TrackerTest : public ::testing::TestWithParam<Variant> {
     }
     auto t = GetParam() == Variant::kMprotect ? internal::NewMprotectTracker()
              : GetParam() == Variant::kUffdLazy
-                 ? internal::NewUffdTracker(internal::UffdMode::kLazy)
-                 : internal::NewUffdTracker(internal::UffdMode::kEager);
+                 ? internal::NewUffdTracker(internal::UffdMode::kLazy, GuardPolicy())
+                 : internal::NewUffdTracker(internal::UffdMode::kEager, GuardPolicy());
     ASSERT_TRUE(t.ok()) << t.status().ToString();
     tracker_ = std::move(*t);
     std::printf("[  tracker ] %s%s\n", std::string(tracker_->name()).c_str(),
@@ -53,6 +53,10 @@ class TrackerTest : public ::testing::TestWithParam<Variant> {
   }
 
   DirtyTracker& tracker() { return *tracker_; }
+
+  // The uffd tracker's chunk guard policy (the default unless a suite
+  // overrides it).
+  virtual internal::ChunkGuardPolicy GuardPolicy() const { return {}; }
 
  private:
   std::deque<TestRegion> regions_;

@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <optional>
 #include <vector>
 
 #include "region/tracker_fixture.h"
@@ -288,6 +289,218 @@ TEST(UffdTracker, PartialCollectLeavesStraddledChunksLazy) {
   EXPECT_EQ(CollectOrDie(tracker, *r), Ranges{r->pages(11, 12)});
   EXPECT_EQ(internal::UffdSealedChunks(tracker, r->base()), 2u);
   EXPECT_EQ(CollectOrDie(tracker, *r), Ranges{});
+}
+
+// The chunk guard (uffd_tracker.cc): chunks clean for `need` collections
+// are made read-only and skipped by later scans until written.
+class UffdChunkGuard : public ::testing::Test {
+ protected:
+  static constexpr size_t kChunkPages = 512;  // 2 MiB
+
+  void SetUp() override {
+    if (!UffdTrackerSupported()) GTEST_SKIP() << "uffd-wp tracker not supported by this kernel";
+  }
+
+  // A tracker with `policy` over a fresh region of `chunks` 2 MiB chunks,
+  // every page written before Add() (resident, all chunks sealed).
+  void Start(internal::ChunkGuardPolicy policy, size_t chunks) {
+    auto t = internal::NewUffdTracker(internal::UffdMode::kLazy, policy);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    tracker_ = std::move(*t);
+    auto r = TestRegion::MemfdPrivate(chunks * kChunkPages);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    region_.emplace(std::move(*r));
+    ASSERT_EQ(region_->addr(0) % (kChunkPages * kPageSize), 0u) << "test assumes 2 MiB alignment";
+    for (size_t p = 0; p < chunks * kChunkPages; ++p) Write(region_->page(p));
+    ASSERT_TRUE(tracker_->Add(region_->base(), region_->len()).ok());
+    ASSERT_EQ(internal::UffdSealedChunks(*tracker_, region_->base()), chunks);
+  }
+
+  void TearDown() override {
+    if (tracker_ && region_) {
+      EXPECT_TRUE(tracker_->Remove(region_->base(), region_->len()).ok());
+    }
+  }
+
+  // Collects the whole region; the stats of that collection in *stats.
+  Ranges Collect(internal::CollectStats* stats) {
+    Ranges out = CollectOrDie(*tracker_, *region_);
+    *stats = internal::LastCollectStats(*tracker_);
+    return out;
+  }
+
+  // Start() with a policy that guards a chunk after one clean collection
+  // and never un-guards it, then that collection: all chunks guarded.
+  void StartAllGuarded(size_t chunks) {
+    Start({.enabled = true, .initial_need = 1, .max_need = 1, .break_even = 0}, chunks);
+    internal::CollectStats st;
+    EXPECT_EQ(Collect(&st), Ranges{});
+    EXPECT_EQ(Collect(&st), Ranges{});
+    ASSERT_EQ(st.chunks_guarded, chunks);
+  }
+
+  TestRegion& r() { return *region_; }
+  DirtyTracker& tracker() { return *tracker_; }
+
+ private:
+  std::unique_ptr<DirtyTracker> tracker_;
+  std::optional<TestRegion> region_;
+};
+
+TEST_F(UffdChunkGuard, SkipsCleanChunksAndReportsExactlyTheWrittenPages) {
+  Start({.enabled = true, .initial_need = 2, .max_need = 4, .min_writes = 2, .break_even = 3}, 8);
+  internal::CollectStats st;
+  // Add() was collection 1 (it saw the writes). Two clean ones, then the
+  // third guards all 8 chunks (read-only first, then one last scan).
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(Collect(&st), Ranges{});
+    EXPECT_EQ(st.chunks_scanned, 8u);
+    EXPECT_EQ(st.chunks_guarded, 0u);
+  }
+  EXPECT_EQ(Collect(&st), Ranges{});  // collection 4
+  EXPECT_EQ(st.chunks_scanned, 8u);
+  EXPECT_EQ(st.chunks_guarded, 8u);
+  // Guarded and clean: nothing scanned; reads do not count as writes.
+  for (size_t p : {0, 700, 4095}) (void)Read(r().page(p));
+  EXPECT_EQ(Collect(&st), Ranges{});  // 5
+  EXPECT_EQ(st.chunks_scanned, 0u);
+
+  // Chunk 3 written: scanned, the page reported, still guarded (one write
+  // is not enough to judge).
+  const size_t c3 = 3 * kChunkPages;
+  Write(r().page(c3 + 5));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 5, c3 + 6)});  // 6
+  EXPECT_EQ(st.chunks_scanned, 1u);
+  EXPECT_EQ(st.chunks_guarded, 8u);
+  // Written again: 2 writes in 3 collections (< break_even 3 apart): back
+  // to the scanned set, need grows to 4 (max_need).
+  Write(r().page(c3 + 300));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 300, c3 + 301)});  // 7
+  EXPECT_EQ(st.chunks_scanned, 1u);
+  EXPECT_EQ(st.chunks_guarded, 7u);
+  Write(r().page(c3 + 6));                                     // no fault now, still seen
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 6, c3 + 7)});  // 8
+  EXPECT_EQ(st.chunks_scanned, 1u);
+  for (int i = 0; i < 4; ++i) {  // 9-12: clean 1-4 of 4
+    EXPECT_EQ(Collect(&st), Ranges{});
+    EXPECT_EQ(st.chunks_scanned, 1u);
+    EXPECT_EQ(st.chunks_guarded, 7u);
+  }
+  EXPECT_EQ(Collect(&st), Ranges{});  // 13: guarded again
+  EXPECT_EQ(st.chunks_scanned, 1u);
+  EXPECT_EQ(st.chunks_guarded, 8u);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(Collect(&st), Ranges{});  // 14, 15
+  Write(r().page(c3 + 7));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 7, c3 + 8)});     // 16
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(Collect(&st), Ranges{});  // 17-20
+  // 2 writes in 8 collections: stays guarded.
+  Write(r().page(c3 + 8));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(c3 + 8, c3 + 9)});  // 21
+  EXPECT_EQ(st.chunks_scanned, 1u);
+  EXPECT_EQ(st.chunks_guarded, 8u);
+  EXPECT_EQ(Collect(&st), Ranges{});
+  EXPECT_EQ(st.chunks_scanned, 0u);
+
+  // Writes on both sides of a chunk boundary: one merged range.
+  Write(r().page(7 * kChunkPages - 1) + 4000);
+  Write(r().page(7 * kChunkPages));
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(7 * kChunkPages - 1, 7 * kChunkPages + 1)});
+  EXPECT_EQ(st.chunks_scanned, 2u);
+  EXPECT_EQ(Collect(&st), Ranges{});
+}
+
+TEST_F(UffdChunkGuard, ChunkWrittenEveryCollectionStaysScanned) {
+  Start({}, 2);  // the default policy
+  internal::CollectStats st;
+  for (int i = 0; i < 100; ++i) {
+    Write(r().page(10 + i));
+    EXPECT_EQ(Collect(&st), Ranges{r().pages(10 + i, 11 + i)});
+  }
+  EXPECT_EQ(st.chunks_scanned, 1u) << "chunk 1 guarded, chunk 0 scanned";
+  EXPECT_EQ(st.chunks_guarded, 1u);
+}
+
+TEST_F(UffdChunkGuard, CollectOfPartOfAGuardedChunk) {
+  StartAllGuarded(2);
+  internal::CollectStats st;
+  Write(r().page(10));
+  Write(r().page(400));
+  Write(r().page(kChunkPages + 1));
+  // The first half of chunk 0 only: chunk 0's flag also covers page 400,
+  // so this collection must leave it for the next.
+  std::vector<PageRange> out;
+  ASSERT_TRUE(tracker().Collect(r().base(), 256 * kPageSize, &out).ok());
+  EXPECT_EQ(out, Ranges{r().pages(10, 11)});
+  out.clear();
+  ASSERT_TRUE(tracker().Collect(r().page(256), r().len() - 256 * kPageSize, &out).ok());
+  EXPECT_EQ(out, (Ranges{r().pages(400, 401), r().pages(kChunkPages + 1, kChunkPages + 2)}));
+  EXPECT_EQ(Collect(&st), Ranges{});
+  EXPECT_EQ(Collect(&st), Ranges{});
+  EXPECT_EQ(st.chunks_scanned, 0u);
+  EXPECT_EQ(st.chunks_guarded, 2u);
+}
+
+// The guard's price (tracker.h): the kernel does not fault into the
+// handler, so a system call writing into a guarded chunk fails. Without
+// the guard it works (TrackerTest.KernelWritesIntoTrackedMemory).
+TEST_F(UffdChunkGuard, KernelWritesIntoAGuardedChunkFailWithEfault) {
+  StartAllGuarded(1);
+  internal::CollectStats st;
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  ASSERT_EQ(::write(fds[1], "x", 1), 1);
+  EXPECT_EQ(::read(fds[0], r().page(2) + 100, 1), -1);
+  EXPECT_EQ(errno, EFAULT);
+  EXPECT_EQ(Collect(&st), Ranges{});
+  Write(r().page(2) + 99);  // a user-mode write un-guards the chunk
+  EXPECT_EQ(::read(fds[0], r().page(2) + 100, 1), 1);
+  EXPECT_EQ(Read(r().page(2) + 100), 'x');
+  EXPECT_EQ(Collect(&st), Ranges{r().pages(2, 3)});
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+TEST_F(UffdChunkGuard, OffScansEveryChunk) {
+  Start({.enabled = false}, 4);
+  internal::CollectStats st;
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(Collect(&st), Ranges{});
+    EXPECT_EQ(st.chunks_scanned, 4u);
+    EXPECT_EQ(st.chunks_guarded, 0u);
+  }
+}
+
+TEST(UffdChunkGuardPolicy, FromEnv) {
+  ::setenv("SPARE_UFFD_GUARD", "off", 1);
+  auto off = internal::ChunkGuardPolicyFromEnv();
+  ::setenv("SPARE_UFFD_GUARD", "maybe", 1);
+  auto bad = internal::ChunkGuardPolicyFromEnv();
+  ::unsetenv("SPARE_UFFD_GUARD");
+  auto dflt = internal::ChunkGuardPolicyFromEnv();
+  ASSERT_TRUE(off.ok() && dflt.ok());
+  EXPECT_FALSE(off->enabled);
+  EXPECT_TRUE(dflt->enabled);
+  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("maybe"), std::string::npos);
+}
+
+// The mprotect tracker reads one summary word per 4096 pages and only the
+// bitmap words they mark, not one word per 64 pages.
+TEST(MprotectTracker, CollectReadsTheSummaryNotTheWholeBitmap) {
+  constexpr size_t kPages = size_t{1} << 18;  // 1 GiB, never made resident
+  auto t = internal::NewMprotectTracker();
+  ASSERT_TRUE(t.ok());
+  auto r = TestRegion::MemfdPrivate(kPages);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_TRUE((*t)->Add(r->base(), r->len()).ok());
+  EXPECT_EQ(CollectOrDie(**t, *r), Ranges{});
+  EXPECT_EQ(internal::LastCollectStats(**t).flag_words, kPages / 4096);
+  Write(r->page(100000));
+  Write(r->page(200001));
+  EXPECT_EQ(CollectOrDie(**t, *r), (Ranges{r->pages(100000, 100001), r->pages(200001, 200002)}));
+  EXPECT_EQ(internal::LastCollectStats(**t).flag_words, kPages / 4096 + 2);
+  EXPECT_EQ(CollectOrDie(**t, *r), Ranges{});
+  ASSERT_TRUE((*t)->Remove(r->base(), r->len()).ok());
 }
 
 TEST(UffdTracker, ProbeChoseLazyMode) {
