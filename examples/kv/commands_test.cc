@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "spare/runtime.h"
+#include "verified_region.h"
 
 namespace kv {
 namespace {
@@ -25,16 +25,9 @@ class CommandsTest : public ::testing::Test {
   // The store lives in a declared region under write verification (see
   // store_test.cc): TearDown's commit checks every byte was declared.
   void SetUp() override {
-    setenv("SPARE_VERIFY_WRITES", "1", 1);
-    auto rt = spare::Runtime::Unprotected();
-    unsetenv("SPARE_VERIFY_WRITES");
-    ASSERT_TRUE(rt.ok()) << rt.status().ToString();
-    rt_.emplace(std::move(rt).value());
-    spare::RegionOptions o;
-    o.writes = spare::WriteTracking::kDeclared;
-    auto region = rt_->region("kv", kSize, o);
-    ASSERT_TRUE(region.ok()) << region.status().ToString();
-    mem_ = (*region)->data();
+    spare::Status st = region_.Open(kSize);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    mem_ = region_.data();
     auto arena = spare::Arena::Open(mem_, kSize);
     ASSERT_TRUE(arena.ok());
     auto store = Store::Open(*arena);
@@ -43,8 +36,8 @@ class CommandsTest : public ::testing::Test {
     commands_.emplace(&*store_, &info_, CommandsOptions{});
   }
   void TearDown() override {
-    auto e = rt_->commit();
-    EXPECT_TRUE(e.ok()) << e.status().ToString();
+    spare::Status st = region_.Commit();
+    EXPECT_TRUE(st.ok()) << st.ToString();
   }
 
   std::string Run(std::vector<std::string> args, Session* session = nullptr) {
@@ -55,7 +48,7 @@ class CommandsTest : public ::testing::Test {
   }
 
   static constexpr size_t kSize = 64 << 20;
-  std::optional<spare::Runtime> rt_;
+  VerifiedRegion region_;
   void* mem_ = nullptr;
   FakeInfo info_;
   std::optional<Store> store_;

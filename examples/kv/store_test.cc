@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "spare/runtime.h"
+#include "verified_region.h"
 
 namespace kv {
 namespace {
@@ -23,22 +23,15 @@ class StoreTest : public ::testing::Test {
  protected:
   void Open(size_t size = 64 << 20) {
     size_ = size;
-    setenv("SPARE_VERIFY_WRITES", "1", 1);
-    auto rt = spare::Runtime::Unprotected();
-    unsetenv("SPARE_VERIFY_WRITES");
-    ASSERT_TRUE(rt.ok()) << rt.status().ToString();
-    rt_.emplace(std::move(rt).value());
-    spare::RegionOptions o;
-    o.writes = spare::WriteTracking::kDeclared;
-    auto region = rt_->region("kv", size, o);
-    ASSERT_TRUE(region.ok()) << region.status().ToString();
-    mem_ = (*region)->data();
+    spare::Status st = region_.Open(size);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    mem_ = region_.data();
     Reopen();
   }
   void Commit() {
-    auto e = rt_->commit();
-    ASSERT_TRUE(e.ok()) << e.status().ToString();
-    EXPECT_GT(rt_->stats().pages_verified, 0u);
+    spare::Status st = region_.Commit();
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    EXPECT_GT(region_.pages_verified(), 0u);
   }
   void Reopen() {
     if (store_) Commit();
@@ -50,14 +43,14 @@ class StoreTest : public ::testing::Test {
     store_.emplace(std::move(store).value());
   }
   void TearDown() override {
-    if (rt_) Commit();
+    if (region_.open()) Commit();
   }
   std::string GetOr(std::string_view key, int64_t now = 1000, std::string dflt = "<none>") {
     ValueRef v;
     return store_->Get(key, now, &v) ? std::string(v.data) : dflt;
   }
 
-  std::optional<spare::Runtime> rt_;
+  VerifiedRegion region_;
   void* mem_ = nullptr;
   size_t size_ = 0;
   spare::Arena* arena_ = nullptr;

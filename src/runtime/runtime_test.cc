@@ -780,7 +780,8 @@ TEST_P(RuntimeTest, PacingMergesCostlyBackToBackCommitsWithinTheBudget) {
   unsetenv("SPARE_PACE_BUDGET_US");
   Region* r = *rt.region("heap", 512 * kPage);
   using Clock = std::chrono::steady_clock;
-  std::optional<Clock::time_point> first_merged;
+  Clock::time_point first_merged{};
+  bool merging = false;
   Clock::duration longest{};
   uint64_t last = 0;
   for (int i = 0; i < 200; ++i) {
@@ -791,10 +792,11 @@ TEST_P(RuntimeTest, PacingMergesCostlyBackToBackCommitsWithinTheBudget) {
     ASSERT_TRUE(e.ok()) << e.status().ToString();
     last = *e;
     if (rt.epoch() == before) {
-      if (!first_merged) first_merged = now;
-    } else if (first_merged) {
-      longest = std::max(longest, now - *first_merged);
-      first_merged.reset();
+      if (!merging) first_merged = now;
+      merging = true;
+    } else if (merging) {
+      longest = std::max(longest, now - first_merged);
+      merging = false;
     }
     ASSERT_TRUE(rt.poll().ok());
   }
