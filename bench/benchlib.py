@@ -127,6 +127,33 @@ def command_line() -> str:
 
 # --------------------------------------------------------------- stats ----
 
+def parse_size(text: str) -> int:
+    """'64M', '1GiB', '4096' -> bytes (K, M, G, T are powers of 1024)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if t and t[-1] in mult:
+        return int(float(t[:-1]) * mult[t[-1]])
+    return int(t)
+
+
+def size_label(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n}B"
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after timeout; waits for the process."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def percentile(values, p: float) -> float:
     """p in [0, 100], linear interpolation between closest ranks (numpy's default)."""
     if not values:
@@ -451,13 +478,8 @@ class Agent:
                 self.stop(id_)
             except Exception:  # best effort during cleanup
                 pass
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         # Instances we saw and that outlived the agent: end them by pid.
         for pid, name in self.seen_pids.items():
             try:

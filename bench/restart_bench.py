@@ -36,21 +36,6 @@ TARGET_P50_MS = 10.0
 TARGET_RATIO = 1.5
 
 
-def parse_size(text: str) -> int:
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if t and t[-1] in mult:
-        return int(float(t[:-1]) * mult[t[-1]])
-    return int(t)
-
-
-def size_label(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return f"{n}B"
-
-
 def default_region_size(data: int) -> int:
     # Keys, hash table and allocator slack on top of the values, rounded up
     # to a GiB: 64 MiB -> 1 GiB, 4 GiB -> 6 GiB (the figure the issue uses).
@@ -193,7 +178,7 @@ def cold_start_baseline(kv: Path, runs: int, args) -> dict:
 
 
 def bench_size(agent: bl.Agent, kv: Path, data_bytes: int, args, tracker_env: dict) -> dict:
-    label = size_label(data_bytes)
+    label = bl.size_label(data_bytes)
     region = args.region_size or default_region_size(data_bytes)
     port = bl.free_port()
     id_ = f"kv-{label.lower()}"
@@ -303,7 +288,7 @@ def main() -> int:
     ap.add_argument("--value-size", type=int, default=1024)
     ap.add_argument("--chunk-mib", type=int, default=32,
                     help="live data per DEBUG POPULATE call (one epoch each)")
-    ap.add_argument("--region-size", type=parse_size, default=None,
+    ap.add_argument("--region-size", type=bl.parse_size, default=None,
                     help="spare-kv --region-size (default: 1.5x data + 256 MiB, GiB-rounded)")
     ap.add_argument("--rewrite-mib", type=int, default=0,
                     help="before each kill after the first, overwrite this many MiB of "
@@ -328,7 +313,7 @@ def main() -> int:
     args = ap.parse_args()
     quiet = bl.wait_quiet(args.wait_quiet, args.wait_quiet_max_s) if args.wait_quiet else None
 
-    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    sizes = [bl.parse_size(s) for s in args.sizes.split(",") if s]
     kv = bl.binary(args.build, "spare-kv")
     tracker_env = {} if args.tracker == "auto" else {"SPARE_TRACKER": args.tracker}
     summary = {

@@ -57,7 +57,6 @@ import argparse
 import csv
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -73,21 +72,6 @@ MODES = ("protected", "unprotected")
 
 
 # -------------------------------------------------------------- helpers ----
-
-def parse_size(text: str) -> int:
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if t and t[-1] in mult:
-        return int(float(t[:-1]) * mult[t[-1]])
-    return int(t)
-
-
-def size_label(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return f"{n}B"
-
 
 def csv_list(text: str, conv=str) -> list:
     return [conv(x.strip()) for x in text.split(",") if x.strip()]
@@ -257,13 +241,7 @@ class Unprotected:
         return self.proc.pid
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        bl.terminate(self.proc)
         self.log.close()
 
 
@@ -336,7 +314,7 @@ def measure(agent, id_, ppid, port_p, unprot, case, pipeline, keyspace, args) ->
     rounds = {t: {m: [] for m in MODES} for t in args.tests}
     explain = {t: [] for t in args.tests}
     cpu = {t: {"protected": [], "unprotected": [], "agent": []} for t in args.tests}
-    tag0 = (f"{size_label(case['data_bytes'])} v{case['value_size']} -r {keyspace} "
+    tag0 = (f"{bl.size_label(case['data_bytes'])} v{case['value_size']} -r {keyspace} "
             f"-P {pipeline} budget {case['pace_budget_us']}")
     for r in range(args.warmup + args.rounds):
         warm = r < args.warmup
@@ -421,7 +399,7 @@ def run_data_case(agent, kv, data_bytes, value_size, args, tracker_env, user_env
         bl.fail(f"data size {data_bytes} is smaller than one {value_size}-byte value")
     region = args.region_size or default_region_size(keys, value_size)
     kv_args = ["--region-size", str(region), *args.kv_arg]
-    label = f"{size_label(data_bytes)}-v{value_size}"
+    label = f"{bl.size_label(data_bytes)}-v{value_size}"
     keyspaces = [keys if k == "all" else int(k) for k in args.keyspace]
     for k in keyspaces:
         if k > keys:
@@ -432,7 +410,7 @@ def run_data_case(agent, kv, data_bytes, value_size, args, tracker_env, user_env
                          agent.dir / f"unprotected-{label}.log")
     try:
         print(f"[{label}] filling unprotected: {keys} keys x {value_size} B, region "
-              f"{size_label(region)} ...", file=sys.stderr)
+              f"{bl.size_label(region)} ...", file=sys.stderr)
         ufill = fill(unprot.port, keys, value_size, args.chunk_mib << 20)
         ufill["mem_kib"] = smaps_rollup_kib(unprot.pid)
         print(f"[{label}] unprotected fill {ufill['seconds']} s ({ufill['mib_per_s']} MiB/s)",
@@ -463,7 +441,7 @@ def run_data_case(agent, kv, data_bytes, value_size, args, tracker_env, user_env
                 print(f"[{label}] protected fill {pfill['seconds']} s ({pfill['mib_per_s']} "
                       f"MiB/s), RSS {pfill['mem_kib'].get('Rss', 0) >> 10} MiB, anon "
                       f"{pfill['mem_kib'].get('Anonymous', 0) >> 10} MiB", file=sys.stderr)
-                case = {"data_bytes": data_bytes, "data": size_label(data_bytes),
+                case = {"data_bytes": data_bytes, "data": bl.size_label(data_bytes),
                         "writes": pfill["info_spare"].get("writes", "-"),
                         "value_size": value_size, "keys": keys, "region_size": region,
                         "pace_budget_us": budget, "env": env, "kv_args": kv_args,
@@ -562,7 +540,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200000, help="per test per round")
     ap.add_argument("--chunk-mib", type=int, default=8, help="bytes of SETs per fill batch")
     ap.add_argument("--settle-s", type=float, default=1.0, help="idle time after the fill")
-    ap.add_argument("--region-size", type=parse_size, default=None,
+    ap.add_argument("--region-size", type=bl.parse_size, default=None,
                     help="spare-kv --region-size (default: from keys and value size, GiB-rounded)")
     ap.add_argument("--tracker", choices=["uffd", "mprotect", "auto"],
                     default=os.environ.get("SPARE_TRACKER", "auto"))
@@ -586,7 +564,7 @@ def main() -> int:
     if args.matrix:
         args.data_sizes, args.value_sizes, args.pipelines = (
             MATRIX["data_sizes"], MATRIX["value_sizes"], MATRIX["pipelines"])
-    data_sizes = csv_list(args.data_sizes, parse_size)
+    data_sizes = csv_list(args.data_sizes, bl.parse_size)
     value_sizes = csv_list(args.value_sizes, int)
     args.pipelines = csv_list(args.pipelines, int)
     args.keyspace = csv_list(args.keyspace)
