@@ -233,6 +233,8 @@ void Server::AppendInfo(std::string_view section, std::string* out) {
     Field(out, "pages_verified", rs.pages_verified);
     Field(out, "pages_dropped", rs.pages_dropped);
     Field(out, "pages_dropped_idle", rs.pages_dropped_idle);
+    Field(out, "drop_refaults", rs.drop_refaults);
+    Field(out, "drop_window_ms", rs.drop_window_ms);
     Field(out, "idle_drop_passes", rs.idle_drop_passes);
     Field(out, "idle_drop_us_total", rs.idle_drop_ns_total / 1000);
     Field(out, "idle_drop_max_us", rs.idle_drop_ns_max / 1000);

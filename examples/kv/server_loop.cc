@@ -276,8 +276,12 @@ void Server::SendReplies() {
 spare::Status Server::MaybeCommit() {
   const int64_t now = Us(CLOCK_MONOTONIC);
   const bool dirty = store_->mutations() != batch_mutations_;
+  // A deferred commit (staging full, or merged by pacing behind an epoch
+  // in flight) is retried when nothing is in flight any more, or after
+  // kDeferredCommitMs at the latest.
   const bool deferred_due =
-      rt_.commit_deferred() && now >= last_commit_us_ + kDeferredCommitMs * 1000;
+      rt_.commit_deferred() && (now >= last_commit_us_ + kDeferredCommitMs * 1000 ||
+                                rt_.epoch() == rt_.durable_epoch());
   if (!dirty && !deferred_due) return spare::Status::Ok();
   if (dirty && !deferred_due && protected_ && rt_.epoch() > rt_.durable_epoch() &&
       now < dirty_since_us_ + static_cast<int64_t>(options_.group_commit_us) &&

@@ -134,6 +134,11 @@ struct RuntimeStats {
   uint64_t durables = 0;        // Durable messages (outputs released)
   uint64_t pages_dropped = 0;   // private copies of long-clean pages dropped ($SPARE_DROP_CLEAN_MS)
   uint64_t drop_errors = 0;     // madvise calls refused (the copies were kept)
+  // Dropped pages written again soon after (a wasted drop and fault each),
+  // and how long a page must now stay clean before its copy is dropped:
+  // $SPARE_DROP_CLEAN_MS, doubled while most drops come back, up to 16x.
+  uint64_t drop_refaults = 0;
+  uint64_t drop_window_ms = 0;
   std::string tracker;          // "uffd-wp" or "mprotect"
   uint32_t copy_helpers = 0;    // helper threads allowed ($SPARE_COPY_THREADS)
   uint64_t bytes_copied_by_helpers = 0;  // of bytes_committed
@@ -183,9 +188,11 @@ class Runtime {
   // Never drops a page. Returns the epoch number assigned.
   // Pacing (group commit by cost): while recent commits took more than
   // $SPARE_PACE_SHARE percent (default 10, 0 = off) of the time between
-  // them, a commit is merged into the next one without collecting
-  // anything, for at most $SPARE_PACE_BUDGET_US (default 2000) after the
-  // first merged one; commit_deferred() is then true, as for a full ring.
+  // them and an epoch is in flight, a commit is merged into the next one
+  // without collecting anything, for at most $SPARE_PACE_BUDGET_US
+  // (default 2000) after the first merged one; commit_deferred() is then
+  // true, as for a full ring (call commit() again once the epoch in flight
+  // is durable); wait_durable() on the promised epoch ships it at once.
   // Call it where no other thread writes the regions (the quiescent point
   // the epoch captures): it also drops the private copies of pages that
   // stayed clean for $SPARE_DROP_CLEAN_MS (default 1000, 0 = never) once

@@ -59,6 +59,7 @@ void CopyPool::Copy(std::span<const Job> jobs) {
 namespace {
 
 void CopyJob(const CopyPool::Job& j, bool stream) {
+  stream = stream && j.n >= CopyPool::kStreamJobMin;
   if (stream && j.hash) {
     *j.hash = StreamCopyAndHash(j.dst, j.src, j.n);  // hashes each piece while it is in L1
     return;

@@ -14,7 +14,8 @@
 //
 // Small copies stay on the caller: below kParallelMin bytes no helper is
 // woken, below kStreamMin the bytes are memcpy'd (they stay in the cache,
-// where the agent will read them soon) instead of streamed (copy.h).
+// where the agent will read them soon) instead of streamed (copy.h), and
+// so is every job shorter than kStreamJobMin.
 //
 // Threads: helpers are started by the first Copy() large enough to use
 // them, so a process that never commits a large epoch starts none. Between
@@ -58,6 +59,11 @@ class CopyPool {
     uint64_t* hash = nullptr;
   };
   static constexpr size_t kStreamMin = 256 * 1024;     // total bytes: stream, not memcpy
+  // Per job: a shorter piece is memcpy'd even in a streamed copy. Declared
+  // byte ranges are often a few hundred bytes (one value, one hash slot);
+  // non-temporal stores of such pieces ran at a third of memcpy + hash
+  // here (1500 pieces of 520 B: 750 us vs 260 us), pages and larger at par.
+  static constexpr size_t kStreamJobMin = 4096;
   static constexpr size_t kParallelMin = 1024 * 1024;  // total bytes: wake the helpers
   static constexpr size_t kChunk = 256 * 1024;         // unit of work sharing
 

@@ -62,18 +62,36 @@ Result<PaceOptions> PaceOptionsFromEnv() {
 }
 
 // True when this commit should merge into the next one: recent commits
-// cost more than the allowed share of the time between them, and the
-// first commit merged since the last shipped one is younger than the
-// budget. The averages weigh the last few commits (1/8 each), so a burst
-// starts pacing within a few epochs and an idle spell ends it at once
-// (the next interval is long).
+// cost more than the allowed share of the time between them, an epoch is
+// in flight (handed over, not yet durable), and the first commit merged
+// since the last shipped one is younger than the budget. The averages
+// weigh the last few commits (1/8 each), so a burst starts pacing within a
+// few epochs and an idle spell ends it at once (the next interval is long).
+// Merging only behind an epoch in flight costs the merged outputs little:
+// they could not be released before that epoch anyway, and the Durable
+// message that ends it wakes the program's loop, which commits again
+// (commit_deferred() says it should). Merging when nothing was in flight
+// held outputs until the program's next commit() or timer: with clients
+// that wait for their replies nothing else came, and spare-kv's SET
+// throughput fell to 0.52 of unprotected where it was 0.67 with pacing
+// off (issue 7). The merged commit is not shipped from poll(): it would
+// carry writes made after that commit() under its older record.
 bool RuntimeImpl::Pace(uint64_t now_ns) {
   if (pace_.share_pct == 0 || pace_.budget_ns == 0 || last_ship_ns_ == 0) return false;
+  if (durable_ >= epoch_) return false;  // nothing in flight to wait behind
   const uint64_t since = now_ns - last_ship_ns_;
   const uint64_t interval = std::max(pace_interval_ns_, since);
   if (pace_cost_ns_ * 100 <= uint64_t{pace_.share_pct} * interval) return false;
   if (pace_since_ns_ == 0) pace_since_ns_ = now_ns;
   return now_ns - pace_since_ns_ < pace_.budget_ns;
+}
+
+// wait_durable() on the epoch a paced commit was promised: ship it now.
+Status RuntimeImpl::ShipPaced() {
+  if (!paced_pending_ || !error_.ok()) return Status::Ok();
+  paced_pending_ = false;
+  std::string record = std::move(paced_record_);
+  return CommitNow(std::as_bytes(std::span(record.data(), record.size())), 0).status();
 }
 
 void RuntimeImpl::Paced(uint64_t start_ns, uint64_t end_ns) {

@@ -16,6 +16,22 @@
 // meanwhile), and are handed out a budget at a time so one
 // commit never pays for a large drop.
 //
+// The window adapts to the write pattern (refaults). A page written again
+// soon after its copy was dropped paid for nothing: a madvise now, a
+// copy-on-write fault from the image on the write, and the drop again
+// later. Under random writes over a large data set most pages come back
+// within seconds: with a fixed 1 s window spare-kv spent 2.3 s of CPU per
+// 200k SETs at -P 16 over 1 GiB, 1.0 s with no drops at all
+// (docs/BENCHMARKS.md, issue 7). So the
+// reclaimer remembers which pages it dropped in the last two intervals
+// (a bit per page) and counts a refault when one of them is written. At
+// each swap it judges the drops of the interval before last (they had one
+// to two intervals to come back): when more than one in eight came back,
+// the window doubles, up to max_clean_after_ns; when fewer than one in 32
+// did, it halves, down to clean_after_ns. Memory then follows the write working
+// set as seen over the current window: an idle program still gets its
+// copies dropped one (shrinking) window after its last write.
+//
 // Pure bookkeeping: the caller does the madvise(MADV_DONTNEED), at a
 // quiescent point, right after collecting — inside commit() (a small
 // budget) and from poll() while the program is idle (runtime/idle.cc, a
@@ -43,7 +59,8 @@ struct PageSpan {  // bytes [offset, offset + length) of region `region`
 class Reclaimer {
  public:
   struct Options {
-    uint64_t clean_after_ns = 1'000'000'000;  // 0: never drop
+    uint64_t clean_after_ns = 1'000'000'000;  // the shortest window; 0: never drop
+    uint64_t max_clean_after_ns = 0;          // the longest; 0: 16 x clean_after_ns
     uint64_t budget_bytes = 2u << 20;         // per Take(kCommit)
     size_t budget_spans = 64;                 // per Take(kCommit)
     // An idle pass has no commit to slow down, only the event loop's next
@@ -84,9 +101,27 @@ class Reclaimer {
 
   bool has_droppable() const { return !droppable_.empty(); }
   uint64_t droppable_bytes() const;
+  // How long a page must stay clean now (between the two bounds).
+  uint64_t window_ns() const { return window_ns_; }
+  // Pages written again within about two windows of their drop.
+  uint64_t refaults() const { return refaults_total_; }
 
  private:
+  // Pages dropped in the current and the previous interval, one bit per
+  // page, per region (grown on demand).
+  struct DropBits {
+    std::vector<uint64_t> cur, prev;
+  };
+  void MarkDropped(const PageSpan& s);
+  void CountRefaults(const PageSpan& s);
+  void Adapt();
+
   Options options_;
+  uint64_t window_ns_ = options_.clean_after_ns;
+  std::vector<DropBits> bits_;
+  // [0]: pages marked in cur, and those of them written again; [1]: prev.
+  uint64_t drops_[2] = {0, 0}, refaults_[2] = {0, 0};
+  uint64_t refaults_total_ = 0;
   uint64_t interval_start_ns_ = 0;
   bool started_ = false;
   std::vector<PageSpan> young_, old_, droppable_;

@@ -127,6 +127,57 @@ TEST(ReclaimerTest, IdleAdvanceWakeAndBudget) {
   EXPECT_EQ(r.NextWakeNs(2 * kSec + 9), UINT64_MAX) << "all dropped, nothing tracked";
 }
 
+// Drops the program undoes (it writes the pages again soon after) stretch
+// the window up to the maximum; drops that stick shrink it; a quiet spell
+// with nothing to judge leaves it alone.
+TEST(ReclaimerTest, WindowFollowsRefaults) {
+  Reclaimer r({.clean_after_ns = kSec, .max_clean_after_ns = 4 * kSec,
+               .budget_bytes = 1 << 30, .budget_spans = 1000});
+  const Spans hot{Pages(0, 0, 100)};
+  uint64_t t = 0, epoch = 1;
+  auto swap = [&] { return Take(r, epoch, t += r.window_ns()); };  // one interval later
+  (void)Take(r, 0, 0);
+  r.Written(epoch, hot);
+  EXPECT_EQ(swap(), Spans{});
+  EXPECT_EQ(swap(), hot) << "clean for a whole interval";
+  r.Written(++epoch, hot);  // every dropped page written again at once
+  EXPECT_EQ(r.refaults(), 100u);
+  EXPECT_EQ(swap(), Spans{});
+  EXPECT_EQ(r.window_ns(), kSec) << "judged one swap later";
+  EXPECT_EQ(swap(), hot) << "clean again";
+  EXPECT_EQ(r.window_ns(), 2 * kSec) << "all of the judged drops came back";
+  // Keep undoing every drop: the window doubles once more and stops at the maximum.
+  EXPECT_EQ(swap(), Spans{});
+  r.Written(++epoch, hot);
+  EXPECT_EQ(r.refaults(), 200u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(swap(), Spans{}) << i << ": written in every interval";
+    r.Written(++epoch, hot);
+  }
+  EXPECT_EQ(r.window_ns(), 4 * kSec);
+  // The writes stop: the pages are dropped once, the drops stick, the
+  // window halves; then there is nothing more to judge and it stays.
+  EXPECT_EQ(swap(), Spans{});
+  EXPECT_EQ(swap(), hot);
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(swap(), Spans{});
+  EXPECT_EQ(r.window_ns(), 2 * kSec);
+  // More drops that stick: down to the minimum, never below.
+  for (uint64_t first : {1000, 2000, 3000}) {
+    r.Written(++epoch, Spans{Pages(0, first, 100)});
+    for (int i = 0; i < 4; ++i) (void)swap();
+  }
+  EXPECT_EQ(r.window_ns(), kSec);
+  EXPECT_EQ(r.refaults(), 200u);
+  // Fewer than 64 judged drops are not evidence.
+  const Spans few{Pages(0, 5000, 10)};
+  for (int i = 0; i < 4; ++i) {
+    r.Written(++epoch, few);
+    for (int k = 0; k < 3; ++k) (void)swap();
+  }
+  EXPECT_EQ(r.window_ns(), kSec);
+  EXPECT_EQ(r.refaults(), 230u);
+}
+
 TEST(ReclaimerTest, DisabledNeverWakes) {
   Reclaimer r({.clean_after_ns = 0});
   Spans e1{Pages(0, 0, 1)};

@@ -183,13 +183,10 @@ Status RuntimeImpl::poll() {
 Status RuntimeImpl::wait_durable(uint64_t epoch, int timeout_ms) {
   if (!protected_) return Status::Ok();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  if (epoch == epoch_ + 1 && paced_pending_ && error_.ok()) {
+  if (epoch == epoch_ + 1) {
     // Pacing merged the last commit into a next one that nobody may call:
     // ship it now, as that commit() would have.
-    paced_pending_ = false;
-    std::string record = std::move(paced_record_);
-    auto e = CommitNow(std::as_bytes(std::span(record.data(), record.size())), 0);
-    if (!e.ok()) return e.status();
+    SPARE_RETURN_IF_ERROR(ShipPaced());
   }
   while (durable_ < epoch) {
     SPARE_RETURN_IF_ERROR(error_);
@@ -249,6 +246,8 @@ RuntimeStats RuntimeImpl::stats() const {
   s.outputs_released = gate_.released_outputs();
   s.released_epoch = released_;
   s.durable_epoch = durable_;
+  s.drop_refaults = reclaimer_.refaults();
+  s.drop_window_ms = reclaimer_.enabled() ? reclaimer_.window_ns() / 1'000'000 : 0;
   s.tracker = tracker_ ? std::string(tracker_->name()) : "none";
   if (copy_pool_) {
     s.copy_helpers = copy_pool_->helpers();

@@ -117,6 +117,7 @@ class RuntimeImpl {
   bool Pace(uint64_t now_ns);                    // true: merge this commit into the next
   // No pacing; t0: when commit() started (0: now).
   Result<uint64_t> CommitNow(std::span<const std::byte> record, uint64_t t0);
+  Status ShipPaced();  // ships the commit pacing held back, if any
   void Paced(uint64_t start_ns, uint64_t end_ns);  // a shipped commit's cost, for Pace()
   void DropCleanCopies();
   bool TryShip(std::span<const std::byte> record, Status* error);

@@ -818,7 +818,8 @@ TEST_P(RuntimeTest, PacingMergesCostlyBackToBackCommitsWithinTheBudget) {
 }
 
 // A program that commits and then waits for that epoch works with pacing:
-// wait_durable() ships an epoch pacing held back.
+// wait_durable() ships an epoch pacing held back (a second commit right
+// behind one in flight).
 TEST_P(RuntimeTest, WaitDurableShipsAPacedCommit) {
   setenv("SPARE_PACE_SHARE", "1", 1);
   setenv("SPARE_PACE_BUDGET_US", "10000000", 1);  // would hold it for 10 s
@@ -829,6 +830,8 @@ TEST_P(RuntimeTest, WaitDurableShipsAPacedCommit) {
   int paced = 0;
   for (int i = 0; i < 100 && paced < 5; ++i) {
     for (int p = 0; p < 512; p += 2) r->bytes()[p * kPage] = std::byte(i + 1);
+    ASSERT_TRUE(rt.commit("first" + std::to_string(i)).ok());
+    for (int p = 1; p < 512; p += 2) r->bytes()[p * kPage] = std::byte(i + 1);
     const uint64_t before = rt.epoch();
     auto e = rt.commit("rec" + std::to_string(i));
     ASSERT_TRUE(e.ok()) << e.status().ToString();
