@@ -94,6 +94,29 @@ def pid_alive(pid):
         return False
 
 
+def proc_stat(pid):
+    """(comm, state, ppid) of a process, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    fields = text.rsplit(")", 1)[1].split()
+    return comm, fields[0], int(fields[1])
+
+
+def children(ppid):
+    """[(pid, comm, state)] of the processes whose parent is ppid."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st and st[2] == ppid:
+                out.append((int(entry), st[0], st[1]))
+    return out
+
+
 def tail(path, lines=40):
     try:
         with open(path, errors="replace") as f:

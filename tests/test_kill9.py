@@ -41,7 +41,8 @@ import time
 import unittest
 
 from resp_load import Conn, PipelinedLoad, encode
-from spare_harness import REDIS_BENCHMARK, SPARE_KV, Harness, free_port, mget, redis
+from spare_harness import (REDIS_BENCHMARK, SPARE_KV, Harness, children, free_port, mget,
+                           proc_stat, redis)
 
 KILLS = int(os.environ.get("SPARE_KILLS", "50"))
 SEED = int(os.environ.get("SPARE_SEED", str(int(time.time()))))
@@ -253,6 +254,21 @@ class Kill9Test(unittest.TestCase):
             self.assertGreater(int(info["pages_verified"]), 0, "verification never ran")
         elif KV_WRITES == "declared":  # the production path: no tracker on the region
             self.assertEqual(int(info["pages_verified"]), 0, "verification ran unasked")
+        # Each instance had an exit helper (runtime/exit_helper.h) sharing its
+        # address space; the ones killed with their instances were reparented
+        # to the agent, their subreaper, which reaped them: none is left, not
+        # even as a zombie.
+        helper = int(info["exit_helper_pid"])
+        self.assertGreater(helper, 0, "the instance has no exit helper")
+        self.assertEqual(proc_stat(helper)[::2], ("spare-exit", pid),
+                         "exit_helper_pid is not the instance's spare-exit child")
+        deadline = time.monotonic() + 15
+        while True:
+            left = [c for c in children(h.agent_proc.pid) if c[0] != pid]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(left, [], "children of the agent left behind by killed instances")
         ms = sorted(s * 1000 for s in restart_s)
         print(f"{KILLS} kills: kill -> PONG p50 {statistics.median(ms):.1f} ms,"
               f" max {ms[-1]:.1f} ms; {len(lg.acked)} acknowledged keys verified,"

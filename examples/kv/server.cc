@@ -238,6 +238,7 @@ void Server::AppendInfo(std::string_view section, std::string* out) {
     Field(out, "idle_drop_passes", rs.idle_drop_passes);
     Field(out, "idle_drop_us_total", rs.idle_drop_ns_total / 1000);
     Field(out, "idle_drop_max_us", rs.idle_drop_ns_max / 1000);
+    Field(out, "exit_helper_pid", static_cast<uint64_t>(rs.exit_helper_pid));
     Field(out, "outputs_released", rs.outputs_released);
     Field(out, "held_outputs", rt_.gate().held_outputs());
     Field(out, "held_bytes", rt_.gate().held_bytes());

@@ -149,6 +149,10 @@ struct RuntimeStats {
   uint64_t idle_drop_passes = 0;
   uint64_t idle_drop_ns_total = 0;  // collect + madvise, outside commit()
   uint64_t idle_drop_ns_max = 0;
+
+  // The process sharing this one's address space so that its kill -9 does
+  // not wait for the teardown (0: none; $SPARE_EXIT_HELPER=0, or unprotected).
+  int64_t exit_helper_pid = 0;
 };
 
 class Runtime {

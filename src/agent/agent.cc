@@ -4,6 +4,8 @@
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -99,6 +101,12 @@ Status Agent::SetupSignals() {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  // The agent is the subreaper of what its instances leave behind when they
+  // die (their exit helpers, runtime/exit_helper.h, and anything the app
+  // started): SIGCHLD tells it to reap them (ReapOrphans).
+  sigaddset(&set, SIGCHLD);
+  if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
+    return Status::FromErrno("prctl(PR_SET_CHILD_SUBREAPER)", errno);
   if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) return Status::FromErrno("sigprocmask", errno);
   signal_fd_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!signal_fd_.valid()) return Status::FromErrno("signalfd", errno);
@@ -217,12 +225,36 @@ Status Agent::AddConnection(UniqueFd sock) {
 
 void Agent::OnSignal() {
   signalfd_siginfo info{};
+  bool child = false;
   while (::read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+    if (info.ssi_signo == SIGCHLD) {
+      child = true;
+      continue;
+    }
     spdlog::info(
         "agent: got {}, shutting down (instances keep running; the next agent "
         "re-adopts them)",
         sigabbrev_np(static_cast<int>(info.ssi_signo)));
     stop_requested_ = true;
+  }
+  if (child) ReapOrphans();
+}
+
+// Reaps exited children that are not instances (instances are reaped through
+// their pidfds, which also report how they ended). waitid(WNOWAIT) shows the
+// first exited child without reaping it; an instance's stops the sweep, and
+// OnPidfdReadable sweeps again once that instance is reaped.
+void Agent::ReapOrphans() {
+  for (int i = 0; i < 256; ++i) {
+    siginfo_t info{};
+    if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) return;
+    const pid_t pid = info.si_pid;
+    for (const auto& [id, inst] : instances_)
+      if (inst->is_child && inst->pidfd.valid() && inst->rec.pid == pid) return;
+    if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG) != 0) return;
+    ++orphans_reaped_;
+    spdlog::debug("agent: reaped pid {}, left behind by an instance ({} so far)", pid,
+                  orphans_reaped_);
   }
 }
 

@@ -121,6 +121,7 @@ class Agent {
   void HandleEvent(uint64_t token, uint32_t events);
   void AcceptClients();
   void OnSignal();
+  void ReapOrphans();
   void OnTimer();
   void ArmTimer();
   void Shutdown();
@@ -198,6 +199,7 @@ class Agent {
   UniqueFd lock_fd_, listen_fd_, epoll_fd_, signal_fd_, timer_fd_, http_fd_;
   bool socket_owned_ = false;
   bool stop_requested_ = false;
+  uint64_t orphans_reaped_ = 0;  // children reaped that were not instances
   SteadyTime started_at_;
   uint64_t next_serial_ = 1;
   uint64_t next_watch_ = 1;

@@ -92,6 +92,7 @@ void Agent::OnPidfdReadable(const std::string& id) {
   ExitInfo exit = ReapPidfd(inst->pidfd.get(), inst->is_child);
   ForgetProcess(*inst);
   OnProcessGone(*inst, exit);
+  if (options_.handle_signals) ReapOrphans();  // the sweep an instance's zombie stopped
 }
 
 void Agent::ForgetProcess(Instance& inst) {

@@ -1,6 +1,7 @@
 #include "agent/worker.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -13,14 +14,22 @@ Result<std::unique_ptr<Worker>> Worker::Create(std::string name) {
   std::unique_ptr<Worker> w(new Worker());
   w->event_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!w->event_fd_.valid()) return Status::FromErrno("eventfd for worker " + name, errno);
+  // The thread starts with every signal blocked: the agent takes SIGTERM,
+  // SIGINT and SIGCHLD through a signalfd on its loop thread, and a
+  // process-directed signal goes to any thread that does not block it.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   try {
     w->thread_ = std::thread([raw = w.get(), name] {
       pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
       raw->Loop();
     });
   } catch (const std::system_error& e) {
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return Status(Code::kResourceExhausted, "cannot start worker thread " + name + ": " + e.what());
   }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return w;
 }
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 
 #include "ipc/body.h"
@@ -72,6 +73,18 @@ Result<std::unique_ptr<RuntimeImpl>> RuntimeImpl::Attach() {
   SPARE_ASSIGN_OR_RETURN(uint64_t clean_after_ns, DropCleanAfterNsFromEnv());
   rt->reclaimer_ = Reclaimer(Reclaimer::Options{.clean_after_ns = clean_after_ns});
   SPARE_RETURN_IF_ERROR(NewEpollAndTimer(&rt->epfd_, &rt->timer_));
+  SPARE_ASSIGN_OR_RETURN(bool exit_helper, ExitHelperFromEnv());
+  if (exit_helper) {
+    // Only speed depends on it: without one, a kill -9 pays the teardown.
+    auto h = ExitHelper::Start();
+    if (h.ok()) {
+      rt->exit_helper_ = std::move(h).value();
+    } else {
+      std::fprintf(stderr, "spare: no exit helper (%s); a kill -9 of this instance waits for "
+                           "its memory to be unmapped before the agent can restart it\n",
+                   h.status().ToString().c_str());
+    }
+  }
   if (rt->reclaimer_.enabled()) SPARE_RETURN_IF_ERROR(rt->AddDropTimer());
   SPARE_RETURN_IF_ERROR(rt->Connect(/*reattach=*/false));
   return rt;
@@ -248,6 +261,7 @@ RuntimeStats RuntimeImpl::stats() const {
   s.durable_epoch = durable_;
   s.drop_refaults = reclaimer_.refaults();
   s.drop_window_ms = reclaimer_.enabled() ? reclaimer_.window_ns() / 1'000'000 : 0;
+  s.exit_helper_pid = exit_helper_.pid();
   s.tracker = tracker_ ? std::string(tracker_->name()) : "none";
   if (copy_pool_) {
     s.copy_helpers = copy_pool_->helpers();

@@ -17,7 +17,9 @@
 //     they touch nothing but the page data of the epoch being copied, and
 //     only inside commit();
 //   - the drop timer (in epfd_ too, idle.cc): wakes the app's loop so that
-//     poll() drops private copies while no commits come.
+//     poll() drops private copies while no commits come;
+//   - the exit helper (exit_helper.h), a process sharing our address space
+//     so that a kill -9 does not wait for its teardown.
 #pragma once
 
 #include <chrono>
@@ -33,6 +35,7 @@
 #include "ipc/wire.h"
 #include "region/tracker.h"
 #include "region/write_log.h"
+#include "runtime/exit_helper.h"
 #include "runtime/reclaim.h"
 #include "spare/runtime.h"
 
@@ -180,6 +183,7 @@ class RuntimeImpl {
   Status error_;  // sticky
   Gate gate_;
   RuntimeStats stats_;
+  ExitHelper exit_helper_;  // shares our address space; see exit_helper.h
 };
 
 }  // namespace spare

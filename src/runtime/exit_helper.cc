@@ -1,0 +1,114 @@
+// ExitHelper (runtime/exit_helper.h).
+#include "runtime/exit_helper.h"
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+#include <utility>
+
+namespace spare {
+namespace {
+
+constexpr size_t kStackSize = 64 << 10;
+
+// Runs in the helper, on its own stack, in the instance's address space and
+// with the TLS pointer of the thread that cloned it: raw system calls only,
+// no allocation, no locks, and no errno unless a call fails (none of these
+// can: the fds exist, and no signal can interrupt the read).
+__attribute__((no_sanitize("address", "undefined"))) int HelperMain(void* arg) {
+  const auto keep = static_cast<unsigned>(reinterpret_cast<uintptr_t>(arg));
+  if (keep > 0) ::syscall(SYS_close_range, 0u, keep - 1, 0u);
+  ::syscall(SYS_close_range, keep + 1, ~0u, 0u);
+  ::syscall(SYS_prctl, PR_SET_NAME, "spare-exit", 0ul, 0ul, 0ul);
+  // Also ends it when the thread that started it dies while a fork()ed
+  // child of the app (which inherited the write end) lives on.
+  ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0ul, 0ul, 0ul);
+  char byte;
+  while (::syscall(SYS_read, keep, &byte, 1ul) > 0) {
+  }
+  return 0;  // glibc's clone() ends the helper with exit(2)
+}
+
+}  // namespace
+
+Result<bool> ExitHelperFromEnv() {
+  const char* v = std::getenv("SPARE_EXIT_HELPER");
+  if (!v || !*v || std::string_view(v) == "1") return true;
+  if (std::string_view(v) == "0") return false;
+  return Status(Code::kInvalidArgument,
+                "SPARE_EXIT_HELPER=\"" + std::string(v) + "\": expected 0 or 1");
+}
+
+Result<ExitHelper> ExitHelper::Start() {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe2 for the exit helper", errno);
+  UniqueFd wait_end(p[0]);
+  ExitHelper h;
+  h.wake_.reset(p[1]);
+  h.stack_ = ::mmap(nullptr, kStackSize, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+  if (h.stack_ == MAP_FAILED) {
+    h.stack_ = nullptr;
+    return Status::FromErrno("mmap of the exit helper's stack", errno);
+  }
+  // Every signal blocked from its first instruction: the helper inherits
+  // this thread's mask, and the app's handlers must never run in it.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t pid = ::clone(HelperMain, static_cast<char*>(h.stack_) + kStackSize, CLONE_VM,
+                      reinterpret_cast<void*>(static_cast<uintptr_t>(wait_end.get())));
+  const int err = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) return Status::FromErrno("clone(CLONE_VM) of the exit helper", err);
+  h.pid_ = pid;
+  return h;
+}
+
+ExitHelper::ExitHelper(ExitHelper&& o) noexcept
+    : pid_(std::exchange(o.pid_, 0)),
+      wake_(std::move(o.wake_)),
+      stack_(std::exchange(o.stack_, nullptr)) {}
+
+ExitHelper& ExitHelper::operator=(ExitHelper&& o) noexcept {
+  if (this != &o) {
+    Stop();
+    pid_ = std::exchange(o.pid_, 0);
+    wake_ = std::move(o.wake_);
+    stack_ = std::exchange(o.stack_, nullptr);
+  }
+  return *this;
+}
+
+ExitHelper::~ExitHelper() { Stop(); }
+
+void ExitHelper::Stop() {
+  wake_.reset();
+  bool gone = pid_ == 0;
+  if (pid_ > 0) {
+    // A fork()ed child may hold the write end too: do not wait for EOF. Our
+    // unreaped child's pid cannot have been reused.
+    ::kill(pid_, SIGKILL);
+    int r;
+    do {
+      r = ::waitpid(pid_, nullptr, __WCLONE);
+    } while (r < 0 && errno == EINTR);
+    // ECHILD: someone else reaped it (a waitpid(-1, __WALL)); it is gone.
+    gone = r == pid_ || errno == ECHILD;
+    pid_ = 0;
+  }
+  // Its stack is unmapped only once it can no longer run on it.
+  if (stack_ && gone) ::munmap(stack_, kStackSize);
+  stack_ = nullptr;
+}
+
+}  // namespace spare
