@@ -300,7 +300,7 @@ void Agent::Shutdown() {
     inst->rec.state = InstanceState::kStopped;
     inst->rec.reason = "stopped (killed when the agent shut down)";
     inst->rec.pid = 0;
-    inst->ReleaseImage();
+    ReleaseImage(*inst);
   }
   SaveStateOrLog();
   WaitIdle();

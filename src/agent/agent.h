@@ -151,6 +151,7 @@ class Agent {
   std::optional<ipc::Message> OnCommit(Conn& conn, ipc::Message& msg);
 
   // apply.cc
+  void ReleaseImage(Instance& inst);
   Status PostApply(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts);
   void OnApplied(const std::string& id, uint64_t serial, uint64_t epoch, ApplyResult& result);
   void SendProgress(Instance& inst);

@@ -123,7 +123,7 @@ std::optional<ipc::Message> Agent::OnStop(Conn& conn, ipc::Message& msg) {
   inst->rec.state = InstanceState::kStopped;
   inst->rec.reason = "stopped by `spare stop`";
   inst->rec.pid = 0;
-  inst->ReleaseImage();
+  ReleaseImage(*inst);
   SaveStateOrLog();
   spdlog::info("instance {}: stopped (no process); committed image released", *id);
   return ipc::OkMessage({{"id", *id}, {"state", "stopped"}});

@@ -51,20 +51,23 @@ Result<StagingArea> StagingArea::Adopt(UniqueFd fd) {
 
 void Instance::ResetImageState() {
   ++image_serial;
-  chain = std::make_shared<ApplyChain>();
-  chain->epoch = rec.epoch;
+  auto next = std::make_shared<ApplyChain>();
+  next->epoch = rec.epoch;
+  if (chain) next->maps = std::exchange(chain->maps, {});  // no apply in flight: ours to move
+  chain = std::move(next);
   epochs.Reset(rec.epoch);
   sent_released = sent_durable = rec.epoch;
 }
 
-void Instance::ReleaseImage() {
+std::shared_ptr<ApplyChain> Instance::ReleaseImage() {
   ++image_serial;
-  chain.reset();
+  std::shared_ptr<ApplyChain> old = std::move(chain);
   staging.Reset();
   region_fds.clear();
   rec.regions.clear();
   rec.epoch = 0;
   record.clear();
+  return old;
 }
 
 }  // namespace spare::agent

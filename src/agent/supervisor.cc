@@ -273,7 +273,7 @@ void Agent::FinishStop(Instance& inst, const ExitInfo& exit) {
   inst.rec.state = InstanceState::kStopped;
   inst.rec.reason = "stopped by `spare stop`";
   if (exit.kind != ExitInfo::kUnknown) inst.rec.reason += " (" + exit.Describe() + ")";
-  inst.ReleaseImage();
+  ReleaseImage(inst);
   spdlog::info("instance {}: stopped in {:.1f} ms ({}); committed image released", inst.rec.spec.id,
                took_ms, exit.Describe());
   AnswerRun(inst, Status(Code::kFailedPrecondition,
