@@ -1,0 +1,198 @@
+// net/transport.h — spare's one door to UCX (the only code that includes
+// UCX headers; tests/test_lib_boundaries.py checks it). Agents and standbys
+// talk through these types; nothing here knows what an epoch is, so cold
+// protection and the remote-memory service can use the same transport.
+//
+//   Worker     a UCP context + worker (single-threaded), driven from the
+//              owner's epoll loop: poll event_fd(), then Progress().
+//   Listener   Worker::Listen: a sockaddr listener; each accepted peer
+//              becomes an Endpoint handed to the owner.
+//   Endpoint   Worker::Connect or accepted: active messages (control),
+//              puts into the peer's registered memory (data), flush (a put
+//              is known to have landed only once a later flush completed).
+//   Memory     Worker::Map: memory registered for remote access, and the
+//              packed key a peer needs to write it.
+//   RemoteKey  Endpoint::UnpackKey: a peer's key, valid on that endpoint.
+//
+// Callbacks — AM handlers, Done callbacks, accept and error callbacks —
+// run only from inside Worker::Progress(), never from inside the call that
+// started the operation, so an owner never sees re-entrance from a send.
+// They may start new operations; they must not destroy the Worker. An
+// Endpoint destroyed inside a callback is closed after the callback.
+//
+// Error handling: UCP_ERR_HANDLING_MODE_PEER makes UCX detect a dead peer
+// on an endpoint (and report it through on_error), at the price of
+// dropping shared-memory transports (docs/ARCHITECTURE.md, "Transport").
+// It is chosen per endpoint; spare's own heartbeats detect failures either
+// way (UCX's keepalive is far too slow for failover).
+//
+// Thread-safety: a Worker and everything made from it are used from one
+// thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "spare/status.h"
+
+namespace spare::net {
+
+enum class ErrorMode { kNone, kPeer };
+const char* ErrorModeName(ErrorMode m);
+
+class Endpoint;
+class Worker;
+
+using Done = std::function<void(const Status&)>;
+// Called with the endpoint a message came on and its bytes, which are valid
+// only during the call. `from` is null when the sender gave no reply
+// endpoint (every message sent through Endpoint::SendAm carries one).
+using AmHandler = std::function<void(Endpoint* from, std::span<const std::byte> bytes)>;
+
+// Memory registered with UCX for remote puts and gets.
+class Memory {
+ public:
+  ~Memory();
+  Memory(const Memory&) = delete;
+  Memory& operator=(const Memory&) = delete;
+
+  std::byte* base() const { return base_; }
+  size_t size() const { return size_; }
+  // The key a peer unpacks (Endpoint::UnpackKey) to access this memory.
+  const std::string& packed_key() const { return packed_; }
+
+ private:
+  friend class Worker;
+  Memory() = default;
+  Worker* worker_ = nullptr;
+  void* memh_ = nullptr;  // ucp_mem_h
+  std::byte* base_ = nullptr;
+  size_t size_ = 0;
+  std::string packed_;
+};
+
+// A peer's memory key, unpacked on one endpoint. Destroy it before the
+// endpoint.
+class RemoteKey {
+ public:
+  ~RemoteKey();
+  RemoteKey(const RemoteKey&) = delete;
+  RemoteKey& operator=(const RemoteKey&) = delete;
+
+ private:
+  friend class Endpoint;
+  RemoteKey() = default;
+  void* rkey_ = nullptr;  // ucp_rkey_h
+};
+
+class Endpoint {
+ public:
+  // Closes the endpoint (flushing what is queued unless it failed).
+  ~Endpoint();
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  // Sends an active message with handler id `id`; `bytes` is copied. done
+  // (optional) runs once UCX no longer needs it or the send failed.
+  Status SendAm(uint16_t id, std::span<const std::byte> bytes, Done done = {});
+  // Writes `len` bytes at `local` to address `remote` of the peer's memory
+  // that `key` unpacked. `local` must stay valid and unchanged until done.
+  Status Put(const void* local, size_t len, uint64_t remote, const RemoteKey& key, Done done = {});
+  // done runs once every put and send started before it has completed at
+  // the peer.
+  Status Flush(Done done);
+  Result<std::unique_ptr<RemoteKey>> UnpackKey(std::span<const std::byte> packed);
+
+  // The first error seen on this endpoint (a dead peer, a failed
+  // operation); Ok while it works.
+  const Status& error() const { return error_; }
+  bool failed() const { return !error_.ok(); }
+  // Runs (from Progress) once, when the endpoint first fails.
+  void set_on_error(std::function<void(const Status&)> f) { on_error_ = std::move(f); }
+  ErrorMode error_mode() const { return mode_; }
+  // "host:port" of the peer as given to Connect, or what the listener saw.
+  const std::string& peer() const { return peer_; }
+
+  void* user = nullptr;  // the owner's tag
+
+ private:
+  friend class Worker;
+  friend struct Internal;
+  Endpoint() = default;
+  void Fail(const Status& st);  // from UCX's error handler
+
+  Worker* worker_ = nullptr;
+  void* ep_ = nullptr;  // ucp_ep_h
+  ErrorMode mode_ = ErrorMode::kNone;
+  std::string peer_;
+  Status error_;
+  std::function<void(const Status&)> on_error_;
+};
+
+class Worker {
+ public:
+  // Reads UCX's configuration from the environment (UCX_TLS and friends).
+  static Result<std::unique_ptr<Worker>> Create();
+  // REQUIRES: every Endpoint, Memory and listener made from it is gone.
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Readable when UCX has work; the owner polls it, then calls Progress().
+  int event_fd() const { return efd_; }
+  // Runs UCX until it has nothing more to do, then the callbacks that became
+  // due, and arms event_fd() so that the next wait wakes for new work.
+  void Progress();
+
+  Status SetAmHandler(uint16_t id, AmHandler handler);
+
+  // Connects to a listener at host:port. The endpoint is usable at once
+  // (operations queue until the connection is up); failure to reach the
+  // peer shows as error() / on_error, and for kNone only as operations
+  // that never complete (spare's heartbeats bound that).
+  Result<std::unique_ptr<Endpoint>> Connect(const std::string& host, uint16_t port, ErrorMode mode);
+  // Listens on host:port (port 0: any free one); returns the port. Each
+  // accepted peer is handed to on_accept (from Progress). One listener per
+  // worker.
+  Result<uint16_t> Listen(const std::string& host, uint16_t port, ErrorMode mode,
+                          std::function<void(std::unique_ptr<Endpoint>)> on_accept);
+  // Registers [base, base+size) for remote access.
+  Result<std::unique_ptr<Memory>> Map(void* base, size_t size);
+
+  // The transports UCX chose for an endpoint's lanes, e.g. "tcp" or
+  // "posix,cma" (for logs and status: every measurement says what it ran on).
+  std::string TransportsOf(const Endpoint& ep) const;
+
+ private:
+  friend class Endpoint;
+  friend class Memory;
+  friend struct Internal;  // UCX's callbacks (transport.cc)
+  Worker() = default;
+  struct Pending;  // an operation in flight: its Done and its buffer
+  Status Start(void* request, Pending* op, const char* what);
+  void Defer(std::function<void()> f) { due_.push_back(std::move(f)); }
+  void CloseEp(void* ep, bool force);
+  Endpoint* Find(void* ep) const;
+
+  void* context_ = nullptr;   // ucp_context_h
+  void* worker_ = nullptr;    // ucp_worker_h
+  void* listener_ = nullptr;  // ucp_listener_h
+  int efd_ = -1;
+  ErrorMode listen_mode_ = ErrorMode::kNone;
+  std::function<void(std::unique_ptr<Endpoint>)> on_accept_;
+  std::unordered_map<void*, Endpoint*> eps_;  // ucp_ep_h -> Endpoint
+  std::unordered_map<uint16_t, AmHandler> handlers_;
+  std::vector<std::unique_ptr<std::pair<Worker*, uint16_t>>> am_args_;  // UCX keeps pointers
+  uint64_t refused_rndv_ = 0;  // rendezvous messages dropped (we send eager only)
+  std::vector<std::function<void()>> due_;  // callbacks for the end of Progress()
+  std::vector<void*> closing_;              // close requests still in flight
+  int depth_ = 0;                           // > 0 while inside Progress()
+};
+
+}  // namespace spare::net
