@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <set>
+#include <unistd.h>
 
 namespace spare::net {
 namespace {
@@ -224,10 +225,16 @@ Worker::~Worker() {
   if (listener_) ucp_listener_destroy(static_cast<ucp_listener_h>(listener_));
   // Endpoints closing gracefully get a bounded time to finish.
   const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-  while (!closing_.empty() && std::chrono::steady_clock::now() < end) Progress();
-  for (void* req : closing_) ucp_request_free(req);
-  closing_.clear();
+  while (!closing_.empty() && std::chrono::steady_clock::now() < end) {
+    Progress();
+    if (!closing_.empty()) ::usleep(1000);
+  }
   due_.clear();
+  if (!closing_.empty()) {
+    std::fprintf(stderr, "spare: %zu UCX endpoint close(s) still pending after 1 s; not "
+                         "destroying the UCX worker\n", closing_.size());
+    return;
+  }
   if (worker_) ucp_worker_destroy(WK(worker_));
   if (context_) ucp_cleanup(CTX(context_));
 }

@@ -20,6 +20,16 @@
 // They may start new operations; they must not destroy the Worker. An
 // Endpoint destroyed inside a callback is closed after the callback.
 //
+// Closing (UCX 1.13, found by transport_test): an endpoint must not be
+// closed half-wired — before each side has sent a message and received
+// one (or before it failed). Closing one earlier, or having sent it an
+// active message whose id the receiver never registered, trips an
+// assertion inside UCX's progress (`(*ep_p)->worker == worker`) over the
+// shared-memory transports. spare's protocols therefore start with a
+// message each way and register every id both sides use before connecting.
+// A failed endpoint is closed with UCP_EP_CLOSE_FLAG_FORCE, a working one
+// gracefully (which needs the peer to progress: Worker::closing()).
+//
 // Error handling: UCP_ERR_HANDLING_MODE_PEER makes UCX detect a dead peer
 // on an endpoint (and report it through on_error), at the price of
 // dropping shared-memory transports (docs/ARCHITECTURE.md, "Transport").
@@ -139,7 +149,10 @@ class Worker {
  public:
   // Reads UCX's configuration from the environment (UCX_TLS and friends).
   static Result<std::unique_ptr<Worker>> Create();
-  // REQUIRES: every Endpoint, Memory and listener made from it is gone.
+  // REQUIRES: every Endpoint and Memory made from it is gone. Gives closing
+  // endpoints up to 1 s; if a close is still pending then (a peer that
+  // never progresses), UCX's worker is left allocated rather than destroyed
+  // with the close in flight (which UCX does not allow).
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -164,6 +177,12 @@ class Worker {
                           std::function<void(std::unique_ptr<Endpoint>)> on_accept);
   // Registers [base, base+size) for remote access.
   Result<std::unique_ptr<Memory>> Map(void* base, size_t size);
+
+  // Endpoint closes still in flight (a graceful close needs the peer to
+  // progress too).
+  size_t closing() const { return closing_.size(); }
+  // Rendezvous messages dropped (every spare send is eager).
+  uint64_t refused_rendezvous() const { return refused_rndv_; }
 
   // The transports UCX chose for an endpoint's lanes, e.g. "tcp" or
   // "posix,cma" (for logs and status: every measurement says what it ran on).
