@@ -1,0 +1,170 @@
+// hot/wire.h — the agent ↔ standby protocol (hot protection), as bytes.
+//
+// Control messages travel as UCX active messages (net/transport.h); bulk
+// epoch data goes by put into the standby's registered staging area, and a
+// Commit names what was put. Byte layout and every message in docs/WIRE.md
+// section 4. Independent of UCX, so decoders can be unit-tested and fuzzed.
+//
+// Frame (little endian), 48-byte header then the body:
+//   u32 magic "SPHT" | u16 version | u16 type | u32 body_len | u32 flags (0)
+//   | u64 instance (the standby's handle; 0 before Reserved)
+//   | u64 generation (the sender's owner generation)
+//   | u64 seq (a request's sequence number; the epoch for Commit and Ack)
+//   | u64 checksum: XXH3-64 of the body, seeded with XXH3-64 of header
+//     bytes 0-39
+//
+// Decoders trust nothing: Decode() checks magic, version, type, that
+// body_len equals what arrived and is within kMaxBody, flags, and the
+// checksum; each message's Parse checks every length against the bytes
+// left, every count and size against its limit, and that nothing trails.
+// A refusal is kBadMessage naming the message and field.
+//
+// Threading: free functions and value types; no shared state.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "spare/status.h"
+
+namespace spare::hot {
+
+inline constexpr uint32_t kMagic = 0x54485053;  // "SPHT"
+inline constexpr uint16_t kVersion = 1;
+inline constexpr size_t kHeaderSize = 48;
+inline constexpr size_t kMaxBody = 64 * 1024;  // control only; data goes by put
+inline constexpr size_t kMaxName = 256;        // ids, names, reasons
+inline constexpr size_t kMaxRegions = 64;
+inline constexpr size_t kMaxKey = 4096;        // a packed UCX remote key
+inline constexpr size_t kMaxRecord = 32 * 1024;
+inline constexpr size_t kMaxSpec = 32 * 1024;  // the launch spec (JSON text)
+
+enum class Type : uint16_t {
+  kHello = 1,       // agent → standby, first message on a connection
+  kWelcome = 2,     // standby → agent
+  kError = 3,       // either way, answers the request with the same seq
+  kReserve = 10,    // agent → standby: reserve (or find) an instance's area
+  kReserved = 11,   // standby → agent: the area, its staging key
+  kCommit = 12,     // agent → standby: epoch `seq` is in staging; apply it
+  kAck = 13,        // standby → agent: epoch `seq` is applied to the replica
+  kHeartbeat = 14,  // both ways, on their own schedules
+  kFenced = 15,     // standby → agent: this owner generation is over
+  kRetire = 16,     // agent → standby: free the instance's area
+};
+inline constexpr uint16_t kMaxType = 16;
+const char* TypeName(Type t);
+
+struct Header {
+  Type type = Type::kHello;
+  uint32_t body_len = 0;
+  uint64_t instance = 0;
+  uint64_t generation = 0;
+  uint64_t seq = 0;
+};
+
+// A decoded frame: its header and a view of its body (into the bytes given
+// to Decode).
+struct Frame {
+  Header header;
+  std::span<const std::byte> body;
+};
+
+// Builds a body field by field.
+class Writer {
+ public:
+  Writer& U16(uint16_t v);
+  Writer& U32(uint32_t v);
+  Writer& U64(uint64_t v);
+  Writer& Str(std::string_view s);  // u32 length + bytes
+  const std::vector<std::byte>& bytes() const { return buf_; }
+
+ private:
+  std::vector<std::byte> buf_;
+};
+
+// Reads a body field by field; every read is checked against what is left.
+class Reader {
+ public:
+  // `what` names the message in errors ("Reserve").
+  Reader(std::span<const std::byte> body, const char* what) : b_(body), what_(what) {}
+  Result<uint16_t> U16(const char* field);
+  Result<uint32_t> U32(const char* field);
+  Result<uint64_t> U64(const char* field);
+  Result<std::string> Str(const char* field, size_t max);
+  // kBadMessage if any byte is left unread.
+  Status End();
+
+ private:
+  Status Short(const char* field, size_t need) const;
+  std::span<const std::byte> b_;
+  size_t at_ = 0;
+  const char* what_;
+};
+
+// A whole frame. REQUIRES: body.size() <= kMaxBody.
+std::vector<std::byte> Encode(const Header& h, std::span<const std::byte> body);
+Result<Frame> Decode(std::span<const std::byte> bytes);
+
+// --- messages (body layouts in docs/WIRE.md) ---
+
+struct Hello {
+  std::string agent;  // the agent's name (its host, by default)
+};
+struct Welcome {
+  std::string standby;
+  uint32_t heartbeat_ms = 0;  // how often the standby sends heartbeats
+  uint32_t timeout_ms = 0;    // silence after which it suspects the agent
+};
+struct ErrorMsg {
+  Code code = Code::kInternal;
+  std::string message;
+};
+struct Reserve {
+  std::string id;               // the instance
+  std::vector<uint64_t> regions;  // region sizes, bytes, page multiples
+  uint64_t staging_bytes = 0;   // what the agent will put per epoch at most
+  std::string spec;             // the launch spec, JSON text
+};
+struct Reserved {
+  uint64_t staging_addr = 0;  // where puts go (the standby's address)
+  uint64_t staging_bytes = 0;
+  std::string key;            // packed UCX remote key of the staging area
+  uint64_t replica_epoch = 0;  // what the replica holds (0: empty, full copy)
+};
+struct Commit {
+  uint64_t offset = 0;  // of the epoch's data in staging
+  uint64_t length = 0;
+  uint64_t data_hash = 0;  // XXH3-64 of those bytes
+  std::string record;
+};
+struct Heartbeat {
+  uint64_t sent_ns = 0;  // sender's CLOCK_MONOTONIC (for round trips only)
+};
+struct Fenced {
+  uint64_t generation = 0;  // the generation that owns the instance now
+  std::string reason;
+};
+
+std::vector<std::byte> Body(const Hello& m);
+std::vector<std::byte> Body(const Welcome& m);
+std::vector<std::byte> Body(const ErrorMsg& m);
+std::vector<std::byte> Body(const Reserve& m);
+std::vector<std::byte> Body(const Reserved& m);
+std::vector<std::byte> Body(const Commit& m);
+std::vector<std::byte> Body(const Heartbeat& m);
+std::vector<std::byte> Body(const Fenced& m);
+
+Result<Hello> ParseHello(std::span<const std::byte> body);
+Result<Welcome> ParseWelcome(std::span<const std::byte> body);
+Result<ErrorMsg> ParseError(std::span<const std::byte> body);
+Result<Reserve> ParseReserve(std::span<const std::byte> body);
+Result<Reserved> ParseReserved(std::span<const std::byte> body);
+Result<Commit> ParseCommit(std::span<const std::byte> body);
+Result<Heartbeat> ParseHeartbeat(std::span<const std::byte> body);
+Result<Fenced> ParseFenced(std::span<const std::byte> body);
+
+}  // namespace spare::hot
