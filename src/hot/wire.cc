@@ -178,13 +178,13 @@ std::vector<std::byte> Body(const Reserve& m) {
   Writer w;
   w.Str(m.id).U32(static_cast<uint32_t>(m.regions.size()));
   for (uint64_t size : m.regions) w.U64(size);
-  return w.U64(m.staging_bytes).Str(m.spec).bytes();
+  return w.U32(m.slot_count).U64(m.slot_size).Str(m.spec).bytes();
 }
 std::vector<std::byte> Body(const Reserved& m) {
   return Writer().U64(m.staging_addr).U64(m.staging_bytes).Str(m.key).U64(m.replica_epoch).bytes();
 }
 std::vector<std::byte> Body(const Commit& m) {
-  return Writer().U64(m.offset).U64(m.length).U64(m.data_hash).Str(m.record).bytes();
+  return Writer().U32(m.first_slot).U32(m.parts).bytes();
 }
 std::vector<std::byte> Body(const Heartbeat& m) { return Writer().U64(m.sent_ns).bytes(); }
 std::vector<std::byte> Body(const Fenced& m) {
@@ -240,8 +240,15 @@ Result<Reserve> ParseReserve(std::span<const std::byte> body) {
                  " is not a positive multiple of 4096");
     m.regions.push_back(size);
   }
-  SPARE_ASSIGN_OR_RETURN(m.staging_bytes, r.U64("staging_bytes"));
-  if (m.staging_bytes == 0) return Bad("Reserve.staging_bytes is 0");
+  SPARE_ASSIGN_OR_RETURN(m.slot_count, r.U32("slot_count"));
+  if (m.slot_count == 0 || m.slot_count > kMaxSlotCount)
+    return Bad("Reserve.slot_count " + std::to_string(m.slot_count) + " is not in 1.." +
+               std::to_string(kMaxSlotCount));
+  SPARE_ASSIGN_OR_RETURN(m.slot_size, r.U64("slot_size"));
+  if (m.slot_size < kMinSlotSize || m.slot_size > kMaxSlotSize || m.slot_size % 4096 != 0)
+    return Bad("Reserve.slot_size " + std::to_string(m.slot_size) +
+               " is not a multiple of 4096 in " + std::to_string(kMinSlotSize) + ".." +
+               std::to_string(kMaxSlotSize));
   SPARE_ASSIGN_OR_RETURN(m.spec, r.Str("spec", kMaxSpec));
   SPARE_RETURN_IF_ERROR(r.End());
   return m;
@@ -265,12 +272,13 @@ Result<Reserved> ParseReserved(std::span<const std::byte> body) {
 Result<Commit> ParseCommit(std::span<const std::byte> body) {
   Reader r(body, "Commit");
   Commit m;
-  SPARE_ASSIGN_OR_RETURN(m.offset, r.U64("offset"));
-  SPARE_ASSIGN_OR_RETURN(m.length, r.U64("length"));
-  SPARE_ASSIGN_OR_RETURN(m.data_hash, r.U64("data_hash"));
-  SPARE_ASSIGN_OR_RETURN(m.record, r.Str("record", kMaxRecord));
+  SPARE_ASSIGN_OR_RETURN(m.first_slot, r.U32("first_slot"));
+  SPARE_ASSIGN_OR_RETURN(m.parts, r.U32("parts"));
   SPARE_RETURN_IF_ERROR(r.End());
-  if (m.offset + m.length < m.offset) return Bad("Commit: offset + length overflows");
+  if (m.first_slot >= kMaxSlotCount || m.parts == 0 || m.parts > kMaxSlotCount)
+    return Bad("Commit: first_slot " + std::to_string(m.first_slot) + ", parts " +
+               std::to_string(m.parts) + " (need first_slot < " + std::to_string(kMaxSlotCount) +
+               " and 1 <= parts <= " + std::to_string(kMaxSlotCount) + ")");
   return m;
 }
 

@@ -42,6 +42,12 @@ inline constexpr size_t kMaxRegions = 64;
 inline constexpr size_t kMaxKey = 4096;        // a packed UCX remote key
 inline constexpr size_t kMaxRecord = 32 * 1024;
 inline constexpr size_t kMaxSpec = 32 * 1024;  // the launch spec (JSON text)
+// The standby's staging area has the agent's slot geometry (epoch/staging.h)
+// so that a slot put there is validated and applied exactly as the agent
+// does it locally: ValidateEpoch, then WriteEpoch into the replica.
+inline constexpr uint32_t kMaxSlotCount = 1024;
+inline constexpr uint64_t kMinSlotSize = 128 * 1024;
+inline constexpr uint64_t kMaxSlotSize = 1ULL << 30;
 
 enum class Type : uint16_t {
   kHello = 1,       // agent → standby, first message on a connection
@@ -49,7 +55,7 @@ enum class Type : uint16_t {
   kError = 3,       // either way, answers the request with the same seq
   kReserve = 10,    // agent → standby: reserve (or find) an instance's area
   kReserved = 11,   // standby → agent: the area, its staging key
-  kCommit = 12,     // agent → standby: epoch `seq` is in staging; apply it
+  kCommit = 12,     // agent → standby: epoch `seq` is in staging slots; apply it
   kAck = 13,        // standby → agent: epoch `seq` is applied to the replica
   kHeartbeat = 14,  // both ways, on their own schedules
   kFenced = 15,     // standby → agent: this owner generation is over
@@ -124,10 +130,11 @@ struct ErrorMsg {
   std::string message;
 };
 struct Reserve {
-  std::string id;               // the instance
+  std::string id;                 // the instance
   std::vector<uint64_t> regions;  // region sizes, bytes, page multiples
-  uint64_t staging_bytes = 0;   // what the agent will put per epoch at most
-  std::string spec;             // the launch spec, JSON text
+  uint32_t slot_count = 0;        // the instance's staging geometry
+  uint64_t slot_size = 0;
+  std::string spec;               // the launch spec, JSON text
 };
 struct Reserved {
   uint64_t staging_addr = 0;  // where puts go (the standby's address)
@@ -135,11 +142,12 @@ struct Reserved {
   std::string key;            // packed UCX remote key of the staging area
   uint64_t replica_epoch = 0;  // what the replica holds (0: empty, full copy)
 };
+// The epoch (header seq) was put into slots [first_slot, first_slot +
+// parts) of the standby's staging area, wrapping; the slots carry their
+// own generation, epoch, record, entry table and hashes (WIRE.md §2).
 struct Commit {
-  uint64_t offset = 0;  // of the epoch's data in staging
-  uint64_t length = 0;
-  uint64_t data_hash = 0;  // XXH3-64 of those bytes
-  std::string record;
+  uint32_t first_slot = 0;
+  uint32_t parts = 0;
 };
 struct Heartbeat {
   uint64_t sent_ns = 0;  // sender's CLOCK_MONOTONIC (for round trips only)

@@ -23,7 +23,8 @@ Reserve SampleReserve() {
   Reserve m;
   m.id = "kv1";
   m.regions = {1ull << 30, 64 << 20};
-  m.staging_bytes = 128 << 20;
+  m.slot_count = 8;
+  m.slot_size = 16 << 20;
   m.spec = R"({"argv":["spare-kv","--port","7000"]})";
   return m;
 }
@@ -41,7 +42,8 @@ TEST(HotWire, FramesRoundTrip) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->id, "kv1");
   EXPECT_EQ(r->regions, (std::vector<uint64_t>{1ull << 30, 64 << 20}));
-  EXPECT_EQ(r->staging_bytes, 128u << 20);
+  EXPECT_EQ(r->slot_count, 8u);
+  EXPECT_EQ(r->slot_size, 16u << 20);
   EXPECT_EQ(r->spec, SampleReserve().spec);
 }
 
@@ -73,12 +75,10 @@ TEST(HotWire, EveryMessageRoundTrips) {
     EXPECT_EQ(m->replica_epoch, 17u);
   }
   {
-    auto m = ParseCommit(Body(Commit{4096, 8192, 0xabcdef, "record"}));
+    auto m = ParseCommit(Body(Commit{7, 2}));
     ASSERT_TRUE(m.ok());
-    EXPECT_EQ(m->offset, 4096u);
-    EXPECT_EQ(m->length, 8192u);
-    EXPECT_EQ(m->data_hash, 0xabcdefu);
-    EXPECT_EQ(m->record, "record");
+    EXPECT_EQ(m->first_slot, 7u);
+    EXPECT_EQ(m->parts, 2u);
   }
   {
     auto m = ParseHeartbeat(Body(Heartbeat{123456789}));
@@ -108,7 +108,7 @@ TEST(HotWire, EveryTruncationIsRefused) {
 }
 
 TEST(HotWire, EveryFlippedBitIsRefused) {
-  auto bytes = Frame(Type::kCommit, Body(Commit{0, 4096, 1, "r"}));
+  auto bytes = Frame(Type::kCommit, Body(Commit{0, 1}));
   for (size_t i = 0; i < bytes.size(); ++i) {
     for (int bit : {0, 7}) {
       auto copy = bytes;
@@ -148,9 +148,9 @@ TEST(HotWire, BodiesNeverTrustTheirLengths) {
   auto short_str = Writer().U32(10).bytes();
   ExpectBad(ParseHello(short_str).status(), "Hello.agent: needs 10 bytes");
   // A field cut short.
-  auto cut = Body(Commit{1, 2, 3, "x"});
-  cut.resize(20);
-  ExpectBad(ParseCommit(cut).status(), "Commit.data_hash: needs 8 bytes at offset 16");
+  auto cut = Body(Commit{1, 2});
+  cut.resize(6);
+  ExpectBad(ParseCommit(cut).status(), "Commit.parts: needs 4 bytes at offset 4, the body has 2");
   // Bytes after the last field.
   auto trailing = Body(Heartbeat{1});
   trailing.push_back(std::byte{0});
@@ -158,18 +158,23 @@ TEST(HotWire, BodiesNeverTrustTheirLengths) {
   // Counts and sizes over their limits.
   auto many = Writer().Str("kv").U32(kMaxRegions + 1).bytes();
   ExpectBad(ParseReserve(many).status(), "65 regions exceed the limit of 64");
-  auto odd = Writer().Str("kv").U32(1).U64(4097).U64(1 << 20).Str("{}").bytes();
+  auto odd = Writer().Str("kv").U32(1).U64(4097).U32(8).U64(1 << 20).Str("{}").bytes();
   ExpectBad(ParseReserve(odd).status(), "regions[0].size 4097 is not a positive multiple");
-  auto zero = Writer().Str("kv").U32(1).U64(0).U64(1 << 20).Str("{}").bytes();
+  auto zero = Writer().Str("kv").U32(1).U64(0).U32(8).U64(1 << 20).Str("{}").bytes();
   ExpectBad(ParseReserve(zero).status(), "regions[0].size 0");
-  auto no_id = Writer().Str("").U32(0).U64(1).Str("{}").bytes();
+  auto no_id = Writer().Str("").U32(0).U32(8).U64(1 << 20).Str("{}").bytes();
   ExpectBad(ParseReserve(no_id).status(), "Reserve.id is empty");
-  auto no_staging = Writer().Str("kv").U32(0).U64(0).Str("{}").bytes();
-  ExpectBad(ParseReserve(no_staging).status(), "Reserve.staging_bytes is 0");
+  auto no_slots = Writer().Str("kv").U32(0).U32(0).U64(1 << 20).Str("{}").bytes();
+  ExpectBad(ParseReserve(no_slots).status(), "Reserve.slot_count 0 is not in 1..1024");
+  auto tiny = Writer().Str("kv").U32(0).U32(8).U64(4096).Str("{}").bytes();
+  ExpectBad(ParseReserve(tiny).status(), "Reserve.slot_size 4096 is not a multiple");
+  auto good = Writer().Str("kv").U32(0).U32(8).U64(1 << 20).Str("{}").bytes();
+  EXPECT_TRUE(ParseReserve(good).ok());
   auto long_id = Writer().Str(std::string(kMaxName + 1, 'a')).bytes();
   ExpectBad(ParseReserve(long_id).status(), "Reserve.id: length 257 exceeds the limit of 256");
-  // Values that would overflow when a receiver adds them.
-  ExpectBad(ParseCommit(Body(Commit{~0ull - 10, 100, 0, ""})).status(), "overflows");
+  // Slots out of any area, and values that would overflow when added.
+  ExpectBad(ParseCommit(Body(Commit{1024, 1})).status(), "first_slot 1024, parts 1");
+  ExpectBad(ParseCommit(Body(Commit{0, 0})).status(), "first_slot 0, parts 0");
   ExpectBad(ParseReserved(Body(Reserved{~0ull - 10, 100, "k", 0})).status(), "overflows");
   ExpectBad(ParseReserved(Body(Reserved{4096, 100, "", 0})).status(), "empty staging area or key");
   // Unknown error codes and nonsense heartbeat settings.
