@@ -40,7 +40,6 @@ inline constexpr size_t kMaxBody = 64 * 1024;  // control only; data goes by put
 inline constexpr size_t kMaxName = 256;        // ids, names, reasons
 inline constexpr size_t kMaxRegions = 64;
 inline constexpr size_t kMaxKey = 4096;        // a packed UCX remote key
-inline constexpr size_t kMaxRecord = 32 * 1024;
 inline constexpr size_t kMaxSpec = 32 * 1024;  // the launch spec (JSON text)
 // The standby's staging area has the agent's slot geometry (epoch/staging.h)
 // so that a slot put there is validated and applied exactly as the agent

@@ -106,15 +106,22 @@ struct Internal {
       ++w->refused_rndv_;
       return UCS_OK;
     }
-    auto it = w->handlers_.find(a->second);
-    if (it == w->handlers_.end() || !it->second) return UCS_OK;
-    Endpoint* from = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)
-                         ? w->Find(param->reply_ep)
-                         : nullptr;
-    it->second(from, std::span(static_cast<const std::byte*>(data), length));
+    // The handler runs after UCX's progress returns (it may then close
+    // endpoints), on a copy: control messages are small.
+    void* reply = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : nullptr;
+    const auto* p = static_cast<const std::byte*>(data);
+    w->Defer([w, id = a->second, reply, bytes = std::vector<std::byte>(p, p + length)] {
+      auto it = w->handlers_.find(id);
+      if (it == w->handlers_.end() || !it->second) return;
+      it->second(reply ? w->Find(reply) : nullptr, bytes);
+    });
     return UCS_OK;
   }
-  static void OnAccept(ucp_conn_request_h req, void* arg);
+  static void OnAccept(ucp_conn_request_h req, void* arg) {
+    auto* w = static_cast<Worker*>(arg);
+    w->Defer([w, req] { Accept(w, req); });
+  }
+  static void Accept(Worker* w, ucp_conn_request_h req);
 };
 
 // --- Memory, RemoteKey ---
@@ -142,7 +149,11 @@ void Endpoint::Fail(const Status& st) {
   Worker* w = worker_;
   void* ep = ep_;
   w->Defer([w, ep] {
-    if (Endpoint* e = w->Find(ep); e && e->on_error_) e->on_error_(e->error_);
+    Endpoint* e = w->Find(ep);
+    if (!e || !e->on_error_) return;
+    auto f = e->on_error_;  // the callback may destroy the endpoint, and with it on_error_
+    Status err = e->error_;
+    f(err);
   });
 }
 
@@ -319,8 +330,7 @@ Result<std::unique_ptr<Endpoint>> Worker::Connect(const std::string& host, uint1
   return e;
 }
 
-void Internal::OnAccept(ucp_conn_request_h req, void* arg) {
-  auto* w = static_cast<Worker*>(arg);
+void Internal::Accept(Worker* w, ucp_conn_request_h req) {
   std::unique_ptr<Endpoint> e(new Endpoint());
   e->worker_ = w;
   e->mode_ = w->listen_mode_;
@@ -337,7 +347,10 @@ void Internal::OnAccept(ucp_conn_request_h req, void* arg) {
   ep.err_handler.cb = Internal::OnEpError;
   ep.err_handler.arg = e.get();
   ucp_ep_h h = nullptr;
-  if (ucp_ep_create(WK(w->worker_), &ep, &h) != UCS_OK) return;  // the peer sees a reject
+  if (ucp_ep_create(WK(w->worker_), &ep, &h) != UCS_OK) {
+    ucp_listener_reject(static_cast<ucp_listener_h>(w->listener_), req);
+    return;
+  }
   e->ep_ = h;
   w->eps_[h] = e.get();
   if (w->on_accept_) w->on_accept_(std::move(e));

@@ -15,10 +15,10 @@
 //   RemoteKey  Endpoint::UnpackKey: a peer's key, valid on that endpoint.
 //
 // Callbacks — AM handlers, Done callbacks, accept and error callbacks —
-// run only from inside Worker::Progress(), never from inside the call that
-// started the operation, so an owner never sees re-entrance from a send.
-// They may start new operations; they must not destroy the Worker. An
-// Endpoint destroyed inside a callback is closed after the callback.
+// run only from inside Worker::Progress(), after UCX's own progress has
+// returned, never from inside the call that started the operation: an
+// owner never sees re-entrance from a send, and a callback may start new
+// operations or destroy endpoints (not the Worker).
 //
 // Closing (UCX 1.13, found by transport_test): an endpoint must not be
 // closed half-wired — before each side has sent a message and received
@@ -60,8 +60,8 @@ class Endpoint;
 class Worker;
 
 using Done = std::function<void(const Status&)>;
-// Called with the endpoint a message came on and its bytes, which are valid
-// only during the call. `from` is null when the sender gave no reply
+// Called with the endpoint a message came on (null once that endpoint is
+// gone) and its bytes, which are valid only during the call. `from` is null when the sender gave no reply
 // endpoint (every message sent through Endpoint::SendAm carries one).
 using AmHandler = std::function<void(Endpoint* from, std::span<const std::byte> bytes)>;
 

@@ -1,0 +1,253 @@
+// Standby (standby/standby.h): reserved areas and the apply of committed
+// epochs.
+#include "standby/standby.h"
+
+#include <sys/mman.h>
+
+#include "common/hex.h"
+#include "region/mapping.h"
+
+namespace spare::standby {
+
+// The control channel's active-message id, on agents and standbys alike.
+constexpr uint16_t kAmId = 1;
+
+struct Standby::Peer {
+  std::unique_ptr<net::Endpoint> ep;
+  std::string agent;  // from Hello
+  bool hello = false;
+  std::chrono::steady_clock::time_point last_heard{};
+};
+
+struct Standby::Area {
+  std::string id;
+  uint64_t handle = 0;
+  uint64_t generation = 0;
+  uint64_t epoch = 0;  // the replica holds exactly this epoch
+  std::string record;
+  std::string spec;
+  Peer* owner = nullptr;  // the connection that reserved it (null: gone)
+  std::vector<UniqueFd> region_fds;
+  std::vector<epoch::RegionTarget> targets;
+  UniqueFd staging_fd;
+  epoch::StagingView view;
+  std::unique_ptr<net::Memory> mem;
+
+  ~Area() {
+    mem.reset();  // unregister before unmapping
+    if (view.base) ::munmap(view.base, view.size);
+    for (const auto& t : targets)
+      if (t.map) ::munmap(t.map, t.size);
+  }
+};
+
+Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
+  std::unique_ptr<Standby> s(new Standby());
+  s->options_ = std::move(options);
+  SPARE_ASSIGN_OR_RETURN(s->worker_, net::Worker::Create());
+  Standby* raw = s.get();
+  SPARE_RETURN_IF_ERROR(s->worker_->SetAmHandler(
+      kAmId, [raw](net::Endpoint* from, std::span<const std::byte> b) { raw->OnMessage(from, b); }));
+  SPARE_ASSIGN_OR_RETURN(
+      s->port_, s->worker_->Listen(s->options_.host, s->options_.port, s->options_.error_mode,
+                                   [raw](std::unique_ptr<net::Endpoint> ep) {
+                                     raw->OnAccept(std::move(ep));
+                                   }));
+  return s;
+}
+
+Standby::~Standby() {
+  areas_.clear();  // their registrations, before the worker goes
+  peers_.clear();
+}
+
+void Standby::OnAccept(std::unique_ptr<net::Endpoint> ep) {
+  auto p = std::make_unique<Peer>();
+  p->ep = std::move(ep);
+  p->ep->user = p.get();
+  p->last_heard = std::chrono::steady_clock::now();
+  Peer* raw = p.get();
+  p->ep->set_on_error([this, raw](const Status&) {
+    for (auto& [h, a] : areas_)
+      if (a->owner == raw) a->owner = nullptr;  // the area stays (failover uses it)
+    std::erase_if(peers_, [raw](const auto& q) { return q.get() == raw; });
+  });
+  peers_.push_back(std::move(p));
+}
+
+void Standby::Send(net::Endpoint* to, hot::Type type, uint64_t instance, uint64_t generation,
+                   uint64_t seq, const std::vector<std::byte>& body) {
+  if (!to) return;
+  auto frame = hot::Encode(hot::Header{type, 0, instance, generation, seq}, body);
+  (void)to->SendAm(kAmId, frame);  // a failed endpoint reports itself through on_error
+}
+
+void Standby::Refuse(net::Endpoint* to, const hot::Header& h, const Status& st) {
+  ++refused_[std::string(CodeName(st.code()))];
+  Send(to, hot::Type::kError, h.instance, h.generation, h.seq,
+       hot::Body(hot::ErrorMsg{st.code(), st.message()}));
+}
+
+void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
+  Peer* p = from ? static_cast<Peer*>(from->user) : nullptr;
+  auto frame = hot::Decode(bytes);
+  if (!frame.ok()) return Refuse(from, hot::Header{}, frame.status());
+  const hot::Header& h = frame->header;
+  if (!p) return;  // no endpoint to answer on (a sender that gave none)
+  p->last_heard = std::chrono::steady_clock::now();
+  if (!p->hello && h.type != hot::Type::kHello)
+    return Refuse(from, h, Status(Code::kFailedPrecondition,
+                                  std::string(hot::TypeName(h.type)) +
+                                      " before Hello: a connection starts with Hello"));
+  Status st = Status::Ok();
+  switch (h.type) {
+    case hot::Type::kHello: {
+      auto m = hot::ParseHello(frame->body);
+      if (!m.ok()) return Refuse(from, h, m.status());
+      p->agent = m->agent;
+      p->hello = true;
+      Send(from, hot::Type::kWelcome, 0, 0, h.seq,
+           hot::Body(hot::Welcome{options_.name, options_.heartbeat_ms, options_.timeout_ms}));
+      return;
+    }
+    case hot::Type::kReserve:
+      st = OnReserve(*p, h, frame->body);
+      break;
+    case hot::Type::kCommit:
+      st = OnCommit(*p, h, frame->body);
+      break;
+    case hot::Type::kRetire:
+      st = OnRetire(*p, h);
+      break;
+    case hot::Type::kHeartbeat:
+      st = hot::ParseHeartbeat(frame->body).status();
+      break;
+    default:
+      st = Status(Code::kBadMessage, std::string(hot::TypeName(h.type)) +
+                                         " is not a message an agent sends to a standby");
+  }
+  if (!st.ok()) Refuse(from, h, st);
+}
+
+Result<Standby::Area*> Standby::AreaFor(const hot::Header& h) {
+  auto it = areas_.find(h.instance);
+  if (it == areas_.end())
+    return Status(Code::kNotFound, "no instance with handle " + std::to_string(h.instance) +
+                                       " on standby " + options_.name);
+  Area* a = it->second.get();
+  if (h.generation < a->generation)
+    return Status(Code::kStaleGeneration,
+                  "instance " + a->id + " is owned by generation " + std::to_string(a->generation) +
+                      "; generation " + std::to_string(h.generation) + " is fenced");
+  if (h.generation > a->generation)
+    return Status(Code::kStaleGeneration,
+                  "instance " + a->id + " was reserved by generation " +
+                      std::to_string(a->generation) + ", not " + std::to_string(h.generation) +
+                      ": reserve it again first");
+  return a;
+}
+
+Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
+  SPARE_ASSIGN_OR_RETURN(hot::Reserve m, hot::ParseReserve(body));
+  Area* a = nullptr;
+  for (auto& [handle, area] : areas_)
+    if (area->id == m.id) a = area.get();
+  if (a) {
+    if (h.generation < a->generation)
+      return Status(Code::kStaleGeneration,
+                    "instance " + m.id + " is owned by generation " +
+                        std::to_string(a->generation) + "; generation " +
+                        std::to_string(h.generation) + " is fenced");
+    bool same = a->view.slot_count == m.slot_count && a->view.slot_size == m.slot_size &&
+                a->targets.size() == m.regions.size();
+    for (size_t i = 0; same && i < m.regions.size(); ++i) same = a->targets[i].size == m.regions[i];
+    if (!same)
+      return Status(Code::kInvalidArgument,
+                    "instance " + m.id + " is reserved with other region sizes or staging "
+                                         "geometry; retire it first");
+    a->generation = h.generation;
+    a->owner = &p;
+    a->spec = m.spec;
+  } else {
+    if (areas_.size() >= options_.max_instances)
+      return Status(Code::kResourceExhausted,
+                    "standby " + options_.name + " already holds " +
+                        std::to_string(areas_.size()) + " instances (max_instances)");
+    auto area = std::make_unique<Area>();
+    area->id = m.id;
+    area->handle = next_handle_++;
+    area->generation = h.generation;
+    area->owner = &p;
+    area->spec = m.spec;
+    for (size_t i = 0; i < m.regions.size(); ++i) {
+      SPARE_ASSIGN_OR_RETURN(
+          UniqueFd fd,
+          region::CreateMemfd("spare-replica-" + m.id + "-" + std::to_string(i), m.regions[i]));
+      SPARE_ASSIGN_OR_RETURN(void* map, region::MapShared(fd.get(), m.regions[i], true));
+      area->targets.push_back({fd.get(), m.regions[i], static_cast<std::byte*>(map)});
+      area->region_fds.push_back(std::move(fd));
+    }
+    const size_t bytes = epoch::StagingBytes(m.slot_count, m.slot_size);
+    SPARE_ASSIGN_OR_RETURN(area->staging_fd, region::CreateMemfd("spare-staging-" + m.id, bytes));
+    SPARE_ASSIGN_OR_RETURN(void* base, region::MapShared(area->staging_fd.get(), bytes, true));
+    area->view = {static_cast<std::byte*>(base), bytes, m.slot_count, m.slot_size};
+    SPARE_ASSIGN_OR_RETURN(area->mem, worker_->Map(base, bytes));
+    a = area.get();
+    areas_[area->handle] = std::move(area);
+  }
+  Send(p.ep.get(), hot::Type::kReserved, a->handle, a->generation, h.seq,
+       hot::Body(hot::Reserved{reinterpret_cast<uint64_t>(a->view.base), a->view.size,
+                               a->mem->packed_key(), a->epoch}));
+  return Status::Ok();
+}
+
+Status Standby::OnCommit(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
+  SPARE_ASSIGN_OR_RETURN(hot::Commit m, hot::ParseCommit(body));
+  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
+  if (a->owner != &p)
+    return Status(Code::kFailedPrecondition,
+                  "instance " + a->id + " is reserved on another connection; reserve it again");
+  if (m.first_slot >= a->view.slot_count || m.parts > a->view.slot_count)
+    return Status(Code::kOutOfBounds, "Commit of slots " + std::to_string(m.first_slot) + "+" +
+                                          std::to_string(m.parts) + " outside the " +
+                                          std::to_string(a->view.slot_count) +
+                                          " slots reserved for " + a->id);
+  const uint64_t epoch = h.seq;
+  if (epoch != 0 && epoch == a->epoch) {  // sent again: it is applied
+    Send(p.ep.get(), hot::Type::kAck, a->handle, a->generation, epoch, {});
+    return Status::Ok();
+  }
+  if (epoch != a->epoch + 1)
+    return Status(Code::kTornEpoch, "Commit of epoch " + std::to_string(epoch) + " for " + a->id +
+                                        ": the replica is at epoch " + std::to_string(a->epoch));
+  SPARE_ASSIGN_OR_RETURN(
+      epoch::ValidatedEpoch v,
+      epoch::ValidateEpoch(a->view, h.generation, epoch, m.first_slot, m.parts, a->targets));
+  SPARE_RETURN_IF_ERROR(epoch::WriteEpoch(v, a->targets).With("applying to the replica of " + a->id));
+  a->epoch = epoch;
+  a->record = std::move(v.record);
+  Send(p.ep.get(), hot::Type::kAck, a->handle, a->generation, epoch, {});
+  return Status::Ok();
+}
+
+Status Standby::OnRetire(Peer& p, const hot::Header& h) {
+  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
+  if (a->owner != &p)
+    return Status(Code::kFailedPrecondition,
+                  "instance " + a->id + " is reserved on another connection");
+  areas_.erase(h.instance);
+  Send(p.ep.get(), hot::Type::kAck, h.instance, h.generation, h.seq, {});
+  return Status::Ok();
+}
+
+std::vector<Standby::AreaView> Standby::Areas() const {
+  std::vector<AreaView> out;
+  for (const auto& [handle, a] : areas_) {
+    AreaView v{a->id, a->handle, a->generation, a->epoch, a->record, {}};
+    for (const auto& fd : a->region_fds) v.region_fds.push_back(fd.get());
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+}  // namespace spare::standby

@@ -1,0 +1,99 @@
+// standby/standby.h — the spare host's daemon (hot protection), its core:
+// a UCX listener, one reserved area per protected instance, and the apply
+// of committed epochs into replicas.
+//
+// For each instance an agent reserves (hot/wire.h Reserve), the standby
+// holds:
+//   - replica memfds of the instance's region sizes (sparse: never-written
+//     pages take no memory), mapped MAP_SHARED for the apply;
+//   - a staging area of the instance's slot geometry, registered with UCX
+//     (its packed key goes back in Reserved) — the agent puts an epoch's
+//     slots there, then sends Commit;
+//   - the replica's epoch and record, and the owner generation.
+// On Commit the slots are validated exactly as the agent validates its own
+// (epoch::ValidateEpoch: generation, epoch, parts, bounds, table and data
+// hashes) before a byte is written, so a refused epoch changes nothing;
+// then they are written into the replica (epoch::WriteEpoch) and the epoch
+// is acknowledged. Epochs apply in order; the one already applied is
+// acknowledged again (a resent Commit is idempotent).
+//
+// What a standby restart keeps: nothing yet. Replicas live in the process;
+// a restarted standby has empty areas and agents resync with a full copy.
+// So a standby that dies mid-apply never leaves a replica between two
+// epochs: the replica goes with it.
+//
+// Threading: one thread (the loop); the Worker's callbacks run in Progress.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/fd.h"
+#include "epoch/staging.h"
+#include "hot/wire.h"
+#include "net/transport.h"
+#include "spare/status.h"
+
+namespace spare::standby {
+
+struct StandbyOptions {
+  std::string name = "standby";  // in Welcome and logs
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;  // 0: any free port (port() says which)
+  net::ErrorMode error_mode = net::ErrorMode::kNone;
+  uint32_t heartbeat_ms = 10;
+  uint32_t timeout_ms = 60;
+  size_t max_instances = 64;
+};
+
+class Standby {
+ public:
+  static Result<std::unique_ptr<Standby>> Create(StandbyOptions options);
+  ~Standby();
+
+  uint16_t port() const { return port_; }
+  int event_fd() const { return worker_->event_fd(); }
+  // Progresses UCX and handles what arrived.
+  void Progress() { worker_->Progress(); }
+
+  // For status and tests: one reserved area.
+  struct AreaView {
+    std::string id;
+    uint64_t handle = 0;
+    uint64_t generation = 0;
+    uint64_t epoch = 0;  // the replica's
+    std::string record;
+    std::vector<int> region_fds;
+  };
+  std::vector<AreaView> Areas() const;
+  // Messages refused, by reason (the named error's code).
+  const std::map<std::string, uint64_t>& refused() const { return refused_; }
+
+ private:
+  struct Area;
+  struct Peer;
+  Standby() = default;
+  void OnAccept(std::unique_ptr<net::Endpoint> ep);
+  void OnMessage(net::Endpoint* from, std::span<const std::byte> bytes);
+  Status OnReserve(Peer& p, const hot::Header& h, std::span<const std::byte> body);
+  Status OnCommit(Peer& p, const hot::Header& h, std::span<const std::byte> body);
+  Status OnRetire(Peer& p, const hot::Header& h);
+  void Send(net::Endpoint* to, hot::Type type, uint64_t instance, uint64_t generation, uint64_t seq,
+            const std::vector<std::byte>& body);
+  void Refuse(net::Endpoint* to, const hot::Header& h, const Status& st);
+  Result<Area*> AreaFor(const hot::Header& h);
+
+  StandbyOptions options_;
+  std::unique_ptr<net::Worker> worker_;
+  uint16_t port_ = 0;
+  std::vector<std::unique_ptr<Peer>> peers_;
+  std::map<uint64_t, std::unique_ptr<Area>> areas_;  // by handle
+  uint64_t next_handle_ = 1;
+  std::map<std::string, uint64_t> refused_;
+};
+
+}  // namespace spare::standby

@@ -1,0 +1,279 @@
+// Standby over real UCX (UCX_TLS=tcp and shm,tcp), with the test as the
+// agent: Hello, Reserve, put a slot into the standby's staging, Commit, Ack,
+// and the replica holds the epoch. Every bad request — before Hello,
+// garbage, unknown handle, old or unreserved generation, an epoch out of
+// order, slots outside the area, corrupted data, other geometry — is
+// refused with its named error and leaves the replica as it was.
+#include "standby/standby.h"
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <deque>
+#include <functional>
+
+namespace spare::standby {
+namespace {
+
+constexpr uint32_t kSlots = 4;
+constexpr uint64_t kSlotSize = 256 * 1024;
+constexpr uint64_t kRegion = 1 << 20;
+
+class StandbyTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    ::setenv("UCX_TLS", GetParam(), 1);
+    auto s = Standby::Create(StandbyOptions{.name = "spare-host"});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    standby_ = std::move(s).value();
+    auto w = net::Worker::Create();
+    ASSERT_TRUE(w.ok());
+    agent_ = std::move(w).value();
+    ASSERT_TRUE(agent_
+                    ->SetAmHandler(1, [this](net::Endpoint*, std::span<const std::byte> b) {
+                      inbox_.emplace_back(b.begin(), b.end());
+                    })
+                    .ok());
+    staging_.resize(epoch::StagingBytes(kSlots, kSlotSize));
+    view_ = {staging_.data(), staging_.size(), kSlots, kSlotSize};
+    ep_ = Connect();
+  }
+  void TearDown() override {
+    key_.reset();
+    ep_.reset();
+    extra_.reset();
+    Pump([&] { return agent_->closing() == 0; });
+    standby_.reset();
+    agent_.reset();
+    ::unsetenv("UCX_TLS");
+  }
+
+  std::unique_ptr<net::Endpoint> Connect() {
+    auto ep = agent_->Connect("127.0.0.1", standby_->port(), net::ErrorMode::kNone);
+    EXPECT_TRUE(ep.ok()) << ep.status().ToString();
+    return ep.ok() ? std::move(ep).value() : nullptr;
+  }
+
+  bool Pump(const std::function<bool()>& pred) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < end) {
+      standby_->Progress();
+      agent_->Progress();
+      if (pred()) return true;
+      pollfd p[2] = {{standby_->event_fd(), POLLIN, 0}, {agent_->event_fd(), POLLIN, 0}};
+      ::poll(p, 2, 1);
+    }
+    return false;
+  }
+
+  // Sends one frame and returns the answer (a decoded copy).
+  hot::Frame Ask(net::Endpoint* ep, hot::Type t, uint64_t instance, uint64_t gen, uint64_t seq,
+                 const std::vector<std::byte>& body) {
+    EXPECT_TRUE(ep->SendAm(1, hot::Encode(hot::Header{t, 0, instance, gen, seq}, body)).ok());
+    return Answer();
+  }
+  hot::Frame AskRaw(net::Endpoint* ep, const std::vector<std::byte>& bytes) {
+    EXPECT_TRUE(ep->SendAm(1, bytes).ok());
+    return Answer();
+  }
+  hot::Frame Answer() {
+    EXPECT_TRUE(Pump([&] { return !inbox_.empty(); })) << "no answer";
+    if (inbox_.empty()) return {};
+    last_ = std::move(inbox_.front());
+    inbox_.pop_front();
+    auto f = hot::Decode(last_);
+    EXPECT_TRUE(f.ok()) << f.status().ToString();
+    return f.ok() ? *f : hot::Frame{};
+  }
+  void ExpectError(const hot::Frame& f, Code code, const std::string& needle) {
+    ASSERT_EQ(f.header.type, hot::Type::kError) << hot::TypeName(f.header.type);
+    auto e = hot::ParseError(f.body);
+    ASSERT_TRUE(e.ok());
+    EXPECT_EQ(e->code, code) << e->message;
+    EXPECT_NE(e->message.find(needle), std::string::npos) << e->message;
+  }
+
+  void Hello(net::Endpoint* ep) {
+    auto f = Ask(ep, hot::Type::kHello, 0, 0, 1, hot::Body(hot::Hello{"host-a"}));
+    ASSERT_EQ(f.header.type, hot::Type::kWelcome);
+    auto w = hot::ParseWelcome(f.body);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    EXPECT_EQ(w->standby, "spare-host");
+  }
+  hot::Reserve Sample() {
+    return hot::Reserve{"kv1", {kRegion}, kSlots, kSlotSize, R"({"argv":["spare-kv"]})"};
+  }
+  // Reserves kv1 for generation `gen`; returns the handle.
+  uint64_t Reserve(uint64_t gen) {
+    auto f = Ask(ep_.get(), hot::Type::kReserve, 0, gen, 2, hot::Body(Sample()));
+    EXPECT_EQ(f.header.type, hot::Type::kReserved) << hot::TypeName(f.header.type);
+    auto r = hot::ParseReserved(f.body);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (!r.ok()) return 0;
+    reserved_ = *r;
+    key_.reset();
+    auto k = ep_->UnpackKey(std::as_bytes(std::span(r->key.data(), r->key.size())));
+    EXPECT_TRUE(k.ok()) << k.status().ToString();
+    if (k.ok()) key_ = std::move(k).value();
+    return f.header.instance;
+  }
+  // Fills slot `slot` with epoch `e` (generation `gen`): `fill` at page
+  // `page` of region 0, then puts the whole slot and flushes.
+  void Stage(uint32_t slot, uint64_t gen, uint64_t e, uint64_t page, char fill,
+             bool corrupt = false) {
+    page_.assign(4096, fill);
+    std::vector<epoch::DirtyRun> runs{
+        {0, reinterpret_cast<const std::byte*>(page_.data()), page * 4096, 4096}};
+    std::string record = "rec-" + std::to_string(e);
+    auto plan = epoch::PlanEpoch(view_, runs, record.size());
+    ASSERT_EQ(plan.parts, 1u);
+    epoch::FillEpoch(view_, gen, e, slot, plan, runs,
+                     std::as_bytes(std::span(record.data(), record.size())));
+    if (corrupt) {
+      // Flip a byte of the page data: the slot's data hash no longer matches.
+      std::byte* s = view_.slot(slot);
+      for (size_t i = 0; i < kSlotSize; ++i)
+        if (s[i] == static_cast<std::byte>(fill)) {
+          s[i] ^= std::byte{0x20};
+          break;
+        }
+    }
+    bool flushed = false;
+    const uint64_t remote = reserved_.staging_addr + epoch::kSlotBase + uint64_t{slot} * kSlotSize;
+    ASSERT_TRUE(ep_->Put(view_.slot(slot), kSlotSize, remote, *key_).ok());
+    ASSERT_TRUE(ep_->Flush([&](const Status& st) { flushed = st.ok(); }).ok());
+    ASSERT_TRUE(Pump([&] { return flushed; }));
+  }
+  char ReplicaAt(uint64_t page) {
+    auto areas = standby_->Areas();
+    EXPECT_EQ(areas.size(), 1u);
+    char c = 0;
+    EXPECT_EQ(::pread(areas[0].region_fds[0], &c, 1, static_cast<off_t>(page * 4096)), 1);
+    return c;
+  }
+  uint64_t ReplicaEpoch() { return standby_->Areas().at(0).epoch; }
+
+  std::unique_ptr<Standby> standby_;
+  std::unique_ptr<net::Worker> agent_;
+  std::unique_ptr<net::Endpoint> ep_, extra_;
+  std::unique_ptr<net::RemoteKey> key_;
+  std::deque<std::vector<std::byte>> inbox_;
+  std::vector<std::byte> last_;
+  std::vector<std::byte> staging_;
+  epoch::StagingView view_;
+  hot::Reserved reserved_;
+  std::string page_;
+};
+
+TEST_P(StandbyTest, CommittedEpochsReachTheReplicaInOrder) {
+  Hello(ep_.get());
+  const uint64_t handle = Reserve(1);
+  ASSERT_NE(handle, 0u);
+  EXPECT_EQ(reserved_.replica_epoch, 0u) << "a new area is empty";
+  EXPECT_EQ(reserved_.staging_bytes, epoch::StagingBytes(kSlots, kSlotSize));
+
+  Stage(0, 1, 1, 3, 'a');
+  EXPECT_EQ(ReplicaAt(3), 0) << "a put alone must not reach the replica";
+  auto ack = Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}));
+  ASSERT_EQ(ack.header.type, hot::Type::kAck);
+  EXPECT_EQ(ack.header.seq, 1u);
+  EXPECT_EQ(ReplicaAt(3), 'a');
+  EXPECT_EQ(standby_->Areas()[0].record, "rec-1");
+
+  // The same Commit again: acknowledged, nothing changes.
+  ack = Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}));
+  ASSERT_EQ(ack.header.type, hot::Type::kAck);
+  EXPECT_EQ(ReplicaEpoch(), 1u);
+
+  Stage(1, 1, 2, 3, 'b');
+  ack = Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{1, 1}));
+  ASSERT_EQ(ack.header.type, hot::Type::kAck);
+  EXPECT_EQ(ReplicaAt(3), 'b');
+  EXPECT_EQ(ReplicaEpoch(), 2u);
+
+  // A reconnecting agent reserving again finds the replica where it was.
+  EXPECT_EQ(Reserve(1), handle);
+  EXPECT_EQ(reserved_.replica_epoch, 2u);
+}
+
+TEST_P(StandbyTest, BadRequestsAreRefusedAndChangeNothing) {
+  // Before Hello.
+  ExpectError(Ask(ep_.get(), hot::Type::kReserve, 0, 1, 2, hot::Body(Sample())),
+              Code::kFailedPrecondition, "Reserve before Hello");
+  Hello(ep_.get());
+  const uint64_t handle = Reserve(1);
+  Stage(0, 1, 1, 5, 'x');
+  ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}))
+                .header.type,
+            hot::Type::kAck);
+  ASSERT_EQ(ReplicaAt(5), 'x');
+
+  // Garbage, and a frame with a broken checksum.
+  std::vector<std::byte> junk(64, std::byte{0x5a});
+  ExpectError(AskRaw(ep_.get(), junk), Code::kBadMessage, "bad magic");
+  auto frame = hot::Encode(hot::Header{hot::Type::kCommit, 0, handle, 1, 2},
+                           hot::Body(hot::Commit{1, 1}));
+  frame.back() ^= std::byte{1};
+  ExpectError(AskRaw(ep_.get(), frame), Code::kBadMessage, "checksum");
+
+  Stage(1, 1, 2, 5, 'y');
+  // Unknown handle, older and newer generations, out-of-order epoch, slots
+  // outside the area.
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle + 7, 1, 2, hot::Body(hot::Commit{1, 1})),
+              Code::kNotFound, "no instance with handle");
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 0, 2, hot::Body(hot::Commit{1, 1})),
+              Code::kStaleGeneration, "generation 0 is fenced");
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 2, 2, hot::Body(hot::Commit{1, 1})),
+              Code::kStaleGeneration, "reserve it again first");
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 3, hot::Body(hot::Commit{1, 1})),
+              Code::kTornEpoch, "the replica is at epoch 1");
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{kSlots, 1})),
+              Code::kOutOfBounds, "outside the 4 slots");
+  // The slot says epoch 2; a Commit naming another slot finds another epoch.
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{2, 1})),
+              Code::kTornEpoch, "");
+  // Other geometry for the same id.
+  auto other = Sample();
+  other.regions = {kRegion * 2};
+  ExpectError(Ask(ep_.get(), hot::Type::kReserve, 0, 1, 4, hot::Body(other)),
+              Code::kInvalidArgument, "retire it first");
+  // Corrupted data in staging.
+  Stage(1, 1, 2, 5, 'z', /*corrupt=*/true);
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{1, 1})),
+              Code::kChecksumMismatch, "");
+  EXPECT_EQ(ReplicaAt(5), 'x') << "a refused epoch changed the replica";
+  EXPECT_EQ(ReplicaEpoch(), 1u);
+  EXPECT_GE(standby_->refused().at("BadMessage"), 2u);
+
+  // A newer generation takes the instance over; the old one is fenced.
+  EXPECT_EQ(Reserve(2), handle);
+  Stage(1, 1, 2, 5, 'o');
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{1, 1})),
+              Code::kStaleGeneration, "owned by generation 2; generation 1 is fenced");
+  EXPECT_EQ(ReplicaAt(5), 'x');
+  // And the new owner's epoch applies.
+  Stage(1, 2, 2, 5, 'n');
+  ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 2, 2, hot::Body(hot::Commit{1, 1}))
+                .header.type,
+            hot::Type::kAck);
+  EXPECT_EQ(ReplicaAt(5), 'n');
+
+  // Another connection may not commit to an area it did not reserve.
+  extra_ = Connect();
+  Hello(extra_.get());
+  ExpectError(Ask(extra_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
+              Code::kFailedPrecondition, "reserved on another connection");
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, StandbyTest, ::testing::Values("tcp", "shm,tcp"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& c : name)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
+
+}  // namespace
+}  // namespace spare::standby
