@@ -14,6 +14,7 @@
 #include <cerrno>
 
 #include "agent/files.h"
+#include "agent/hot_link.h"
 
 namespace spare::agent {
 
@@ -24,6 +25,9 @@ Agent::Agent(AgentOptions options, std::unique_ptr<Launcher> launcher)
 }
 
 Agent::~Agent() {
+  // Remote keys live on the standby endpoint: drop them before it goes.
+  for (auto& [id, inst] : instances_) inst->standby_key.reset();
+  hot_.reset();
   if (socket_owned_) ::unlink(socket_path().c_str());
 }
 
@@ -50,6 +54,7 @@ Status Agent::Setup() {
     SPARE_RETURN_IF_ERROR(AddWatch(w->notify_fd(), EPOLLIN, {WatchKind::kWorker}).status());
   if (options_.handle_signals) SPARE_RETURN_IF_ERROR(SetupSignals());
   SPARE_RETURN_IF_ERROR(OpenSocket());
+  if (!options_.standby.empty()) SPARE_RETURN_IF_ERROR(ConnectStandby());
   if (options_.metrics_port != 0) SPARE_RETURN_IF_ERROR(OpenHttp());
   return LoadAndAdopt();
 }
@@ -155,6 +160,7 @@ Status Agent::PollOnce(int timeout_ms) {
     return Status::FromErrno("epoll_wait", errno);
   }
   for (int i = 0; i < n; ++i) HandleEvent(events[i].data.u64, events[i].events);
+  ProgressStandby();  // sends started while handling go out, and re-arms its fd
   SweepDeadConns();
   return Status::Ok();
 }
@@ -181,6 +187,9 @@ void Agent::HandleEvent(uint64_t token, uint32_t events) {
       break;
     case WatchKind::kPidfd:
       OnPidfdReadable(w.id);
+      break;
+    case WatchKind::kStandby:
+      ProgressStandby();
       break;
     case WatchKind::kWorker:
       (w.fd == applier_->notify_fd() ? applier_ : io_)->RunCompletions();

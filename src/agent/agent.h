@@ -28,6 +28,7 @@
 
 #include <deque>
 #include <map>
+#include <span>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -101,7 +102,17 @@ class Agent {
     std::string in, out;
     size_t sent = 0;
   };
-  enum class WatchKind { kListen, kSignal, kTimer, kHttpListen, kConn, kHttpConn, kPidfd, kWorker };
+  enum class WatchKind {
+    kListen,
+    kSignal,
+    kTimer,
+    kHttpListen,
+    kConn,
+    kHttpConn,
+    kPidfd,
+    kWorker,
+    kStandby
+  };
   struct Watch {
     WatchKind kind;
     int fd = -1;
@@ -188,6 +199,16 @@ class Agent {
   Status LoadAndAdopt();
   void AdoptRecord(InstanceRecord rec);
 
+  // hot_link.cc: the connection to the standby (policy hot)
+  struct HotLink;
+  Status ConnectStandby();
+  void OnStandbyMessage(std::span<const std::byte> bytes);
+  void ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts);
+  void ReserveOnStandby(Instance& inst);
+  void SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
+                     const std::vector<std::byte>& body);
+  void ProgressStandby();
+
   // metrics_http.cc
   Status OpenHttp();
   void AcceptHttp();
@@ -208,6 +229,7 @@ class Agent {
   std::unordered_map<int, Conn> conns_;
   std::unordered_map<int, HttpConn> http_conns_;
   std::unordered_map<uint64_t, Watch> watches_;
+  std::unique_ptr<HotLink> hot_;  // with options_.standby
 };
 
 }  // namespace spare::agent

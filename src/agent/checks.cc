@@ -22,12 +22,10 @@ Status CheckInstanceId(std::string_view id) {
 
 Status CheckPolicy(std::string_view policy) {
   std::string p(policy);
-  if (p == "local") return Status::Ok();
-  if (p == "hot" || p == "cold")
-    return Status(Code::kUnsupported,
-                  "policy " + p + " is not implemented yet; only policy local is");
-  return Status(Code::kInvalidArgument,
-                "unknown policy \"" + p + "\" (choose local; hot and cold are coming)");
+  if (p == "local" || p == "hot") return Status::Ok();
+  if (p == "cold")
+    return Status(Code::kUnsupported, "policy cold is not implemented yet; choose local or hot");
+  return Status(Code::kInvalidArgument, "unknown policy \"" + p + "\" (choose local or hot)");
 }
 
 Status CheckRegionName(std::string_view name) {

@@ -3,8 +3,10 @@
 // Two facts reach the instance about each epoch, at different times
 // (DESIGN §2, docs/ARCHITECTURE.md "Epoch lifecycle"):
 //   Released(N): the agent has everything it needs from the slots of every
-//     epoch <= N (applied locally; with `hot`, also its put to the standby
-//     flushed), so the instance may reuse them;
+//     epoch <= N (applied locally; with `hot`, also applied by the standby:
+//     its staging slots mirror the agent's, so the next put into a slot
+//     must wait until the standby has read the last one), so the instance
+//     may reuse them;
 //   Durable(N): every epoch <= N is durable (applied locally; with `hot`,
 //     also acknowledged by the standby), so outputs up to N may leave.
 // Facts about single epochs arrive out of order (a local apply and a
@@ -48,7 +50,7 @@ class EpochQueue {
   bool Advance() {
     uint64_t r = released_, d = durable_;
     for (const Entry& e : q_) {
-      if (!e.applied) break;
+      if (!e.applied || !e.acked) break;
       r = e.epoch;
     }
     while (!q_.empty() && q_.front().applied && q_.front().acked) {

@@ -24,6 +24,9 @@ Result<InstanceSpec> Agent::ParseRunSpec(const ipc::Message& msg) const {
   SPARE_RETURN_IF_ERROR(CheckInstanceId(s.id));
   SPARE_ASSIGN_OR_RETURN(s.policy, b.String("policy", "local"));
   SPARE_RETURN_IF_ERROR(CheckPolicy(s.policy));
+  if (s.policy == "hot" && options_.standby.empty())
+    return Status(Code::kFailedPrecondition,
+                  "policy hot needs a standby: start the agent with --standby HOST:PORT");
   SPARE_ASSIGN_OR_RETURN(s.argv, b.StringArray("argv"));
   if (s.argv.empty() || s.argv[0].empty())
     return Status(Code::kInvalidArgument, "Run: argv is empty (nothing to launch)");

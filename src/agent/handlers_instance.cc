@@ -297,7 +297,10 @@ std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
   Status st =
       PostApply(inst, *epoch, static_cast<uint32_t>(*first_slot), static_cast<uint32_t>(*parts));
   if (!st.ok()) return refuse(st.With("queueing epoch " + std::to_string(*epoch)));
-  inst.epochs.Push(*epoch, /*needs_ack=*/false);
+  const bool hot = inst.rec.spec.policy == "hot";
+  inst.epochs.Push(*epoch, /*needs_ack=*/hot);
+  if (hot)
+    ShipEpoch(inst, *epoch, static_cast<uint32_t>(*first_slot), static_cast<uint32_t>(*parts));
   return std::nullopt;
 }
 

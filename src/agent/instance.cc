@@ -57,6 +57,13 @@ void Instance::ResetImageState() {
   chain = std::move(next);
   epochs.Reset(rec.epoch);
   sent_released = sent_durable = rec.epoch;
+  // A new generation reserves its standby area again (the standby keeps
+  // the replica of the same id and geometry).
+  standby_handle = 0;
+  standby_reserving = false;
+  standby_blocked = false;
+  standby_key.reset();
+  to_ship.clear();
 }
 
 std::shared_ptr<ApplyChain> Instance::ReleaseImage() {

@@ -116,6 +116,20 @@ struct Instance {
   bool relaunch_pending = false;   // crashed; relaunch once in-flight applies are done
   uint32_t crashes_in_window = 0;  // of the last crash, for the relaunch log line
 
+  // Hot protection (hot_link.cc): the standby's area for this instance.
+  struct Ship {
+    uint64_t epoch;
+    uint32_t first_slot, parts;
+  };
+  uint64_t standby_handle = 0;         // 0: not reserved (yet)
+  bool standby_reserving = false;      // a Reserve is in flight
+  bool standby_blocked = false;        // cannot ship (replica behind: full copy not built)
+  uint64_t standby_staging = 0;        // the standby's staging address
+  std::shared_ptr<void> standby_key;   // net::RemoteKey, on the agent's standby endpoint
+  std::deque<Ship> to_ship;            // epochs waiting for the area
+  uint64_t standby_acked = 0;          // newest epoch the standby acknowledged
+  uint64_t ship_errors = 0;
+
   // Who is talking to us about it.
   ConnRef conn;                       // the attached instance's socket
   ConnRef pending_run;                // `spare run` waiting for the attach

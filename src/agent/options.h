@@ -29,6 +29,9 @@ struct AgentOptions {
   uint64_t restart_window_s = 60;
   uint16_t metrics_port = 0;   // 0: no HTTP endpoint
   std::string metrics_host = "127.0.0.1";  // loopback unless asked otherwise
+  // "HOST:PORT" of the standby that protects this agent's `hot` instances
+  // (empty: none; `hot` is then refused).
+  std::string standby;
   bool handle_signals = true;  // SIGTERM/SIGINT end Run(); off in unit tests
   // Test seam: how the apply worker writes epochs into region memfds
   // (a fault injector); empty: pwrite(2). Never set from configuration.

@@ -20,6 +20,10 @@
 #include "agent/test_dir.h"
 #include "epoch/staging.h"
 #include "region/mapping.h"
+#include "standby/standby.h"
+
+#include <atomic>
+#include <thread>
 
 namespace spare::agent {
 namespace {
@@ -76,11 +80,15 @@ class ProtocolTest : public AgentDirTest {
     o.apply_write = [this](int fd, const void* buf, size_t n, off_t off) {
       return write_ ? write_(fd, buf, n, off) : ::pwrite(fd, buf, n, off);
     };
+    Configure(o);
     Status st = Start(o, std::move(launcher));
     ASSERT_TRUE(st.ok()) << st.ToString();
     cli_ = Connect();
     inst_ = Connect();
   }
+
+  virtual void Configure(AgentOptions&) {}
+  std::function<void()> pump_extra_;  // run with every agent poll (a standby)
 
   // One end served by the agent, the other returned to the test.
   UniqueFd Connect() {
@@ -91,14 +99,18 @@ class ProtocolTest : public AgentDirTest {
   }
 
   void Pump() {
-    for (int i = 0; i < 5; ++i) ASSERT_TRUE(agent_->PollOnce(0).ok());
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE(agent_->PollOnce(0).ok());
+      if (pump_extra_) pump_extra_();
+    }
   }
 
   // Waits (pumping the agent) for the next message on `sock`.
   std::optional<Message> Next(int sock, int timeout_ms = 2000) {
     auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (std::chrono::steady_clock::now() < end) {
-      EXPECT_TRUE(agent_->PollOnce(5).ok());
+      EXPECT_TRUE(agent_->PollOnce(pump_extra_ ? 1 : 5).ok());
+      if (pump_extra_) pump_extra_();
       auto r = ipc::Receive(sock, /*dont_wait=*/true);
       EXPECT_TRUE(r.ok()) << r.status().ToString();
       if (!r.ok()) return std::nullopt;
@@ -122,9 +134,9 @@ class ProtocolTest : public AgentDirTest {
     EXPECT_NE(st.message().find(needle), std::string::npos) << st.ToString();
   }
 
-  void StartInstance() {
+  void StartInstance(const std::string& policy = "local") {
     ASSERT_TRUE(ipc::Send(cli_.get(), Make(MsgType::kRun, {{"id", "t1"},
-                                                           {"policy", "local"},
+                                                           {"policy", policy},
                                                            {"argv", {"/bin/true"}},
                                                            {"env", {{"A", "1"}}},
                                                            {"cwd", "/"}}))
@@ -242,7 +254,7 @@ TEST_F(ProtocolTest, BadBodiesNameTheField) {
                                                         {"cwd", "/"}})),
               Code::kInvalidArgument, "id");
   ExpectError(Exchange(cli_.get(), Make(MsgType::kRun, {{"id", "x"},
-                                                        {"policy", "hot"},
+                                                        {"policy", "cold"},
                                                         {"argv", {"/bin/true"}},
                                                         {"env", nlohmann::json::object()},
                                                         {"cwd", "/"}})),
@@ -574,6 +586,114 @@ TEST_F(ProtocolTest, SecondAgentOnTheSameDirIsRefused) {
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), Code::kAlreadyExists);
   EXPECT_NE(second.status().message().find("already running"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace spare::agent
+
+namespace spare::agent {
+namespace {
+
+// Policy hot against a real standby (in this process, over UCX_TLS=tcp):
+// an epoch becomes durable only once the standby applied it, and the
+// replica then holds it; while the standby is silent, outputs wait.
+class HotProtocolTest : public ProtocolTest {
+ protected:
+  void SetUp() override {
+    ::setenv("UCX_TLS", "tcp", 1);
+    auto s = standby::Standby::Create(standby::StandbyOptions{.name = "spare-host"});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    standby_ = std::move(s).value();
+    pump_extra_ = [this] {
+      if (standby_running_) standby_->Progress();
+    };
+    ProtocolTest::SetUp();
+  }
+  void TearDown() override {
+    // The agent's endpoint closes gracefully, which needs the standby to
+    // progress meanwhile: from another thread, touching nothing else.
+    std::atomic<bool> done{false};
+    std::thread pump([&] {
+      while (!done) {
+        standby_->Progress();
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+    ProtocolTest::TearDown();
+    done = true;
+    pump.join();
+    standby_.reset();
+    ::unsetenv("UCX_TLS");
+  }
+  void Configure(AgentOptions& o) override {
+    o.standby = "127.0.0.1:" + std::to_string(standby_->port());
+  }
+  char ReplicaAt(uint64_t page) {
+    auto areas = standby_->Areas();
+    EXPECT_EQ(areas.size(), 1u);
+    if (areas.empty()) return 0;
+    char c = 0;
+    EXPECT_EQ(::pread(areas[0].region_fds[0], &c, 1, static_cast<off_t>(page * 4096)), 1);
+    return c;
+  }
+  std::unique_ptr<standby::Standby> standby_;
+  bool standby_running_ = true;
+};
+
+TEST_F(HotProtocolTest, AnEpochIsDurableOnlyOnceTheStandbyAppliedIt) {
+  StartInstance("hot");
+  Attach();
+  UniqueFd heap = Heap();
+  Fill(1, {2}, 'h');
+  ASSERT_TRUE(ipc::Send(inst_.get(), CommitMsg(1)).ok());
+  auto released = Next(inst_.get());
+  ASSERT_TRUE(released.has_value());
+  ASSERT_EQ(released->type, MsgType::kReleased) << released->body.dump();
+  EXPECT_EQ(released->body["epoch"], 1);
+  auto durable = Next(inst_.get());
+  ASSERT_TRUE(durable.has_value());
+  ASSERT_EQ(durable->type, MsgType::kDurable) << durable->body.dump();
+  EXPECT_EQ(durable->body["epoch"], 1);
+  ASSERT_EQ(standby_->Areas().size(), 1u);
+  EXPECT_EQ(standby_->Areas()[0].id, "t1");
+  EXPECT_EQ(standby_->Areas()[0].epoch, 1u);
+  EXPECT_EQ(standby_->Areas()[0].record, "rec-1");
+  EXPECT_EQ(ReplicaAt(2), 'h');
+  EXPECT_EQ(ImageAt(heap.get(), 2), 'h');
+
+  // The standby stops answering: the epoch is applied locally, but neither
+  // its slots nor its outputs are released.
+  standby_running_ = false;
+  Fill(2, {2}, 'i');
+  ASSERT_TRUE(ipc::Send(inst_.get(), CommitMsg(2)).ok());
+  EXPECT_FALSE(Next(inst_.get(), 300).has_value()) << "released without the standby";
+  EXPECT_EQ(agent_->Find("t1")->rec.epoch, 2u) << "the local apply does not wait";
+  EXPECT_EQ(ReplicaAt(2), 'h');
+  // It comes back: the epoch ships, applies, and is durable.
+  standby_running_ = true;
+  released = Next(inst_.get());
+  ASSERT_TRUE(released.has_value());
+  EXPECT_EQ(released->type, MsgType::kReleased);
+  EXPECT_EQ(released->body["epoch"], 2);
+  durable = Next(inst_.get());
+  ASSERT_TRUE(durable.has_value());
+  EXPECT_EQ(durable->type, MsgType::kDurable);
+  EXPECT_EQ(durable->body["epoch"], 2);
+  EXPECT_EQ(ReplicaAt(2), 'i');
+  EXPECT_EQ(standby_->Areas()[0].epoch, 2u);
+}
+
+TEST_F(ProtocolTest, PolicyHotNeedsAStandby) {
+  ASSERT_TRUE(ipc::Send(cli_.get(), Make(MsgType::kRun, {{"id", "t1"},
+                                                         {"policy", "hot"},
+                                                         {"argv", {"/bin/true"}},
+                                                         {"env", nlohmann::json::object()},
+                                                         {"cwd", "/"}}))
+                  .ok());
+  auto reply = Next(cli_.get());
+  ASSERT_TRUE(reply.has_value());
+  ExpectError(*reply, Code::kFailedPrecondition, "policy hot needs a standby");
+  EXPECT_EQ(agent_->Find("t1"), nullptr);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ struct AgentFlags {
   std::string config;
   int metrics_port = -1;  // -1: from the config (default off)
   std::string metrics;    // HOST:PORT; empty: from the config
+  std::string standby;    // HOST:PORT of the standby (policy hot)
 };
 
 int RunAgent(const AgentFlags& flags) {
@@ -39,6 +40,7 @@ int RunAgent(const AgentFlags& flags) {
     options.metrics_port = where->port;
   }
   if (flags.metrics_port >= 0) options.metrics_port = static_cast<uint16_t>(flags.metrics_port);
+  if (!flags.standby.empty()) options.standby = flags.standby;
   spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   auto agent = agent::Agent::Create(std::move(options));
   if (!agent.ok()) {
@@ -75,6 +77,9 @@ Command AddAgentCommand(CLI::App& app) {
   sub->add_option("--metrics-port", flags->metrics_port,
                   "the same on the configured metrics_host, by default 127.0.0.1 (0: off)")
       ->check(CLI::Range(0, 65535));
+  sub->add_option("--standby", flags->standby,
+                  "HOST:PORT of the `spare standby` that protects this agent's --policy hot "
+                  "instances (UCX; pin the transport with UCX_TLS)");
   sub->footer(
       "Example:\n"
       "  spare agent --dir /run/spare --config /etc/spare/agent.toml --metrics 127.0.0.1:9464");

@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
   std::vector<spare::cli::Command> commands = {
       spare::cli::AddAgentCommand(app),   spare::cli::AddRunCommand(app),
       spare::cli::AddStatusCommand(app),  spare::cli::AddStopCommand(app),
-      spare::cli::AddMetricsCommand(app),
+      spare::cli::AddMetricsCommand(app), spare::cli::AddStandbyCommand(app),
   };
   commands.push_back(spare::cli::AddDemoCommand(app));
 

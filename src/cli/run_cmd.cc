@@ -97,7 +97,7 @@ Command AddRunCommand(CLI::App& app) {
       "committed epoch, up to --max-restarts crashes within --restart-window seconds.");
   sub->add_option("--agent", f->agent, "agent directory (default: $SPARE_AGENT)");
   sub->add_option("--id", f->id, "instance id: letters, digits, '-', '_', '.'")->required();
-  sub->add_option("--policy", f->policy, "protection policy: local (hot and cold: not yet)")
+  sub->add_option("--policy", f->policy, "protection policy: local (restart on this host) or hot (epochs shipped to the standby of an agent started with --standby; cold: not yet)")
       ->required();
   sub->add_option("--slots", f->slots, "staging slots (default: the agent's, 8)");
   sub->add_option("--slot-size", f->slot_size,

@@ -235,14 +235,14 @@ Result<std::unique_ptr<Worker>> Worker::Create() {
 Worker::~Worker() {
   if (listener_) ucp_listener_destroy(static_cast<ucp_listener_h>(listener_));
   // Endpoints closing gracefully get a bounded time to finish.
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
   while (!closing_.empty() && std::chrono::steady_clock::now() < end) {
     Progress();
     if (!closing_.empty()) ::usleep(1000);
   }
   due_.clear();
   if (!closing_.empty()) {
-    std::fprintf(stderr, "spare: %zu UCX endpoint close(s) still pending after 1 s; not "
+    std::fprintf(stderr, "spare: %zu UCX endpoint close(s) still pending after 200 ms; not "
                          "destroying the UCX worker\n", closing_.size());
     return;
   }

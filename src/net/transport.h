@@ -150,7 +150,7 @@ class Worker {
   // Reads UCX's configuration from the environment (UCX_TLS and friends).
   static Result<std::unique_ptr<Worker>> Create();
   // REQUIRES: every Endpoint and Memory made from it is gone. Gives closing
-  // endpoints up to 1 s; if a close is still pending then (a peer that
+  // endpoints up to 200 ms; if a close is still pending then (a peer that
   // never progresses), UCX's worker is left allocated rather than destroyed
   // with the close in flight (which UCX does not allow).
   ~Worker();

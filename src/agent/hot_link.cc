@@ -1,0 +1,217 @@
+// The agent's side of hot protection (agent/hot_link.h).
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "agent/agent.h"
+#include "agent/hot_link.h"
+#include "hot/wire.h"
+
+namespace spare::agent {
+namespace {
+
+constexpr uint16_t kAmId = 1;  // the control channel, as on the standby
+
+}  // namespace
+
+Status Agent::ConnectStandby() {
+  const std::string& addr = options_.standby;
+  const size_t colon = addr.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == addr.size())
+    return Status(Code::kInvalidArgument,
+                  "--standby \"" + addr + "\": expected HOST:PORT, e.g. 10.0.0.9:7700");
+  char* end = nullptr;
+  const unsigned long port = std::strtoul(addr.c_str() + colon + 1, &end, 10);
+  if (*end != '\0' || port == 0 || port > 65535)
+    return Status(Code::kInvalidArgument, "--standby \"" + addr + "\": bad port");
+  hot_ = std::make_unique<HotLink>();
+  hot_->host = addr.substr(0, colon);
+  hot_->port = static_cast<uint16_t>(port);
+  SPARE_ASSIGN_OR_RETURN(hot_->worker, net::Worker::Create());
+  SPARE_RETURN_IF_ERROR(hot_->worker->SetAmHandler(
+      kAmId, [this](net::Endpoint*, std::span<const std::byte> b) { OnStandbyMessage(b); }));
+  SPARE_ASSIGN_OR_RETURN(hot_->watch,
+                         AddWatch(hot_->worker->event_fd(), EPOLLIN, {WatchKind::kStandby}));
+  SPARE_ASSIGN_OR_RETURN(hot_->ep,
+                         hot_->worker->Connect(hot_->host, hot_->port, net::ErrorMode::kNone));
+  hot_->ep->set_on_error([this](const Status& st) {
+    spdlog::error("standby {}:{}: {}; hot instances hold their outputs", hot_->host, hot_->port,
+                  st.ToString());
+  });
+  SendToStandby(static_cast<uint8_t>(hot::Type::kHello), 0, 0, hot_->next_seq++,
+                hot::Body(hot::Hello{"agent:" + options_.dir}));
+  spdlog::info("agent: standby {}:{}, connecting", hot_->host, hot_->port);
+  ProgressStandby();
+  return Status::Ok();
+}
+
+void Agent::ProgressStandby() {
+  if (hot_) hot_->worker->Progress();
+}
+
+void Agent::SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
+                          const std::vector<std::byte>& body) {
+  auto frame =
+      hot::Encode(hot::Header{static_cast<hot::Type>(type), 0, instance, generation, seq}, body);
+  Status st = hot_->ep->SendAm(kAmId, frame);
+  if (!st.ok()) spdlog::warn("standby: {} not sent: {}", hot::TypeName(static_cast<hot::Type>(type)),
+                             st.ToString());
+}
+
+void Agent::ReserveOnStandby(Instance& inst) {
+  if (inst.standby_reserving || inst.standby_handle != 0 || !hot_->welcomed) return;
+  hot::Reserve m;
+  m.id = inst.rec.spec.id;
+  for (const auto& r : inst.rec.regions) m.regions.push_back(r.size);
+  m.slot_count = inst.staging.view().slot_count;
+  m.slot_size = inst.staging.view().slot_size;
+  m.spec = nlohmann::json{{"id", inst.rec.spec.id},
+                          {"argv", inst.rec.spec.argv},
+                          {"cwd", inst.rec.spec.cwd},
+                          {"policy", inst.rec.spec.policy}}
+               .dump();
+  const uint64_t seq = hot_->next_seq++;
+  hot_->reserving[seq] = inst.rec.spec.id;
+  inst.standby_reserving = true;
+  SendToStandby(static_cast<uint8_t>(hot::Type::kReserve), 0, inst.rec.generation, seq,
+                hot::Body(m));
+}
+
+// Puts the epoch's slots into the same slots of the standby's staging area,
+// flushes, then commits. The slots stay the instance's until the standby's
+// Ack (EpochQueue: hot releases only acknowledged epochs).
+void Agent::ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts) {
+  if (!hot_->welcomed || inst.standby_handle == 0 || inst.standby_blocked) {
+    inst.to_ship.push_back({epoch, first_slot, parts});
+    if (hot_->welcomed && !inst.standby_blocked) ReserveOnStandby(inst);
+    return;
+  }
+  const epoch::StagingView& view = inst.staging.view();
+  auto* key = static_cast<net::RemoteKey*>(inst.standby_key.get());
+  for (uint32_t i = 0; i < parts; ++i) {
+    const uint32_t slot = (first_slot + i) % view.slot_count;
+    const std::byte* src = view.slot(slot);
+    epoch::SlotHeader h;
+    std::memcpy(&h, src, sizeof(h));
+    const uint64_t used = std::min<uint64_t>(std::max<uint64_t>(h.used, sizeof(h)), view.slot_size);
+    const uint64_t remote = inst.standby_staging + epoch::kSlotBase + uint64_t{slot} * view.slot_size;
+    Status st = hot_->ep->Put(src, used, remote, *key);
+    if (!st.ok()) {
+      inst.ship_errors++;
+      spdlog::error("instance {}: epoch {} not shipped to the standby: {}; its outputs stay held",
+                    inst.rec.spec.id, epoch, st.ToString());
+      return;
+    }
+  }
+  const std::string id = inst.rec.spec.id;
+  const uint64_t handle = inst.standby_handle, generation = inst.rec.generation;
+  Status st = hot_->ep->Flush([this, id, handle, generation, epoch, first_slot,
+                               parts](const Status& flushed) {
+    Instance* in = FindMutable(id);
+    if (!in || in->standby_handle != handle) return;
+    if (!flushed.ok()) {
+      in->ship_errors++;
+      spdlog::error("instance {}: epoch {}: flush to the standby failed: {}", id, epoch,
+                    flushed.ToString());
+      return;
+    }
+    SendToStandby(static_cast<uint8_t>(hot::Type::kCommit), handle, generation, epoch,
+                  hot::Body(hot::Commit{first_slot, parts}));
+  });
+  if (!st.ok()) inst.ship_errors++;
+}
+
+void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
+  auto frame = hot::Decode(bytes);
+  if (!frame.ok()) {
+    spdlog::warn("standby: refused a message: {}", frame.status().ToString());
+    return;
+  }
+  const hot::Header& h = frame->header;
+  switch (h.type) {
+    case hot::Type::kWelcome: {
+      auto m = hot::ParseWelcome(frame->body);
+      if (!m.ok()) {
+        spdlog::warn("standby: {}", m.status().ToString());
+        return;
+      }
+      hot_->welcomed = true;
+      hot_->standby_name = m->standby;
+      spdlog::info("agent: standby {} at {}:{} answered (heartbeat {} ms, timeout {} ms)",
+                   m->standby, hot_->host, hot_->port, m->heartbeat_ms, m->timeout_ms);
+      for (auto& [id, inst] : instances_)
+        if (!inst->to_ship.empty()) ReserveOnStandby(*inst);
+      return;
+    }
+    case hot::Type::kReserved: {
+      auto it = hot_->reserving.find(h.seq);
+      if (it == hot_->reserving.end()) return;
+      Instance* inst = FindMutable(it->second);
+      hot_->reserving.erase(it);
+      if (!inst) return;
+      inst->standby_reserving = false;
+      auto m = hot::ParseReserved(frame->body);
+      if (!m.ok()) {
+        spdlog::error("instance {}: standby's Reserved refused: {}", inst->rec.spec.id,
+                      m.status().ToString());
+        return;
+      }
+      auto key = hot_->ep->UnpackKey(std::as_bytes(std::span(m->key.data(), m->key.size())));
+      if (!key.ok()) {
+        spdlog::error("instance {}: {}", inst->rec.spec.id, key.status().ToString());
+        return;
+      }
+      inst->standby_key = std::shared_ptr<net::RemoteKey>(std::move(key).value());
+      inst->standby_staging = m->staging_addr;
+      inst->standby_handle = h.instance;
+      inst->standby_acked = m->replica_epoch;
+      const uint64_t first = inst->to_ship.empty() ? 0 : inst->to_ship.front().epoch;
+      if (first != 0 && m->replica_epoch + 1 != first) {
+        inst->standby_blocked = true;
+        spdlog::error(
+            "instance {}: the standby's replica is at epoch {} but the next epoch to ship is {}: "
+            "a full copy is needed, which this build cannot do yet; its outputs stay held",
+            inst->rec.spec.id, m->replica_epoch, first);
+        return;
+      }
+      spdlog::info("instance {}: reserved on standby {} (handle {}, replica at epoch {})",
+                   inst->rec.spec.id, hot_->standby_name, h.instance, m->replica_epoch);
+      std::deque<Instance::Ship> queued;
+      queued.swap(inst->to_ship);
+      for (const auto& s : queued) ShipEpoch(*inst, s.epoch, s.first_slot, s.parts);
+      return;
+    }
+    case hot::Type::kAck: {
+      for (auto& [id, inst] : instances_) {
+        if (inst->standby_handle != h.instance || h.instance == 0) continue;
+        inst->standby_acked = std::max(inst->standby_acked, h.seq);
+        inst->epochs.MarkAcked(h.seq);
+        if (inst->epochs.Advance()) SendProgress(*inst);
+      }
+      return;
+    }
+    case hot::Type::kError: {
+      auto m = hot::ParseError(frame->body);
+      std::string what = m.ok() ? std::string(CodeName(m->code)) + ": " + m->message
+                                : m.status().ToString();
+      for (auto& [id, inst] : instances_) {
+        if (h.instance != 0 && inst->standby_handle == h.instance) inst->ship_errors++;
+        if (auto it = hot_->reserving.find(h.seq); it != hot_->reserving.end() && it->second == id) {
+          inst->standby_reserving = false;
+          hot_->reserving.erase(it);
+        }
+      }
+      spdlog::error("standby refused {} {} (instance handle {}, seq {}): {}; outputs that "
+                    "depend on it stay held",
+                    "a request", h.seq, h.instance, h.seq, what);
+      return;
+    }
+    default:
+      return;  // heartbeats and fencing: not built yet
+  }
+}
+
+}  // namespace spare::agent

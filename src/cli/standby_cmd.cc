@@ -1,0 +1,106 @@
+// `spare standby`: runs the spare host's daemon in the foreground.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <memory>
+
+#include "agent/options.h"
+#include "cli/client.h"
+#include "cli/commands.h"
+#include "common/fd.h"
+#include "standby/standby.h"
+
+namespace spare::cli {
+namespace {
+
+struct StandbyFlags {
+  std::string listen = "127.0.0.1:7700";
+  std::string name;
+  bool peer_errors = false;
+};
+
+int RunStandby(const StandbyFlags& flags) {
+  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  standby::StandbyOptions o;
+  const size_t colon = flags.listen.rfind(':');
+  char* end = nullptr;
+  const unsigned long port =
+      colon == std::string::npos ? 0 : std::strtoul(flags.listen.c_str() + colon + 1, &end, 10);
+  if (colon == std::string::npos || colon == 0 || *end != '\0' || port > 65535)
+    return Fail(Status(Code::kInvalidArgument,
+                       "--listen \"" + flags.listen + "\": expected HOST:PORT, e.g. 0.0.0.0:7700"));
+  o.host = flags.listen.substr(0, colon);
+  o.port = static_cast<uint16_t>(port);
+  if (!flags.name.empty()) o.name = flags.name;
+  o.error_mode = flags.peer_errors ? net::ErrorMode::kPeer : net::ErrorMode::kNone;
+  // SIGTERM/SIGINT end the loop; blocked before any thread exists.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  ::sigprocmask(SIG_BLOCK, &set, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  auto s = standby::Standby::Create(o);
+  if (!s.ok()) {
+    std::fprintf(stderr, "spare: standby not started: %s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  UniqueFd sig(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = (*s)->event_fd();
+  ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, (*s)->event_fd(), &ev);
+  ev.data.fd = sig.get();
+  ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, sig.get(), &ev);
+  spdlog::info("spare standby {}: listening on {}:{} (UCX error handling: {})", o.name, o.host,
+               (*s)->port(), net::ErrorModeName(o.error_mode));
+  for (;;) {
+    (*s)->Progress();
+    epoll_event got[4];
+    int n = ::epoll_wait(ep.get(), got, 4, 1000);
+    if (n < 0 && errno != EINTR) return Fail(Status::FromErrno("epoll_wait", errno));
+    for (int i = 0; i < n; ++i) {
+      if (got[i].data.fd != sig.get()) continue;
+      signalfd_siginfo info{};
+      if (::read(sig.get(), &info, sizeof(info)) == sizeof(info)) {
+        spdlog::info("spare standby: got {}, stopping; its {} replica(s) are dropped (agents "
+                     "resync with a full copy when a standby is back)",
+                     sigabbrev_np(static_cast<int>(info.ssi_signo)), (*s)->Areas().size());
+        return 0;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Command AddStandbyCommand(CLI::App& app) {
+  auto flags = std::make_shared<StandbyFlags>();
+  CLI::App* sub = app.add_subcommand(
+      "standby",
+      "Run the spare host's daemon in the foreground (policy hot). It listens for agents "
+      "(UCX), keeps for each protected instance a replica of its regions and a staging area the "
+      "agent writes epochs into, applies each committed epoch to the replica after checking it, "
+      "and acknowledges it; only then are the instance's outputs released. Replicas live in "
+      "this process: a restarted standby starts empty. Logs go to stderr; SIGTERM or Ctrl-C "
+      "stops it. Not built yet: heartbeats, fencing and failover.");
+  sub->add_option("--listen", flags->listen, "HOST:PORT to listen on for agents")
+      ->capture_default_str();
+  sub->add_option("--name", flags->name, "name in logs and in what agents see (default standby)");
+  sub->add_flag("--peer-errors", flags->peer_errors,
+                "accept agents with UCP_ERR_HANDLING_MODE_PEER (UCX reports a dead agent; "
+                "drops shared-memory transports)");
+  sub->footer(
+      "Example:\n"
+      "  UCX_TLS=tcp spare standby --listen 0.0.0.0:7700 &\n"
+      "  spare agent --dir /run/spare --standby sparehost:7700 &\n"
+      "  spare run --agent /run/spare --id kv1 --policy hot -- ./spare-kv --port 7001");
+  return {sub, [flags] { return RunStandby(*flags); }};
+}
+
+}  // namespace spare::cli

@@ -1,0 +1,88 @@
+"""Policy hot with real processes: `spare standby`, `spare agent --standby`,
+spare-kv under `--policy hot`, over UCX with the transport pinned
+(UCX_TLS=tcp, then UCX_TLS=shm,tcp).
+
+What it checks (issue 8, the shipping path; failover is not built yet):
+- pipelined SETs over several connections are acknowledged through the
+  standby, and every acknowledged one reads back;
+- while the standby is stopped (SIGSTOP) no reply is released: a SET sent
+  then stays unanswered (outputs wait for the standby's Ack), and once the
+  standby runs again (SIGCONT) the reply comes and the value is there;
+- the standby's log shows the instance reserved, the agent's log shows it
+  connected to the standby.
+"""
+
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from resp_load import PipelinedLoad
+from spare_harness import REDIS_CLI, SPARE, SPARE_KV, Harness, free_port, redis, tail
+
+
+class HotTest(unittest.TestCase):
+    def run_hot(self, tls):
+        # Standby and agent inherit the pinned transport.
+        old = os.environ.get("UCX_TLS")
+        os.environ["UCX_TLS"] = tls
+        self.addCleanup(lambda: os.environ.__setitem__("UCX_TLS", old) if old is not None
+                        else os.environ.pop("UCX_TLS", None))
+        h = Harness(self, name=f"hot-{tls.replace(',', '-')}")
+        port = free_port()
+        standby_log = os.path.join(h.dir, "standby.log")
+        standby = h.popen([SPARE, "standby", "--listen", f"127.0.0.1:{port}", "--name",
+                           "spare-host"], log=standby_log)
+        deadline = time.monotonic() + 10
+        while "listening on" not in tail(standby_log):
+            self.assertIsNone(standby.poll(), "standby exited:\n" + tail(standby_log))
+            self.assertLess(time.monotonic(), deadline, "standby never listened")
+            time.sleep(0.02)
+        h.start_agent(extra=["--standby", f"127.0.0.1:{port}"])
+        kv_port = free_port()
+        h.run("kv", [SPARE_KV, "--port", str(kv_port)], policy="hot")
+        h.wait_pong(kv_port)
+
+        load = PipelinedLoad(kv_port, conns=4, batch=16, seed=7, value_len=64)
+        self.addCleanup(load.stop)
+        load.start()
+        time.sleep(1.5)
+        load.pause()
+        totals = load.totals()
+        self.assertGreater(totals["acked"], 500, f"too few acknowledged SETs: {load.summary()}")
+        rep = load.check(kv_port, full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        self.assertEqual(rep.violations, [], rep.summary())
+
+        # The standby stops: nothing may be released.
+        os.kill(standby.pid, signal.SIGSTOP)
+        try:
+            held = subprocess.Popen([REDIS_CLI, "-p", str(kv_port), "SET", "held", "yes"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            time.sleep(0.5)
+            self.assertIsNone(held.poll(), "a reply was released while the standby was stopped")
+        finally:
+            os.kill(standby.pid, signal.SIGCONT)
+        out, _ = held.communicate(timeout=15)
+        self.assertEqual((held.returncode, out.strip()), (0, "OK"))
+        self.assertEqual(redis(kv_port, "GET", "held"), (0, "yes"))
+
+        load.resume()
+        time.sleep(0.5)
+        load.pause()
+        rep = load.check(kv_port, full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        load.stop()
+        self.assertIn("reserved on standby spare-host", tail(os.path.join(h.dir, "agent.log"), 200))
+        print(f"UCX_TLS={tls}: {load.summary()}; {rep.summary()}", flush=True)
+
+    def test_hot_over_tcp(self):
+        self.run_hot("tcp")
+
+    def test_hot_over_shared_memory(self):
+        self.run_hot("shm,tcp")
+
+
+if __name__ == "__main__":
+    unittest.main()
