@@ -74,6 +74,12 @@ class HotTest(unittest.TestCase):
         rep = load.check(kv_port, full=True)
         self.assertTrue(rep.ok, rep.summary())
         load.stop()
+        inst = h.instance("kv")
+        self.assertEqual(inst["policy"], "hot")
+        self.assertEqual(inst["standby"], "protected", inst)
+        self.assertGreater(inst["standby_epoch"], 0, inst)
+        self.assertGreaterEqual(inst["standby_epoch"], inst["durable_epoch"], inst)
+        self.assertEqual(inst["ship_errors"], 0, inst)
         self.assertIn("reserved on standby spare-host", tail(os.path.join(h.dir, "agent.log"), 200))
         print(f"UCX_TLS={tls}: {load.summary()}; {rep.summary()}", flush=True)
 

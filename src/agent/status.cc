@@ -87,6 +87,12 @@ const Metric kMetrics[] = {
      "config_stale"},
     {"spare_config_missing_total", "counter",
      "Configuration checkpoint lookups of keys never saved.", "config_missing"},
+    {"spare_standby_epoch", "gauge",
+     "Policy hot: newest epoch the standby acknowledged (applied to its replica).",
+     "standby_epoch"},
+    {"spare_ship_errors_total", "counter",
+     "Policy hot: epochs or messages to the standby that failed or were refused.",
+     "ship_errors"},
 };
 
 Result<double> MetricValue(const Metric& m, const ipc::Body& inst) {
@@ -131,7 +137,13 @@ nlohmann::json InstanceStatusJson(const Instance& inst) {
           {"config_hits", inst.config_hits},
           {"config_stale", inst.config_stale},
           {"config_missing", inst.config_missing},
-          {"config_stale_keys", inst.config_stale_keys}};
+          {"config_stale_keys", inst.config_stale_keys},
+          {"standby", r.spec.policy != "hot"   ? "-"
+                      : inst.standby_blocked   ? "blocked (replica behind: full copy needed)"
+                      : inst.standby_handle != 0 ? "protected"
+                                               : "waiting for the standby"},
+          {"standby_epoch", inst.standby_acked},
+          {"ship_errors", inst.ship_errors}};
 }
 
 Result<std::string> MetricsText(const nlohmann::json& status) {
