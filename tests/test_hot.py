@@ -8,8 +8,9 @@ What it checks (issue 8, the shipping path; failover is not built yet):
 - while the standby is stopped (SIGSTOP) no reply is released: a SET sent
   then stays unanswered (outputs wait for the standby's Ack), and once the
   standby runs again (SIGCONT) the reply comes and the value is there;
-- the standby's log shows the instance reserved, the agent's log shows it
-  connected to the standby.
+- heartbeats: the agent notices the stopped standby (status and log say
+  so) and its return; the standby never suspects the agent, which kept
+  sending heartbeats whether it had epochs to ship or not.
 """
 
 import os
@@ -40,6 +41,7 @@ class HotTest(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "standby never listened")
             time.sleep(0.02)
         h.start_agent(extra=["--standby", f"127.0.0.1:{port}"])
+        agent_log = os.path.join(h.dir, "agent.log")
         kv_port = free_port()
         h.run("kv", [SPARE_KV, "--port", str(kv_port)], policy="hot")
         h.wait_pong(kv_port)
@@ -62,6 +64,9 @@ class HotTest(unittest.TestCase):
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             time.sleep(0.5)
             self.assertIsNone(held.poll(), "a reply was released while the standby was stopped")
+            # The agent noticed the silence (timeout 100 ms) and says so.
+            self.assertIn("silent for", tail(agent_log, 50))
+            self.assertEqual(h.instance("kv")["standby"], "standby unreachable (outputs held)")
         finally:
             os.kill(standby.pid, signal.SIGCONT)
         out, _ = held.communicate(timeout=15)
@@ -80,7 +85,12 @@ class HotTest(unittest.TestCase):
         self.assertGreater(inst["standby_epoch"], 0, inst)
         self.assertGreaterEqual(inst["standby_epoch"], inst["durable_epoch"], inst)
         self.assertEqual(inst["ship_errors"], 0, inst)
-        self.assertIn("reserved on standby spare-host", tail(os.path.join(h.dir, "agent.log"), 200))
+        log = tail(agent_log, 400)
+        self.assertIn("reserved on standby spare-host", log)
+        self.assertIn("answers again", log)
+        # Heartbeats kept the agent alive for the standby all along, idle or
+        # not (the standby was stopped, never the agent): no suspicion.
+        self.assertNotIn("suspected", tail(standby_log, 400))
         print(f"UCX_TLS={tls}: {load.summary()}; {rep.summary()}", flush=True)
 
     def test_hot_over_tcp(self):

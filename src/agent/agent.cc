@@ -189,7 +189,10 @@ void Agent::HandleEvent(uint64_t token, uint32_t events) {
       OnPidfdReadable(w.id);
       break;
     case WatchKind::kStandby:
-      ProgressStandby();
+      if (hot_ && w.fd == hot_->timer.get())
+        OnStandbyTimer();
+      else
+        ProgressStandby();
       break;
     case WatchKind::kWorker:
       (w.fd == applier_->notify_fd() ? applier_ : io_)->RunCompletions();

@@ -208,6 +208,8 @@ class Agent {
   void SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
                      const std::vector<std::byte>& body);
   void ProgressStandby();
+  void OnStandbyTimer();
+  void ArmStandbyTimer(uint32_t period_ms);
 
   // metrics_http.cc
   Status OpenHttp();

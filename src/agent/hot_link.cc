@@ -1,6 +1,10 @@
 // The agent's side of hot protection (agent/hot_link.h).
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -35,6 +39,12 @@ Status Agent::ConnectStandby() {
       kAmId, [this](net::Endpoint*, std::span<const std::byte> b) { OnStandbyMessage(b); }));
   SPARE_ASSIGN_OR_RETURN(hot_->watch,
                          AddWatch(hot_->worker->event_fd(), EPOLLIN, {WatchKind::kStandby}));
+  hot_->timer.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!hot_->timer.valid()) return Status::FromErrno("timerfd_create", errno);
+  SPARE_ASSIGN_OR_RETURN(hot_->timer_watch, AddWatch(hot_->timer.get(), EPOLLIN,
+                                                     {WatchKind::kStandby, hot_->timer.get()}));
+  ArmStandbyTimer(hot_->heartbeat_ms);
+  hot_->last_heard = std::chrono::steady_clock::now();
   SPARE_ASSIGN_OR_RETURN(hot_->ep,
                          hot_->worker->Connect(hot_->host, hot_->port, net::ErrorMode::kNone));
   hot_->ep->set_on_error([this](const Status& st) {
@@ -50,6 +60,36 @@ Status Agent::ConnectStandby() {
 
 void Agent::ProgressStandby() {
   if (hot_) hot_->worker->Progress();
+}
+
+void Agent::ArmStandbyTimer(uint32_t period_ms) {
+  itimerspec its{};
+  its.it_interval.tv_sec = period_ms / 1000;
+  its.it_interval.tv_nsec = static_cast<long>(period_ms % 1000) * 1'000'000;
+  its.it_value = its.it_interval;
+  ::timerfd_settime(hot_->timer.get(), 0, &its, nullptr);
+}
+
+void Agent::OnStandbyTimer() {
+  uint64_t ticks = 0;
+  if (::read(hot_->timer.get(), &ticks, sizeof(ticks)) != sizeof(ticks)) return;
+  ProgressStandby();  // what arrived first: a late message is not silence
+  const auto now = std::chrono::steady_clock::now();
+  if (hot_->welcomed)
+    SendToStandby(static_cast<uint8_t>(hot::Type::kHeartbeat), 0, 0, hot_->heartbeats_sent++,
+                  hot::Body(hot::Heartbeat{static_cast<uint64_t>(
+                      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch())
+                          .count())}));
+  const auto silent = now - hot_->last_heard;
+  if (hot_->welcomed && !hot_->suspected && silent > std::chrono::milliseconds(hot_->timeout_ms)) {
+    hot_->suspected = true;
+    hot_->suspicions++;
+    spdlog::error(
+        "standby {} at {}:{} silent for {} ms (timeout {} ms): hot instances hold their outputs "
+        "until it answers",
+        hot_->standby_name, hot_->host, hot_->port,
+        std::chrono::duration_cast<std::chrono::milliseconds>(silent).count(), hot_->timeout_ms);
+  }
 }
 
 void Agent::SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
@@ -131,6 +171,11 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
     return;
   }
   const hot::Header& h = frame->header;
+  hot_->last_heard = std::chrono::steady_clock::now();
+  if (hot_->suspected) {
+    hot_->suspected = false;
+    spdlog::info("standby {} answers again", hot_->standby_name);
+  }
   switch (h.type) {
     case hot::Type::kWelcome: {
       auto m = hot::ParseWelcome(frame->body);
@@ -140,6 +185,9 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       }
       hot_->welcomed = true;
       hot_->standby_name = m->standby;
+      hot_->heartbeat_ms = m->heartbeat_ms;
+      hot_->timeout_ms = m->timeout_ms;
+      ArmStandbyTimer(m->heartbeat_ms);
       spdlog::info("agent: standby {} at {}:{} answered (heartbeat {} ms, timeout {} ms)",
                    m->standby, hot_->host, hot_->port, m->heartbeat_ms, m->timeout_ms);
       for (auto& [id, inst] : instances_)

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "agent/agent.h"
+#include "agent/hot_link.h"
 #include "ipc/body.h"
 
 namespace spare::agent {
@@ -108,7 +109,7 @@ Result<double> MetricValue(const Metric& m, const ipc::Body& inst) {
 
 }  // namespace
 
-nlohmann::json InstanceStatusJson(const Instance& inst) {
+nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) {
   const InstanceRecord& r = inst.rec;
   nlohmann::json regions = nlohmann::json::array();
   for (const RegionRecord& g : r.regions)
@@ -139,6 +140,7 @@ nlohmann::json InstanceStatusJson(const Instance& inst) {
           {"config_missing", inst.config_missing},
           {"config_stale_keys", inst.config_stale_keys},
           {"standby", r.spec.policy != "hot"   ? "-"
+                      : standby_suspected      ? "standby unreachable (outputs held)"
                       : inst.standby_blocked   ? "blocked (replica behind: full copy needed)"
                       : inst.standby_handle != 0 ? "protected"
                                                : "waiting for the standby"},
@@ -175,7 +177,9 @@ Result<std::string> MetricsText(const nlohmann::json& status) {
 
 nlohmann::json Agent::StatusJson() const {
   nlohmann::json instances = nlohmann::json::array();
-  for (const auto& [id, inst] : instances_) instances.push_back(InstanceStatusJson(*inst));
+  const bool suspected = hot_ && hot_->suspected;
+  for (const auto& [id, inst] : instances_)
+    instances.push_back(InstanceStatusJson(*inst, suspected));
   double uptime =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_at_).count();
   return {{"agent",

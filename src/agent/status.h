@@ -16,7 +16,8 @@
 
 namespace spare::agent {
 
-nlohmann::json InstanceStatusJson(const Instance& inst);
+// standby_suspected: the agent's standby is silent past its timeout (policy hot).
+nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected = false);
 
 // Prometheus text exposition (format 0.0.4) of a Status answer body.
 // kBadMessage naming the instance and field when the body lacks one.

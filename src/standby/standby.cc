@@ -2,7 +2,13 @@
 // epochs.
 #include "standby/standby.h"
 
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include "common/hex.h"
 #include "region/mapping.h"
@@ -16,7 +22,9 @@ struct Standby::Peer {
   std::unique_ptr<net::Endpoint> ep;
   std::string agent;  // from Hello
   bool hello = false;
+  bool suspected = false;
   std::chrono::steady_clock::time_point last_heard{};
+  uint64_t heartbeats_sent = 0, heard = 0;
 };
 
 struct Standby::Area {
@@ -44,7 +52,28 @@ struct Standby::Area {
 Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
   std::unique_ptr<Standby> s(new Standby());
   s->options_ = std::move(options);
+  if (s->options_.heartbeat_ms == 0 || s->options_.timeout_ms <= s->options_.heartbeat_ms)
+    return Status(Code::kInvalidArgument,
+                  "heartbeat " + std::to_string(s->options_.heartbeat_ms) + " ms and timeout " +
+                      std::to_string(s->options_.timeout_ms) +
+                      " ms: need 0 < heartbeat < timeout");
   SPARE_ASSIGN_OR_RETURN(s->worker_, net::Worker::Create());
+  s->epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  s->timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!s->epoll_.valid() || !s->timer_.valid())
+    return Status::FromErrno("epoll/timerfd for the standby", errno);
+  itimerspec its{};
+  its.it_interval.tv_nsec = static_cast<long>(s->options_.heartbeat_ms % 1000) * 1'000'000;
+  its.it_interval.tv_sec = s->options_.heartbeat_ms / 1000;
+  its.it_value = its.it_interval;
+  ::timerfd_settime(s->timer_.get(), 0, &its, nullptr);
+  for (int fd : {s->worker_->event_fd(), s->timer_.get()}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(s->epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+      return Status::FromErrno("epoll_ctl", errno);
+  }
   Standby* raw = s.get();
   SPARE_RETURN_IF_ERROR(s->worker_->SetAmHandler(
       kAmId, [raw](net::Endpoint* from, std::span<const std::byte> b) { raw->OnMessage(from, b); }));
@@ -59,6 +88,51 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
 Standby::~Standby() {
   areas_.clear();  // their registrations, before the worker goes
   peers_.clear();
+}
+
+void Standby::Progress() {
+  worker_->Progress();  // what arrived first: a late heartbeat is not silence
+  uint64_t ticks = 0;
+  if (::read(timer_.get(), &ticks, sizeof(ticks)) == sizeof(ticks)) {
+    OnTimer();
+    worker_->Progress();  // the heartbeats out
+  }
+}
+
+// Heartbeats out, and silence in: an agent that said nothing (no message of
+// any kind) for timeout_ms is suspected. Failover from a suspicion is not
+// built yet (issue 8): the suspicion is logged and counted, and the
+// replicas of its instances stay as they are.
+void Standby::OnTimer() {
+  const auto now = std::chrono::steady_clock::now();
+  const auto timeout = std::chrono::milliseconds(options_.timeout_ms);
+  for (auto& p : peers_) {
+    if (!p->hello) continue;
+    Send(p->ep.get(), hot::Type::kHeartbeat, 0, 0, p->heartbeats_sent++,
+         hot::Body(hot::Heartbeat{static_cast<uint64_t>(
+             std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch())
+                 .count())}));
+    const bool silent = now - p->last_heard > timeout;
+    if (silent && !p->suspected) {
+      p->suspected = true;
+      ++suspicions_;
+      const auto ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - p->last_heard).count();
+      std::string ids;
+      for (const auto& [h, a] : areas_)
+        if (a->owner == p.get()) ids += (ids.empty() ? "" : ", ") + a->id;
+      spdlog::warn("standby: agent {} silent for {} ms (timeout {} ms): suspected; its "
+                   "instances ({}) keep their replicas (failover is not built yet)",
+                   p->agent, ms, options_.timeout_ms, ids.empty() ? "none" : ids);
+    }
+  }
+}
+
+std::vector<Standby::PeerView> Standby::Peers() const {
+  std::vector<PeerView> out;
+  for (const auto& p : peers_)
+    out.push_back({p->agent, p->suspected, p->heartbeats_sent, p->heard});
+  return out;
 }
 
 void Standby::OnAccept(std::unique_ptr<net::Endpoint> ep) {
@@ -95,6 +169,11 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
   const hot::Header& h = frame->header;
   if (!p) return;  // no endpoint to answer on (a sender that gave none)
   p->last_heard = std::chrono::steady_clock::now();
+  p->heard++;
+  if (p->suspected) {
+    p->suspected = false;
+    spdlog::info("standby: agent {} is heard again", p->agent);
+  }
   if (!p->hello && h.type != hot::Type::kHello)
     return Refuse(from, h, Status(Code::kFailedPrecondition,
                                   std::string(hot::TypeName(h.type)) +

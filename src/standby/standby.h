@@ -45,8 +45,10 @@ struct StandbyOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;  // 0: any free port (port() says which)
   net::ErrorMode error_mode = net::ErrorMode::kNone;
+  // Heartbeats to every agent every heartbeat_ms; an agent silent for
+  // timeout_ms (no message of any kind) is suspected.
   uint32_t heartbeat_ms = 10;
-  uint32_t timeout_ms = 60;
+  uint32_t timeout_ms = 100;
   size_t max_instances = 64;
 };
 
@@ -56,9 +58,22 @@ class Standby {
   ~Standby();
 
   uint16_t port() const { return port_; }
-  int event_fd() const { return worker_->event_fd(); }
-  // Progresses UCX and handles what arrived.
-  void Progress() { worker_->Progress(); }
+  // Readable when there is work (UCX, or the heartbeat timer); then call
+  // Progress().
+  int event_fd() const { return epoll_.get(); }
+  // Sends heartbeats and suspects silent agents when the timer is due,
+  // progresses UCX and handles what arrived.
+  void Progress();
+
+  // One connected agent, for status and tests.
+  struct PeerView {
+    std::string agent;  // its Hello name
+    bool suspected = false;
+    uint64_t heartbeats_sent = 0, heard = 0;
+  };
+  std::vector<PeerView> Peers() const;
+  // Agents suspected since start (each once per silence).
+  uint64_t suspicions() const { return suspicions_; }
 
   // For status and tests: one reserved area.
   struct AreaView {
@@ -86,6 +101,7 @@ class Standby {
             const std::vector<std::byte>& body);
   void Refuse(net::Endpoint* to, const hot::Header& h, const Status& st);
   Result<Area*> AreaFor(const hot::Header& h);
+  void OnTimer();
 
   StandbyOptions options_;
   std::unique_ptr<net::Worker> worker_;
@@ -94,6 +110,8 @@ class Standby {
   std::map<uint64_t, std::unique_ptr<Area>> areas_;  // by handle
   uint64_t next_handle_ = 1;
   std::map<std::string, uint64_t> refused_;
+  UniqueFd epoll_, timer_;  // epoll_ holds the worker's fd and timer_
+  uint64_t suspicions_ = 0;
 };
 
 }  // namespace spare::standby

@@ -56,8 +56,8 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
     return ep.ok() ? std::move(ep).value() : nullptr;
   }
 
-  bool Pump(const std::function<bool()>& pred) {
-    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool Pump(const std::function<bool()>& pred, int ms = 10000) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
     while (std::chrono::steady_clock::now() < end) {
       standby_->Progress();
       agent_->Progress();
@@ -78,14 +78,18 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
     EXPECT_TRUE(ep->SendAm(1, bytes).ok());
     return Answer();
   }
+  // The next message that is not one of the standby's heartbeats.
   hot::Frame Answer() {
-    EXPECT_TRUE(Pump([&] { return !inbox_.empty(); })) << "no answer";
-    if (inbox_.empty()) return {};
-    last_ = std::move(inbox_.front());
-    inbox_.pop_front();
-    auto f = hot::Decode(last_);
-    EXPECT_TRUE(f.ok()) << f.status().ToString();
-    return f.ok() ? *f : hot::Frame{};
+    for (;;) {
+      EXPECT_TRUE(Pump([&] { return !inbox_.empty(); })) << "no answer";
+      if (inbox_.empty()) return {};
+      last_ = std::move(inbox_.front());
+      inbox_.pop_front();
+      auto f = hot::Decode(last_);
+      EXPECT_TRUE(f.ok()) << f.status().ToString();
+      if (!f.ok()) return hot::Frame{};
+      if (f->header.type != hot::Type::kHeartbeat) return *f;
+    }
   }
   void ExpectError(const hot::Frame& f, Code code, const std::string& needle) {
     ASSERT_EQ(f.header.type, hot::Type::kError) << hot::TypeName(f.header.type);
@@ -265,6 +269,59 @@ TEST_P(StandbyTest, BadRequestsAreRefusedAndChangeNothing) {
   Hello(extra_.get());
   ExpectError(Ask(extra_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
               Code::kFailedPrecondition, "reserved on another connection");
+}
+
+// Heartbeats: the standby sends them on its own schedule; an agent that
+// keeps talking is never suspected, a silent one is, once, after the
+// timeout, and is cleared when it is heard again.
+TEST_P(StandbyTest, ASilentAgentIsSuspectedAndAHeardOneIsNot) {
+  // A timeout well above any scheduling stall of this (single-threaded)
+  // test on a loaded machine: both sides stop when the thread does.
+  constexpr int kTimeoutMs = 300;
+  ep_.reset();
+  ASSERT_TRUE(Pump([&] { return agent_->closing() == 0; }));
+  auto s = Standby::Create(StandbyOptions{.name = "spare-host", .timeout_ms = kTimeoutMs});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  standby_ = std::move(s).value();
+  ep_ = Connect();
+  Hello(ep_.get());
+  std::chrono::steady_clock::time_point last_sent;
+  auto heartbeat = [&] {
+    last_sent = std::chrono::steady_clock::now();
+    ASSERT_TRUE(ep_->SendAm(1, hot::Encode(hot::Header{hot::Type::kHeartbeat, 0, 0, 0, 0},
+                                           hot::Body(hot::Heartbeat{1})))
+                    .ok());
+  };
+  // 600 ms of heartbeats every 10 ms: never suspected.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(600);
+  while (std::chrono::steady_clock::now() < until) {
+    heartbeat();
+    Pump([&] { return false; }, 10);
+  }
+  ASSERT_EQ(standby_->Peers().size(), 1u);
+  EXPECT_FALSE(standby_->Peers()[0].suspected);
+  EXPECT_EQ(standby_->suspicions(), 0u);
+  EXPECT_GE(standby_->Peers()[0].heartbeats_sent, 10u) << "the standby sends its own heartbeats";
+  size_t got = 0;
+  for (const auto& m : inbox_) {
+    auto f = hot::Decode(m);
+    if (f.ok() && f->header.type == hot::Type::kHeartbeat) ++got;
+  }
+  EXPECT_GE(got, 10u) << "heartbeats from the standby never arrived";
+  inbox_.clear();
+  // Silence: suspected after the timeout (counted from our last message,
+  // which the standby heard after we sent it), and only once.
+  ASSERT_TRUE(Pump([&] { return standby_->suspicions() > 0; }));
+  const auto detected = std::chrono::steady_clock::now() - last_sent;
+  EXPECT_GE(detected, std::chrono::milliseconds(kTimeoutMs)) << "suspected before the timeout";
+  EXPECT_LT(detected, std::chrono::milliseconds(2000)) << "suspected far too late";
+  EXPECT_TRUE(standby_->Peers()[0].suspected);
+  Pump([&] { return false; }, 2 * kTimeoutMs);
+  EXPECT_EQ(standby_->suspicions(), 1u);
+  // Heard again: cleared.
+  heartbeat();
+  ASSERT_TRUE(Pump([&] { return !standby_->Peers()[0].suspected; }));
+  inbox_.clear();
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, StandbyTest, ::testing::Values("tcp", "shm,tcp"),
