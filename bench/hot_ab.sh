@@ -18,7 +18,8 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm 
 trap cleanup EXIT
 "$BUILD/bin/spare" standby --listen "127.0.0.1:$P" --name bench-standby >"$dir/standby.log" 2>&1 &
 pids+=($!)
-sleep 0.3
+for _ in $(seq 100); do grep -q "listening on" "$dir/standby.log" && break; sleep 0.05; done
+grep -q "listening on" "$dir/standby.log" || { echo "standby did not start:" >&2; cat "$dir/standby.log" >&2; exit 1; }
 "$BUILD/bin/spare" agent --dir "$dir/agent" --standby "127.0.0.1:$P" >"$dir/agent.log" 2>&1 &
 pids+=($!)
 sleep 0.5
@@ -28,17 +29,22 @@ start() {  # start MODE -> the port
   case $1 in
     unprotected)
       "$BUILD/bin/spare-kv" --port "$kport" --region-size 2147483648 --unprotected >/dev/null 2>&1 &
-      pids+=($!) ;;
+      kv=$!
+      pids+=("$kv") ;;
     local|hot)
       "$BUILD/bin/spare" run --agent "$dir/agent" --id "kv-$1" --policy "$1" -- \
         "$PWD/$BUILD/bin/spare-kv" --port "$kport" --region-size 2147483648 >/dev/null ;;
   esac
   wait_pong "$kport"
-  redis-cli -p "$kport" DEBUG POPULATE 1048576 key 1024 >/dev/null
+  # The server on the port must be the one just started, in this mode.
+  want=$([[ $1 == unprotected ]] && echo unprotected || echo protected)
+  got=$(redis-cli -p "$kport" INFO spare | tr -d '\r' | sed -n 's/^mode://p')
+  [[ $got == "$want" ]] || { echo "port $kport answers in mode '$got', not $want" >&2; exit 1; }
+  [[ $(timeout 120 redis-cli -p "$kport" DEBUG POPULATE 1048576 key 1024) == OK ]] || { echo "populate failed" >&2; exit 1; }
 }
 stop() {
   case $1 in
-    unprotected) redis-cli -p "$kport" SHUTDOWN NOSAVE >/dev/null 2>&1 || kill "${pids[-1]}" ;;
+    unprotected) kill "$kv"; wait "$kv" 2>/dev/null || true ;;
     *) "$BUILD/bin/spare" stop --agent "$dir/agent" --id "kv-$1" >/dev/null ;;
   esac
   sleep 0.3
@@ -49,7 +55,9 @@ for r in $(seq "$ROUNDS"); do
   for mode in unprotected local hot; do
     start "$mode"
     for pl in 1 16; do
-      out=$(redis-benchmark -p "$kport" -t set -r 1048576 -d 1024 -c 50 -n 200000 -P "$pl" -q 2>&1 | tr '\r' '\n' | grep "requests per second" | tail -1)
+      raw=$(timeout 120 redis-benchmark -p "$kport" -t set -r 1048576 -d 1024 -c 50 -n 200000 -P "$pl" -q 2>&1 | tr '\r' '\n') || true
+      out=$(echo "$raw" | grep "requests per second" | tail -1) || true
+      if [[ -z $out ]]; then echo "redis-benchmark failed ($mode -P $pl): $(echo "$raw" | tail -3)" >&2; tail -5 "$dir/agent.log" >&2; exit 1; fi
       v=$(echo "$out" | sed -E 's/.*SET: ([0-9.]+) requests per second.*/\1/')
       p50=$(echo "$out" | sed -E 's/.*p50=([0-9.]+) msec.*/\1/')
       echo "round $r $mode -P $pl: $v rps (p50 $p50 ms)"

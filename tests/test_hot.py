@@ -85,7 +85,15 @@ class HotTest(unittest.TestCase):
         self.assertGreater(inst["standby_epoch"], 0, inst)
         self.assertGreaterEqual(inst["standby_epoch"], inst["durable_epoch"], inst)
         self.assertEqual(inst["ship_errors"], 0, inst)
+        # Stopping retires the replica: the same id runs again fresh and is
+        # protected at once (not blocked behind the old replica's epoch).
+        h.stop("kv")
+        h.run("kv", [SPARE_KV, "--port", str(kv_port)], policy="hot")
+        h.wait_pong(kv_port)
+        self.assertEqual(redis(kv_port, "SET", "again", "1"), (0, "OK"))
+        self.assertEqual(h.instance("kv")["standby"], "protected")
         log = tail(agent_log, 400)
+        self.assertIn("retired", log)
         self.assertIn("reserved on standby spare-host", log)
         self.assertIn("answers again", log)
         # Heartbeats kept the agent alive for the standby all along, idle or

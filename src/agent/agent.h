@@ -205,6 +205,7 @@ class Agent {
   void OnStandbyMessage(std::span<const std::byte> bytes);
   void ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts);
   void ReserveOnStandby(Instance& inst);
+  void RetireOnStandby(Instance& inst);
   void SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
                      const std::vector<std::byte>& body);
   void ProgressStandby();

@@ -137,6 +137,7 @@ ApplyChain::~ApplyChain() {
 // The apply chain, with its mappings of the image (whose munmap takes ~90 ns
 // a page), is dropped on the apply worker, not on the loop.
 void Agent::ReleaseImage(Instance& inst) {
+  RetireOnStandby(inst);  // the replica of an image that is gone is of no use
   std::shared_ptr<ApplyChain> old = inst.ReleaseImage();
   if (!old) return;
   applier_->Post([c = std::move(old)]() mutable {

@@ -120,6 +120,19 @@ void Agent::ReserveOnStandby(Instance& inst) {
                 hot::Body(m));
 }
 
+// The instance's image is released (stop, or a fresh run): its replica too,
+// or a later run of the same id would find a replica ahead of its image.
+void Agent::RetireOnStandby(Instance& inst) {
+  if (!hot_ || inst.standby_handle == 0) return;
+  SendToStandby(static_cast<uint8_t>(hot::Type::kRetire), inst.standby_handle,
+                inst.rec.generation, hot_->next_seq++, {});
+  spdlog::info("instance {}: replica on standby {} retired", inst.rec.spec.id,
+               hot_->standby_name);
+  inst.standby_handle = 0;
+  inst.standby_key.reset();
+  inst.to_ship.clear();
+}
+
 // Puts the epoch's slots into the same slots of the standby's staging area,
 // flushes, then commits. The slots stay the instance's until the standby's
 // Ack (EpochQueue: hot releases only acknowledged epochs).

@@ -124,6 +124,17 @@ struct Internal {
   static void Accept(Worker* w, ucp_conn_request_h req);
 };
 
+namespace {
+// Request parameters whose completion ends `op` (Internal::OnSendDone).
+ucp_request_param_t CompletionParam(void* op) {
+  ucp_request_param_t rp{};
+  rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  rp.cb.send = Internal::OnSendDone;
+  rp.user_data = op;
+  return rp;
+}
+}  // namespace
+
 // --- Memory, RemoteKey ---
 
 Memory::~Memory() {
@@ -176,10 +187,7 @@ Status Endpoint::Put(const void* local, size_t len, uint64_t remote, const Remot
                      Done done) {
   if (failed()) return error_;
   auto* op = new Worker::Pending{worker_, std::move(done), {}};
-  ucp_request_param_t rp{};
-  rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  rp.cb.send = Internal::OnSendDone;
-  rp.user_data = op;
+  ucp_request_param_t rp = CompletionParam(op);
   void* req =
       ucp_put_nbx(EP(ep_), local, len, remote, static_cast<ucp_rkey_h>(key.rkey_), &rp);
   return worker_->Start(req, op, "put");
@@ -188,10 +196,7 @@ Status Endpoint::Put(const void* local, size_t len, uint64_t remote, const Remot
 Status Endpoint::Flush(Done done) {
   if (failed()) return error_;
   auto* op = new Worker::Pending{worker_, std::move(done), {}};
-  ucp_request_param_t rp{};
-  rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  rp.cb.send = Internal::OnSendDone;
-  rp.user_data = op;
+  ucp_request_param_t rp = CompletionParam(op);
   return worker_->Start(ucp_ep_flush_nbx(EP(ep_), &rp), op, "flush");
 }
 
