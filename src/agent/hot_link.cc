@@ -265,9 +265,9 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
           hot_->reserving.erase(it);
         }
       }
-      spdlog::error("standby refused {} {} (instance handle {}, seq {}): {}; outputs that "
+      spdlog::error("standby refused request seq {} (instance handle {}): {}; outputs that "
                     "depend on it stay held",
-                    "a request", h.seq, h.instance, h.seq, what);
+                    h.seq, h.instance, what);
       return;
     }
     default:
