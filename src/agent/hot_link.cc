@@ -15,25 +15,14 @@
 #include "hot/wire.h"
 
 namespace spare::agent {
-namespace {
-
-constexpr uint16_t kAmId = 1;  // the control channel, as on the standby
-
-}  // namespace
+using hot::kAmId;
 
 Status Agent::ConnectStandby() {
-  const std::string& addr = options_.standby;
-  const size_t colon = addr.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == addr.size())
-    return Status(Code::kInvalidArgument,
-                  "--standby \"" + addr + "\": expected HOST:PORT, e.g. 10.0.0.9:7700");
-  char* end = nullptr;
-  const unsigned long port = std::strtoul(addr.c_str() + colon + 1, &end, 10);
-  if (*end != '\0' || port == 0 || port > 65535)
-    return Status(Code::kInvalidArgument, "--standby \"" + addr + "\": bad port");
+  SPARE_ASSIGN_OR_RETURN(net::Address where,
+                         net::ParseAddress(options_.standby, "--standby", /*allow_any_port=*/false));
   hot_ = std::make_unique<HotLink>();
-  hot_->host = addr.substr(0, colon);
-  hot_->port = static_cast<uint16_t>(port);
+  hot_->host = where.host;
+  hot_->port = where.port;
   SPARE_ASSIGN_OR_RETURN(hot_->worker, net::Worker::Create());
   SPARE_RETURN_IF_ERROR(hot_->worker->SetAmHandler(
       kAmId, [this](net::Endpoint*, std::span<const std::byte> b) { OnStandbyMessage(b); }));

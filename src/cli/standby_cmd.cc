@@ -26,15 +26,10 @@ struct StandbyFlags {
 int RunStandby(const StandbyFlags& flags) {
   spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   standby::StandbyOptions o;
-  const size_t colon = flags.listen.rfind(':');
-  char* end = nullptr;
-  const unsigned long port =
-      colon == std::string::npos ? 0 : std::strtoul(flags.listen.c_str() + colon + 1, &end, 10);
-  if (colon == std::string::npos || colon == 0 || *end != '\0' || port > 65535)
-    return Fail(Status(Code::kInvalidArgument,
-                       "--listen \"" + flags.listen + "\": expected HOST:PORT, e.g. 0.0.0.0:7700"));
-  o.host = flags.listen.substr(0, colon);
-  o.port = static_cast<uint16_t>(port);
+  auto where = net::ParseAddress(flags.listen, "--listen", /*allow_any_port=*/true);
+  if (!where.ok()) return Fail(where.status());
+  o.host = where->host;
+  o.port = where->port;
   if (!flags.name.empty()) o.name = flags.name;
   o.error_mode = flags.peer_errors ? net::ErrorMode::kPeer : net::ErrorMode::kNone;
   // SIGTERM/SIGINT end the loop; blocked before any thread exists.

@@ -34,6 +34,8 @@
 namespace spare::hot {
 
 inline constexpr uint32_t kMagic = 0x54485053;  // "SPHT"
+// The UCX active-message id of this protocol, on agents and standbys alike.
+inline constexpr uint16_t kAmId = 1;
 inline constexpr uint16_t kVersion = 1;
 inline constexpr size_t kHeaderSize = 48;
 inline constexpr size_t kMaxBody = 64 * 1024;  // control only; data goes by put

@@ -7,7 +7,9 @@
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
+#include <cctype>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -73,6 +75,21 @@ std::string Describe(const sockaddr* sa) {
 }
 
 }  // namespace
+
+Result<Address> ParseAddress(std::string_view text, std::string_view flag, bool allow_any_port) {
+  const std::string shown = std::string(flag) + " \"" + std::string(text) + "\"";
+  const size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == text.size())
+    return Status(Code::kInvalidArgument, shown + ": expected HOST:PORT, e.g. 10.0.0.9:7700");
+  const std::string port(text.substr(colon + 1));
+  char* end = nullptr;
+  const unsigned long n = std::strtoul(port.c_str(), &end, 10);
+  if (*end != '\0' || !std::isdigit(static_cast<unsigned char>(port[0])) || n > 65535 ||
+      (n == 0 && !allow_any_port))
+    return Status(Code::kInvalidArgument, shown + ": port must be " +
+                                              (allow_any_port ? "0" : "1") + " to 65535");
+  return Address{std::string(text.substr(0, colon)), static_cast<uint16_t>(n)};
+}
 
 const char* ErrorModeName(ErrorMode m) { return m == ErrorMode::kPeer ? "peer" : "none"; }
 

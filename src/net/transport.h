@@ -54,6 +54,14 @@
 namespace spare::net {
 
 enum class ErrorMode { kNone, kPeer };
+
+struct Address {
+  std::string host;
+  uint16_t port = 0;
+};
+// "HOST:PORT" (the last ':' splits; port 0-65535, 0 only if allow_any_port);
+// kInvalidArgument names `flag` and what is wrong.
+Result<Address> ParseAddress(std::string_view text, std::string_view flag, bool allow_any_port);
 const char* ErrorModeName(ErrorMode m);
 
 class Endpoint;

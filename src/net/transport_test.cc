@@ -215,6 +215,22 @@ TEST_P(NetTest, BadArgumentsAreRefused) {
   accepted.reset();
 }
 
+TEST(NetAddress, ParsesAndNamesWhatIsWrong) {
+  auto a = ParseAddress("10.0.0.9:7700", "--standby", false);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->host, "10.0.0.9");
+  EXPECT_EQ(a->port, 7700);
+  EXPECT_TRUE(ParseAddress("0.0.0.0:0", "--listen", true).ok());
+  for (const char* bad : {"7700", ":7700", "host:", "host:0", "host:70000", "host:7x", "host:-1"}) {
+    auto r = ParseAddress(bad, "--standby", false);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("--standby \"" + std::string(bad) + "\""),
+              std::string::npos)
+        << r.status().message();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, NetTest, ::testing::Values("tcp", "shm,tcp"),
                          [](const auto& info) {
                            std::string name = info.param;

@@ -15,8 +15,7 @@
 
 namespace spare::standby {
 
-// The control channel's active-message id, on agents and standbys alike.
-constexpr uint16_t kAmId = 1;
+using hot::kAmId;
 
 struct Standby::Peer {
   std::unique_ptr<net::Endpoint> ep;
