@@ -177,6 +177,10 @@ class Agent {
   Result<InstanceSpec> ParseRunSpec(const ipc::Message& msg) const;
   std::optional<ipc::Message> OnStatus(Conn& conn, ipc::Message& msg);
   std::optional<ipc::Message> OnStop(Conn& conn, ipc::Message& msg);
+  // From the standby on this (spare) host: a replica to launch as the
+  // instance's next generation; answered once the replacement attaches.
+  std::optional<ipc::Message> OnTakeover(Conn& conn, ipc::Message& msg);
+  Status TakeOver(Conn& conn, ipc::Message& msg);
 
   // supervisor.cc
   Status Launch(Instance& inst);
@@ -206,6 +210,8 @@ class Agent {
   void ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts);
   void ReserveOnStandby(Instance& inst);
   void RetireOnStandby(Instance& inst);
+  // The standby failed the instance over elsewhere: stop it here for good.
+  void OnFenced(Instance& inst, const std::string& why);
   void SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
                      const std::vector<std::byte>& body);
   void ProgressStandby();

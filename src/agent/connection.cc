@@ -60,6 +60,8 @@ std::optional<ipc::Message> Agent::Dispatch(Conn& conn, ipc::Message& msg) {
         return OnStatus(conn, msg);
       case MsgType::kStop:
         return OnStop(conn, msg);
+      case MsgType::kTakeover:
+        return OnTakeover(conn, msg);
       default:
         break;
     }

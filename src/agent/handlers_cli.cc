@@ -1,10 +1,16 @@
 // Requests from the CLI: Run, Status, Stop.
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
+
+#include <cerrno>
+
 #include "agent/agent.h"
 #include "agent/checks.h"
 #include "agent/files.h"
+#include "epoch/staging.h"
 #include "ipc/body.h"
+#include "region/mapping.h"
 
 namespace spare::agent {
 namespace {
@@ -79,6 +85,8 @@ std::optional<ipc::Message> Agent::OnRun(Conn& conn, ipc::Message& msg) {
   inst->rec.restarts = 0;
   inst->rec.crash_times_ms.clear();
   inst->rec.reason.clear();
+  inst->rec.fenced = false;  // an operator's fresh start (its image was released when fenced)
+  inst->failover.reset();
   inst->last_restart_ms.reset();
   inst->crash_detected_at.reset();
   st = EnsureStaging(*inst);
@@ -130,6 +138,128 @@ std::optional<ipc::Message> Agent::OnStop(Conn& conn, ipc::Message& msg) {
   SaveStateOrLog();
   spdlog::info("instance {}: stopped (no process); committed image released", *id);
   return ipc::OkMessage({{"id", *id}, {"state", "stopped"}});
+}
+
+// A replica from the standby on this host becomes the instance's next
+// generation here: [region fds] ride along, the record in the blob, the
+// launch spec (as the primary's agent had it) and region table in the
+// body. Everything is checked before anything is kept; the replacement
+// runs under policy local on this host (no standby protects it here), and
+// the answer goes back when it attaches (or fails), like Run's.
+Status Agent::TakeOver(Conn& conn, ipc::Message& msg) {
+  ipc::Body b(msg.body, "Takeover");
+  SPARE_ASSIGN_OR_RETURN(std::string id, b.String("id"));
+  SPARE_RETURN_IF_ERROR(CheckInstanceId(id));
+  SPARE_ASSIGN_OR_RETURN(uint64_t epoch, b.Uint("epoch"));
+  SPARE_ASSIGN_OR_RETURN(uint64_t generation, b.Uint("generation"));
+  if (generation == 0)
+    return Status(Code::kInvalidArgument, "Takeover of " + id + ": generation 0");
+  SPARE_ASSIGN_OR_RETURN(std::string from, b.String("from", ""));
+  SPARE_ASSIGN_OR_RETURN(std::string standby, b.String("standby", ""));
+  SPARE_ASSIGN_OR_RETURN(double detection_ms, b.Number("detection_ms", 0));
+  SPARE_ASSIGN_OR_RETURN(double fencing_ms, b.Number("fencing_ms", 0));
+  auto spec_json = msg.body.find("spec");
+  if (spec_json == msg.body.end() || !spec_json->is_object())
+    return Status(Code::kBadMessage, "Takeover of " + id + ": field \"spec\" is not an object");
+  ipc::Message run;
+  run.body = *spec_json;
+  run.body["id"] = id;
+  run.body["policy"] = "local";  // nothing protects it beyond this host
+  auto parsed = ParseRunSpec(run);
+  if (!parsed.ok()) return parsed.status().With("Takeover of " + id);
+  InstanceSpec spec = std::move(parsed).value();
+  std::vector<RegionRecord> regions;
+  auto table = run.body.find("regions");
+  if (table == run.body.end() || !table->is_array())
+    return Status(Code::kBadMessage, "Takeover of " + id + ": spec has no \"regions\" array");
+  for (const auto& r : *table) {
+    if (!r.is_object()) return Status(Code::kBadMessage, "Takeover of " + id + ": a region is not an object");
+    ipc::Body rb(r, "Takeover region");
+    RegionRecord rec;
+    SPARE_ASSIGN_OR_RETURN(rec.name, rb.String("name"));
+    SPARE_ASSIGN_OR_RETURN(uint64_t index, rb.Uint("index"));
+    SPARE_ASSIGN_OR_RETURN(rec.address, rb.Uint("address"));
+    SPARE_ASSIGN_OR_RETURN(rec.size, rb.Uint("size"));
+    SPARE_RETURN_IF_ERROR(CheckRegionName(rec.name));
+    if (index != regions.size())
+      return Status(Code::kInvalidArgument, "Takeover of " + id + ": region " + rec.name +
+                                                " has index " + std::to_string(index) + ", not " +
+                                                std::to_string(regions.size()));
+    rec.index = static_cast<uint32_t>(index);
+    if (rec.size == 0 || rec.size % region::kPageSize != 0)
+      return Status(Code::kInvalidArgument, "Takeover of " + id + ": region " + rec.name +
+                                                " size " + std::to_string(rec.size) +
+                                                " is not a non-zero page multiple");
+    SPARE_RETURN_IF_ERROR(CheckRegionPlacement(rec.name, rec.address, rec.size, regions));
+    regions.push_back(std::move(rec));
+  }
+  if (msg.fds.size() != regions.size())
+    return Status(Code::kInvalidArgument,
+                  "Takeover of " + id + " carried " + std::to_string(msg.fds.size()) +
+                      " fds for " + std::to_string(regions.size()) + " regions");
+  for (size_t i = 0; i < regions.size(); ++i) {
+    SPARE_RETURN_IF_ERROR(region::CheckSealed(msg.fds[i].get()).With("replica of " + regions[i].name));
+    struct stat st {};
+    if (::fstat(msg.fds[i].get(), &st) != 0) return Status::FromErrno("fstat replica fd", errno);
+    if (static_cast<uint64_t>(st.st_size) < regions[i].size)
+      return Status(Code::kInvalidArgument, "replica of region " + regions[i].name + " is " +
+                                                std::to_string(st.st_size) + " bytes, the region " +
+                                                std::to_string(regions[i].size));
+  }
+  if (msg.blob.size() > epoch::kMaxRecord)
+    return Status(Code::kInvalidArgument, "Takeover record exceeds 64 KiB");
+  Instance* inst = FindMutable(id);
+  if (inst && IsLive(inst->rec.state))
+    return Status(Code::kAlreadyExists, "instance " + id + " is already " +
+                                            std::string(StateName(inst->rec.state)) +
+                                            " on this agent (pid " + std::to_string(inst->rec.pid) +
+                                            "); stop it before a replica can take over");
+  SPARE_RETURN_IF_ERROR(MakeDirs(InstanceDir(id)));
+  const auto received = std::chrono::steady_clock::now();
+  bool fresh = inst == nullptr;
+  if (fresh) {
+    auto owned = std::make_unique<Instance>();
+    inst = owned.get();
+    instances_.emplace(id, std::move(owned));
+  } else {
+    ReleaseImage(*inst);  // an old image of this id here is behind the replica
+  }
+  inst->rec = InstanceRecord{};
+  inst->rec.spec = std::move(spec);
+  inst->rec.regions = std::move(regions);
+  inst->rec.epoch = epoch;
+  inst->rec.generation = generation - 1;  // Launch makes it `generation`
+  inst->region_fds.clear();
+  for (auto& fd : msg.fds) inst->region_fds.push_back(std::move(fd));
+  inst->record = std::move(msg.blob);
+  inst->last_restart_ms.reset();
+  inst->crash_detected_at.reset();
+  inst->failover = Instance::Failover{from, standby, epoch, detection_ms, fencing_ms, received};
+  Status st = EnsureStaging(*inst);
+  if (st.ok()) st = Launch(*inst);
+  if (!st.ok()) {
+    inst->rec.state = InstanceState::kFailed;
+    inst->rec.reason = "failover launch failed: " + st.message();
+    SaveStateOrLog();
+    return st.With("launching the replacement of " + id);
+  }
+  inst->failover->launch_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - received).count();
+  inst->rec.state = InstanceState::kStarting;
+  inst->pending_run = RefOf(conn);
+  spdlog::warn("instance {}: failing over here from {} (standby {}): launched pid {} generation {} "
+               "from the replica at epoch {}",
+               id, from.empty() ? "?" : from, standby.empty() ? "?" : standby, inst->rec.pid,
+               inst->rec.generation, epoch);
+  SaveStateOrLog();
+  return Status::Ok();
+}
+
+std::optional<ipc::Message> Agent::OnTakeover(Conn& conn, ipc::Message& msg) {
+  Status st = TakeOver(conn, msg);
+  if (st.ok()) return std::nullopt;  // answered when the replacement attaches
+  spdlog::error("Takeover refused: {}", st.ToString());
+  return ipc::ErrorMessage(st);
 }
 
 }  // namespace spare::agent

@@ -1,5 +1,6 @@
 // The agent's side of hot protection (agent/hot_link.h).
 #include <spdlog/spdlog.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -16,6 +17,33 @@
 
 namespace spare::agent {
 using hot::kAmId;
+
+namespace {
+
+// What the spare host's agent needs to launch a replacement (Takeover):
+// the Run body's fields, and the region table (addresses, sizes).
+nlohmann::json LaunchSpecJson(const Instance& inst) {
+  const InstanceSpec& s = inst.rec.spec;
+  nlohmann::json env = nlohmann::json::object();
+  for (const std::string& kv : s.env)
+    if (auto eq = kv.find('='); eq != std::string::npos && eq > 0)
+      env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  nlohmann::json regions = nlohmann::json::array();
+  for (const RegionRecord& r : inst.rec.regions)
+    regions.push_back({{"name", r.name}, {"index", r.index}, {"address", r.address}, {"size", r.size}});
+  return {{"id", s.id},
+          {"policy", s.policy},
+          {"argv", s.argv},
+          {"env", env},
+          {"cwd", s.cwd},
+          {"slot_count", s.slot_count},
+          {"slot_size", s.slot_size},
+          {"max_restarts", s.max_restarts},
+          {"restart_window_ms", s.restart_window_ms},
+          {"regions", regions}};
+}
+
+}  // namespace
 
 Status Agent::ConnectStandby() {
   SPARE_ASSIGN_OR_RETURN(net::Address where,
@@ -97,11 +125,7 @@ void Agent::ReserveOnStandby(Instance& inst) {
   for (const auto& r : inst.rec.regions) m.regions.push_back(r.size);
   m.slot_count = inst.staging.view().slot_count;
   m.slot_size = inst.staging.view().slot_size;
-  m.spec = nlohmann::json{{"id", inst.rec.spec.id},
-                          {"argv", inst.rec.spec.argv},
-                          {"cwd", inst.rec.spec.cwd},
-                          {"policy", inst.rec.spec.policy}}
-               .dump();
+  m.spec = LaunchSpecJson(inst).dump();
   const uint64_t seq = hot_->next_seq++;
   hot_->reserving[seq] = inst.rec.spec.id;
   inst.standby_reserving = true;
@@ -259,9 +283,45 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
                     h.seq, h.instance, what);
       return;
     }
+    case hot::Type::kFenced: {
+      auto m = hot::ParseFenced(frame->body);
+      const std::string why = m.ok() ? m->reason : "(unreadable Fenced: " + m.status().ToString() + ")";
+      std::string id;
+      if (auto it = hot_->reserving.find(h.seq); h.instance == 0 && it != hot_->reserving.end()) {
+        id = it->second;
+        hot_->reserving.erase(it);
+      }
+      for (auto& [iid, inst] : instances_)
+        if ((h.instance != 0 && inst->standby_handle == h.instance) || iid == id)
+          return OnFenced(*inst, why);
+      return;
+    }
     default:
-      return;  // heartbeats and fencing: not built yet
+      return;  // heartbeats: hearing from the standby is all they are for
   }
+}
+
+// The standby has fenced this owner and launched the instance elsewhere:
+// nothing it commits here will ever be acknowledged, so no output it holds
+// may leave. It is killed now, not restarted, and its image (behind the
+// replacement's) released; `spare run` starts it afresh.
+void Agent::OnFenced(Instance& inst, const std::string& why) {
+  InstanceRecord& r = inst.rec;
+  if (r.fenced) return;
+  r.fenced = true;
+  r.state = InstanceState::kFailed;
+  r.reason = "fenced by standby " + hot_->standby_name + ": " + why +
+             ". Its replacement runs on the spare host (`spare status` there); this host "
+             "will not restart it, and no output it held was released";
+  spdlog::error("instance {}: {}", r.spec.id, r.reason);
+  inst.standby_handle = 0;  // nothing more goes to the standby for it
+  inst.standby_key.reset();
+  inst.to_ship.clear();
+  inst.relaunch_pending = false;
+  if (inst.pidfd.valid()) (void)SignalPidfd(inst.pidfd.get(), SIGKILL);
+  AnswerRun(inst, Status(Code::kStaleGeneration, r.reason));
+  ReleaseImage(inst);
+  SaveStateOrLog();
 }
 
 }  // namespace spare::agent

@@ -130,6 +130,21 @@ struct Instance {
   uint64_t standby_acked = 0;          // newest epoch the standby acknowledged
   uint64_t ship_errors = 0;
 
+  // On the spare host: a replacement launched from a standby's replica
+  // (Takeover), and how its failover went. Detection and fencing are the
+  // standby's figures; launch (Takeover received → process spawned) and
+  // attach (spawned → attached) are this agent's.
+  struct Failover {
+    std::string from;     // the fenced owner (its agent's name)
+    std::string standby;  // who handed the replica over
+    uint64_t epoch = 0;   // resumed at
+    double detection_ms = 0, fencing_ms = 0;
+    SteadyTime received{};
+    double launch_ms = 0;
+    std::optional<double> attach_ms;
+  };
+  std::optional<Failover> failover;
+
   // Who is talking to us about it.
   ConnRef conn;                       // the attached instance's socket
   ConnRef pending_run;                // `spare run` waiting for the attach

@@ -39,6 +39,7 @@ nlohmann::json RecordToJson(const InstanceRecord& r) {
           {"crash_times_ms", r.crash_times_ms},
           {"epoch", r.epoch},
           {"image_torn", r.image_torn},
+          {"fenced", r.fenced},
           {"regions", regions}};
 }
 
@@ -105,6 +106,7 @@ Result<InstanceRecord> RecordFromJson(const ipc::Body& b) {
   SPARE_ASSIGN_OR_RETURN(r.restarts, Uint32(b, "restarts"));
   SPARE_ASSIGN_OR_RETURN(r.epoch, b.Uint("epoch"));
   SPARE_ASSIGN_OR_RETURN(r.image_torn, b.Bool("image_torn", false));
+  SPARE_ASSIGN_OR_RETURN(r.fenced, b.Bool("fenced", false));
   SPARE_ASSIGN_OR_RETURN(r.crash_times_ms, b.IntArray("crash_times_ms"));
   SPARE_ASSIGN_OR_RETURN(const nlohmann::json* regions, b.Array("regions"));
   for (size_t i = 0; i < regions->size(); ++i) {

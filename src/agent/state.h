@@ -75,6 +75,7 @@ struct InstanceRecord {
   std::vector<int64_t> crash_times_ms;  // wall clock, newest last (bounded)
   uint64_t epoch = 0;                   // may lag the committed image
   bool image_torn = false;              // an apply failed for good: never resume from the image
+  bool fenced = false;                  // failed over elsewhere (policy hot): never resume here
   std::vector<RegionRecord> regions;    // in index order
   bool operator==(const InstanceRecord&) const = default;
 };

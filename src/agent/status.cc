@@ -114,8 +114,21 @@ nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) 
   nlohmann::json regions = nlohmann::json::array();
   for (const RegionRecord& g : r.regions)
     regions.push_back({{"name", g.name}, {"address", g.address}, {"size", g.size}});
+  nlohmann::json failover;  // null unless a replacement from a replica
+  if (inst.failover) {
+    const Instance::Failover& f = *inst.failover;
+    failover = {{"from", f.from},
+                {"standby", f.standby},
+                {"epoch", f.epoch},
+                {"detection_ms", f.detection_ms},
+                {"fencing_ms", f.fencing_ms},
+                {"launch_ms", f.launch_ms},
+                {"attach_ms", f.attach_ms ? nlohmann::json(*f.attach_ms) : nlohmann::json()}};
+  }
   return {{"id", r.spec.id},
           {"pid", r.pid},
+          {"failover", failover},
+          {"fenced", r.fenced},
           {"policy", r.spec.policy},
           {"state", std::string(StateName(r.state))},
           {"epoch", r.epoch},

@@ -112,9 +112,10 @@ void Agent::OnProcessGone(Instance& inst, const ExitInfo& exit) {
   int64_t pid = inst.rec.pid;
   inst.rec.pid = 0;
   if (inst.rec.state == InstanceState::kStopping) return FinishStop(inst, exit);
-  if (inst.rec.image_torn) {  // MarkTorn failed it and killed it; never resume
-    spdlog::info("instance {}: pid {} ended ({}); its image is torn, not restarted",
-                 inst.rec.spec.id, pid, inst.last_exit);
+  if (inst.rec.image_torn || inst.rec.fenced) {  // MarkTorn/OnFenced killed it; never resume
+    spdlog::info("instance {}: pid {} ended ({}); {}, not restarted", inst.rec.spec.id, pid,
+                 inst.last_exit,
+                 inst.rec.fenced ? "it was fenced (failed over elsewhere)" : "its image is torn");
     SaveStateOrLog();
     return;
   }
@@ -200,7 +201,17 @@ void Agent::OnAttached(Instance& inst) {
   InstanceState before = r.state;
   r.state = InstanceState::kRunning;
   r.reason.clear();
-  if (inst.crash_detected_at) {
+  if (inst.failover && !inst.failover->attach_ms) {
+    Instance::Failover& f = *inst.failover;
+    f.attach_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                            inst.launched_at)
+                      .count();
+    spdlog::warn(
+        "instance {}: failed over from {}: detection {:.1f} ms, fencing {:.2f} ms, launch "
+        "{:.1f} ms, first attach {:.1f} ms; pid {} generation {} resumed at epoch {}",
+        r.spec.id, f.from, f.detection_ms, f.fencing_ms, f.launch_ms, *f.attach_ms, r.pid,
+        r.generation, r.epoch);
+  } else if (inst.crash_detected_at) {
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
                                                           *inst.crash_detected_at)
                     .count();

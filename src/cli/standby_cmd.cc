@@ -20,6 +20,9 @@ namespace {
 struct StandbyFlags {
   std::string listen = "127.0.0.1:7700";
   std::string name;
+  std::string agent;
+  uint32_t heartbeat_ms = 10;
+  uint32_t timeout_ms = 100;
   bool peer_errors = false;
 };
 
@@ -31,6 +34,9 @@ int RunStandby(const StandbyFlags& flags) {
   o.host = where->host;
   o.port = where->port;
   if (!flags.name.empty()) o.name = flags.name;
+  o.agent_dir = flags.agent;
+  o.heartbeat_ms = flags.heartbeat_ms;
+  o.timeout_ms = flags.timeout_ms;
   o.error_mode = flags.peer_errors ? net::ErrorMode::kPeer : net::ErrorMode::kNone;
   // SIGTERM/SIGINT end the loop; blocked before any thread exists.
   sigset_t set;
@@ -52,8 +58,13 @@ int RunStandby(const StandbyFlags& flags) {
   ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, (*s)->event_fd(), &ev);
   ev.data.fd = sig.get();
   ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, sig.get(), &ev);
-  spdlog::info("spare standby {}: listening on {}:{} (UCX error handling: {})", o.name, o.host,
-               (*s)->port(), net::ErrorModeName(o.error_mode));
+  spdlog::info("spare standby {}: listening on {}:{} (UCX error handling: {}; heartbeat {} ms, "
+               "timeout {} ms; replacements launched by {})",
+               o.name, o.host, (*s)->port(), net::ErrorModeName(o.error_mode), o.heartbeat_ms,
+               o.timeout_ms, o.agent_dir.empty() ? "nobody (no --agent)" : "agent " + o.agent_dir);
+  if (o.agent_dir.empty())
+    spdlog::warn("spare standby: no --agent: an instance whose host fails is fenced but not "
+                 "launched anywhere");
   for (;;) {
     (*s)->Progress();
     epoll_event got[4];
@@ -81,18 +92,36 @@ Command AddStandbyCommand(CLI::App& app) {
       "Run the spare host's daemon in the foreground (policy hot). It listens for agents "
       "(UCX), keeps for each protected instance a replica of its regions and a staging area the "
       "agent writes epochs into, applies each committed epoch to the replica after checking it, "
-      "and acknowledges it; only then are the instance's outputs released. Replicas live in "
-      "this process: a restarted standby starts empty. Logs go to stderr; SIGTERM or Ctrl-C "
-      "stops it. Not built yet: heartbeats, fencing and failover.");
+      "and acknowledges it; only then are the instance's outputs released. Heartbeats go both "
+      "ways; an agent silent for --timeout-ms is suspected and each of its instances fails "
+      "over: the standby fences the old owner (nothing it sends is acknowledged again, so it "
+      "can release no output) and hands the replica to the spare host's agent (--agent), which "
+      "launches the instance at the same virtual addresses from the last acknowledged epoch. "
+      "Replicas live in this process: a restarted standby starts empty. Logs go to stderr; "
+      "SIGTERM or Ctrl-C stops it.");
   sub->add_option("--listen", flags->listen, "HOST:PORT to listen on for agents")
       ->capture_default_str();
   sub->add_option("--name", flags->name, "name in logs and in what agents see (default standby)");
+  sub->add_option("--agent", flags->agent,
+                  "DIR of the agent on this host that launches replacements (`spare agent --dir "
+                  "DIR`); without it a failed instance is fenced but not launched");
+  sub->add_option("--heartbeat-ms", flags->heartbeat_ms,
+                  "how often heartbeats go to every agent (agents send theirs at the same rate)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10000));
+  sub->add_option("--timeout-ms", flags->timeout_ms,
+                  "silence after which an agent (and so each instance it protects here) is "
+                  "suspected and failed over; must exceed --heartbeat-ms")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 600000));
   sub->add_flag("--peer-errors", flags->peer_errors,
                 "accept agents with UCP_ERR_HANDLING_MODE_PEER (UCX reports a dead agent; "
                 "drops shared-memory transports)");
   sub->footer(
       "Example:\n"
-      "  UCX_TLS=tcp spare standby --listen 0.0.0.0:7700 &\n"
+      "  spare agent --dir /run/spare-spare &     # the spare host's own agent\n"
+      "  UCX_TLS=tcp spare standby --listen 0.0.0.0:7700 --agent /run/spare-spare &\n"
+      "  # on each primary host:\n"
       "  spare agent --dir /run/spare --standby sparehost:7700 &\n"
       "  spare run --agent /run/spare --id kv1 --policy hot -- ./spare-kv --port 7001");
   return {sub, [flags] { return RunStandby(*flags); }};

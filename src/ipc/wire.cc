@@ -61,6 +61,8 @@ const char* MsgTypeName(MsgType type) {
       return "Status";
     case MsgType::kStop:
       return "Stop";
+    case MsgType::kTakeover:
+      return "Takeover";
   }
   return "Unknown";
 }

@@ -51,8 +51,9 @@ enum class MsgType : uint16_t {
   kRun = 20,       // CLI → agent
   kStatus = 21,
   kStop = 22,
+  kTakeover = 23,  // standby → the spare host's agent: launch a replacement from this replica
 };
-inline constexpr uint16_t kMaxMsgType = 22;
+inline constexpr uint16_t kMaxMsgType = 23;
 const char* MsgTypeName(MsgType type);
 
 struct Message {

@@ -10,7 +10,10 @@
 
 #include <cerrno>
 
+#include <nlohmann/json.hpp>
+
 #include "common/hex.h"
+#include "ipc/wire.h"
 #include "region/mapping.h"
 
 namespace spare::standby {
@@ -33,7 +36,11 @@ struct Standby::Area {
   uint64_t epoch = 0;  // the replica holds exactly this epoch
   std::string record;
   std::string spec;
-  Peer* owner = nullptr;  // the connection that reserved it (null: gone)
+  Peer* owner = nullptr;   // the connection that reserved it (null: gone)
+  std::string owner_agent;  // its Hello name
+  // When owner is null: when the owner was last heard (its silence counts on).
+  std::chrono::steady_clock::time_point orphan_heard{};
+  bool fenced = false;  // failed over: nothing about it is accepted any more
   std::vector<UniqueFd> region_fds;
   std::vector<epoch::RegionTarget> targets;
   UniqueFd staging_fd;
@@ -47,6 +54,21 @@ struct Standby::Area {
       if (t.map) ::munmap(t.map, t.size);
   }
 };
+
+// A handover in flight: the Takeover sent to the spare host's agent, its
+// answer awaited (it comes when the replacement has attached).
+struct Standby::Handover {
+  UniqueFd sock;
+  uint64_t handle = 0;
+  size_t failover = 0;  // index into failovers_
+  std::chrono::steady_clock::time_point fenced_at{};
+};
+
+namespace {
+double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+}  // namespace
 
 Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
   std::unique_ptr<Standby> s(new Standby());
@@ -85,6 +107,7 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
 }
 
 Standby::~Standby() {
+  handovers_.clear();
   areas_.clear();  // their registrations, before the worker goes
   peers_.clear();
 }
@@ -96,12 +119,13 @@ void Standby::Progress() {
     OnTimer();
     worker_->Progress();  // the heartbeats out
   }
+  PollHandovers();
 }
 
 // Heartbeats out, and silence in: an agent that said nothing (no message of
-// any kind) for timeout_ms is suspected. Failover from a suspicion is not
-// built yet (issue 8): the suspicion is logged and counted, and the
-// replicas of its instances stay as they are.
+// any kind) for timeout_ms is suspected, and every area it owns fails over.
+// An area whose owner's connection is gone counts its silence from when the
+// owner was last heard.
 void Standby::OnTimer() {
   const auto now = std::chrono::steady_clock::now();
   const auto timeout = std::chrono::milliseconds(options_.timeout_ms);
@@ -121,10 +145,131 @@ void Standby::OnTimer() {
       for (const auto& [h, a] : areas_)
         if (a->owner == p.get()) ids += (ids.empty() ? "" : ", ") + a->id;
       spdlog::warn("standby: agent {} silent for {} ms (timeout {} ms): suspected; its "
-                   "instances ({}) keep their replicas (failover is not built yet)",
+                   "instances ({}) fail over",
                    p->agent, ms, options_.timeout_ms, ids.empty() ? "none" : ids);
     }
   }
+  std::vector<std::pair<Area*, std::chrono::steady_clock::time_point>> due;
+  for (auto& [h, a] : areas_) {
+    if (a->fenced) continue;
+    const auto heard = a->owner ? a->owner->last_heard : a->orphan_heard;
+    if (now - heard > timeout) due.emplace_back(a.get(), heard);
+  }
+  for (auto& [a, heard] : due)
+    FailOver(*a, heard,
+             "its agent " + a->owner_agent + " was silent for " +
+                 std::to_string(static_cast<int64_t>(MsBetween(heard, now))) + " ms (timeout " +
+                 std::to_string(options_.timeout_ms) + " ms)");
+}
+
+void Standby::FailOver(Area& a, std::chrono::steady_clock::time_point last_heard,
+                       const std::string& why) {
+  const auto suspected = std::chrono::steady_clock::now();
+  FailoverView f;
+  f.id = a.id;
+  f.from = a.owner_agent;
+  f.generation = a.generation + 1;
+  f.epoch = a.epoch;
+  f.detection_ms = MsBetween(last_heard, suspected);
+  // Fence first: from here on nothing from the old owner is acknowledged.
+  a.fenced = true;
+  tombstones_[a.id] = {f.generation, a.owner_agent};
+  fenced_handles_[a.handle] = a.id;
+  if (a.owner)
+    SendFenced(a.owner->ep.get(), hot::Header{hot::Type::kFenced, 0, a.handle, a.generation, 0},
+               a.id);
+  const auto fenced = std::chrono::steady_clock::now();
+  f.fencing_ms = MsBetween(suspected, fenced);
+  spdlog::warn("standby: instance {} fenced ({}): generation {} and below are refused; the "
+               "replica is at epoch {}",
+               a.id, why, a.generation, a.epoch);
+  const size_t index = failovers_.size();
+  failovers_.push_back(f);
+  auto fail = [&](const Status& st) {
+    failovers_[index].done = true;
+    failovers_[index].result = st.ToString();
+    spdlog::error("standby: instance {} NOT failed over: {}; its replica (epoch {}) is kept here",
+                  a.id, st.ToString(), a.epoch);
+  };
+  if (options_.agent_dir.empty())
+    return fail(Status(Code::kFailedPrecondition,
+                       "the standby has no --agent to launch a replacement (start it with "
+                       "--agent AGENT_DIR, the spare host's agent)"));
+  auto spec = nlohmann::json::parse(a.spec, nullptr, /*allow_exceptions=*/false);
+  if (!spec.is_object())
+    return fail(Status(Code::kBadMessage, "its launch spec (from Reserve) is not a JSON object"));
+  ipc::Message m;
+  m.type = ipc::MsgType::kTakeover;
+  m.generation = f.generation;
+  m.body = {{"id", a.id},
+            {"spec", spec},
+            {"epoch", a.epoch},
+            {"generation", f.generation},
+            {"from", a.owner_agent},
+            {"standby", options_.name},
+            {"detection_ms", f.detection_ms},
+            {"fencing_ms", f.fencing_ms}};
+  m.blob = a.record;
+  for (const auto& fd : a.region_fds) m.fds.push_back(DupFd(fd.get()));
+  auto sock = ipc::Connect(options_.agent_dir + "/agent.sock");
+  if (!sock.ok()) return fail(sock.status().With("reaching the spare host's agent"));
+  Status st = ipc::Send(sock->get(), m);
+  if (!st.ok()) return fail(st.With("handing the replica to the spare host's agent"));
+  auto h = std::make_unique<Handover>();
+  h->sock = std::move(sock).value();
+  h->handle = a.handle;
+  h->failover = index;
+  h->fenced_at = fenced;
+  handovers_.push_back(std::move(h));
+  spdlog::info("standby: instance {}: replica (epoch {}) handed to agent {} for generation {}",
+               a.id, a.epoch, options_.agent_dir, f.generation);
+}
+
+void Standby::PollHandovers() {
+  for (auto it = handovers_.begin(); it != handovers_.end();) {
+    Handover& h = **it;
+    auto got = ipc::Receive(h.sock.get(), /*dont_wait=*/true);
+    if (got.ok() && !got->has_value()) {
+      ++it;
+      continue;
+    }
+    FailoverView& f = failovers_[h.failover];
+    f.done = true;
+    f.handover_ms = MsBetween(h.fenced_at, std::chrono::steady_clock::now());
+    Status st = got.ok() ? ipc::StatusOf(**got) : got.status();
+    if (st.ok()) {
+      f.result = "ok";
+      spdlog::info("standby: instance {} failed over to the spare host as generation {} at "
+                   "epoch {}: detection {:.1f} ms, fencing {:.2f} ms, launch and attach {:.1f} ms",
+                   f.id, f.generation, f.epoch, f.detection_ms, f.fencing_ms, f.handover_ms);
+      areas_.erase(h.handle);  // the agent holds the replica now
+    } else {
+      f.result = st.ToString();
+      spdlog::error("standby: instance {}: the spare host's agent did not launch the "
+                    "replacement: {}; the replica (epoch {}) is kept here",
+                    f.id, st.ToString(), f.epoch);
+    }
+    it = handovers_.erase(it);
+  }
+}
+
+void Standby::SendFenced(net::Endpoint* to, const hot::Header& h, const std::string& id) {
+  ++refused_["Fenced"];
+  auto t = tombstones_.find(id);
+  const uint64_t now_gen = t == tombstones_.end() ? 0 : t->second.generation;
+  Send(to, hot::Type::kFenced, h.instance, h.generation, h.seq,
+       hot::Body(hot::Fenced{now_gen, "instance " + id + " failed over from standby " +
+                                          options_.name + " to generation " +
+                                          std::to_string(now_gen) + "; generation " +
+                                          std::to_string(h.generation) + " is fenced"}));
+}
+
+const Standby::Tombstone* Standby::FencedFor(const std::string& id, const std::string& agent,
+                                             uint64_t generation) const {
+  auto t = tombstones_.find(id);
+  if (t == tombstones_.end()) return nullptr;
+  if (agent == t->second.owner || generation < t->second.generation) return &t->second;
+  return nullptr;
 }
 
 std::vector<Standby::PeerView> Standby::Peers() const {
@@ -142,7 +287,10 @@ void Standby::OnAccept(std::unique_ptr<net::Endpoint> ep) {
   Peer* raw = p.get();
   p->ep->set_on_error([this, raw](const Status&) {
     for (auto& [h, a] : areas_)
-      if (a->owner == raw) a->owner = nullptr;  // the area stays (failover uses it)
+      if (a->owner == raw) {  // the area stays: its silence counts on, then failover
+        a->owner = nullptr;
+        a->orphan_heard = raw->last_heard;
+      }
     std::erase_if(peers_, [raw](const auto& q) { return q.get() == raw; });
   });
   peers_.push_back(std::move(p));
@@ -177,6 +325,10 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
     return Refuse(from, h, Status(Code::kFailedPrecondition,
                                   std::string(hot::TypeName(h.type)) +
                                       " before Hello: a connection starts with Hello"));
+  if (h.instance != 0 && h.type != hot::Type::kHello) {
+    if (auto f = fenced_handles_.find(h.instance); f != fenced_handles_.end())
+      return SendFenced(from, h, f->second);
+  }
   Status st = Status::Ok();
   switch (h.type) {
     case hot::Type::kHello: {
@@ -227,9 +379,18 @@ Result<Standby::Area*> Standby::AreaFor(const hot::Header& h) {
 
 Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
   SPARE_ASSIGN_OR_RETURN(hot::Reserve m, hot::ParseReserve(body));
+  if (FencedFor(m.id, p.agent, h.generation)) {
+    SendFenced(p.ep.get(), h, m.id);
+    return Status::Ok();
+  }
   Area* a = nullptr;
   for (auto& [handle, area] : areas_)
     if (area->id == m.id) a = area.get();
+  if (a && a->fenced)
+    return Status(Code::kFailedPrecondition,
+                  "instance " + m.id + " is being failed over; reserve it again once its "
+                                       "replacement runs");
+  tombstones_.erase(m.id);  // a newer owner protects it again
   if (a) {
     if (h.generation < a->generation)
       return Status(Code::kStaleGeneration,
@@ -245,6 +406,7 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
                                          "geometry; retire it first");
     a->generation = h.generation;
     a->owner = &p;
+    a->owner_agent = p.agent;
     a->spec = m.spec;
   } else {
     if (areas_.size() >= options_.max_instances)
@@ -256,6 +418,7 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
     area->handle = next_handle_++;
     area->generation = h.generation;
     area->owner = &p;
+    area->owner_agent = p.agent;
     area->spec = m.spec;
     for (size_t i = 0; i < m.regions.size(); ++i) {
       SPARE_ASSIGN_OR_RETURN(

@@ -17,8 +17,20 @@
 // is acknowledged. Epochs apply in order; the one already applied is
 // acknowledged again (a resent Commit is idempotent).
 //
-// What a standby restart keeps: nothing yet. Replicas live in the process;
-// a restarted standby has empty areas and agents resync with a full copy.
+// Failover: an area whose owner (the agent that reserved it) has said
+// nothing for timeout_ms — dead, cut off or stopped — is fenced: the
+// standby raises its generation and from then on answers everything about
+// that instance from the old owner with Fenced, so the old primary can
+// never have another epoch acknowledged (its outputs stay held). Then, with
+// agent_dir, the replica is handed to the spare host's agent (ipc Takeover
+// over AGENT_DIR/agent.sock: the replica memfds, the record, the launch
+// spec), which launches the instance at the same virtual addresses from the
+// replica's epoch; the area is freed once the agent answers. A tombstone
+// per fenced id keeps refusing the old owner (by its agent name, any
+// generation, and anyone at or below the fenced generation).
+//
+// What a standby restart keeps: nothing. Replicas live in the process; a
+// restarted standby has empty areas and agents resync with a full copy.
 // So a standby that dies mid-apply never leaves a replica between two
 // epochs: the replica goes with it.
 //
@@ -50,6 +62,9 @@ struct StandbyOptions {
   uint32_t heartbeat_ms = 10;
   uint32_t timeout_ms = 100;
   size_t max_instances = 64;
+  // The spare host's agent (its DIR), which launches replacements. Empty:
+  // a suspected owner is still fenced, but nothing is launched (logged).
+  std::string agent_dir;
 };
 
 class Standby {
@@ -88,9 +103,28 @@ class Standby {
   // Messages refused, by reason (the named error's code).
   const std::map<std::string, uint64_t>& refused() const { return refused_; }
 
+  // One failover, as it went (for status, logs and tests).
+  struct FailoverView {
+    std::string id;
+    std::string from;         // the fenced owner's agent name
+    uint64_t generation = 0;  // the replacement's
+    uint64_t epoch = 0;       // the replica's, which the replacement resumes at
+    double detection_ms = 0;  // owner last heard → suspected
+    double fencing_ms = 0;    // suspected → fenced (Fenced sent, tombstone set)
+    double handover_ms = 0;   // fenced → the agent answered (launched and attached)
+    bool done = false;        // the agent answered
+    std::string result;       // "ok", or why the handover failed
+  };
+  const std::vector<FailoverView>& failovers() const { return failovers_; }
+
  private:
   struct Area;
   struct Peer;
+  struct Handover;
+  struct Tombstone {
+    uint64_t generation = 0;  // the replacement's; this and below are fenced
+    std::string owner;        // the fenced owner's agent name: fenced at any generation
+  };
   Standby() = default;
   void OnAccept(std::unique_ptr<net::Endpoint> ep);
   void OnMessage(net::Endpoint* from, std::span<const std::byte> bytes);
@@ -102,6 +136,14 @@ class Standby {
   void Refuse(net::Endpoint* to, const hot::Header& h, const Status& st);
   Result<Area*> AreaFor(const hot::Header& h);
   void OnTimer();
+  // Fences the area (its owner is suspected) and hands it to agent_dir.
+  void FailOver(Area& a, std::chrono::steady_clock::time_point last_heard, const std::string& why);
+  void SendFenced(net::Endpoint* to, const hot::Header& h, const std::string& id);
+  // Non-null when a message about `id` or `handle` from `agent` at
+  // `generation` is fenced.
+  const Tombstone* FencedFor(const std::string& id, const std::string& agent,
+                             uint64_t generation) const;
+  void PollHandovers();
 
   StandbyOptions options_;
   std::unique_ptr<net::Worker> worker_;
@@ -112,6 +154,10 @@ class Standby {
   std::map<std::string, uint64_t> refused_;
   UniqueFd epoll_, timer_;  // epoll_ holds the worker's fd and timer_
   uint64_t suspicions_ = 0;
+  std::map<std::string, Tombstone> tombstones_;     // by instance id
+  std::map<uint64_t, std::string> fenced_handles_;  // handle → id, of fenced areas
+  std::vector<std::unique_ptr<Handover>> handovers_;
+  std::vector<FailoverView> failovers_;
 };
 
 }  // namespace spare::standby
