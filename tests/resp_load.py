@@ -320,6 +320,14 @@ class PipelinedLoad:
             self._paused = False
             self._cond.notify_all()
 
+    def retarget(self, host, port=None):
+        """Connections made from now on go to host (and port): where a
+        failed-over instance answers now. Open ones stay until they break."""
+        with self._lock:
+            self.host = host
+            if port is not None:
+                self.port = port
+
     def stop(self, timeout=30.0):
         with self._cond:
             self._stop = True

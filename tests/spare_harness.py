@@ -53,7 +53,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def redis(port, *args, timeout=10, stdin=None):
+def redis(port, *args, timeout=10, stdin=None, host="127.0.0.1"):
     """Runs `redis-cli -p PORT ARGS...`; returns (exit code, stdout stripped).
 
     Without a terminal redis-cli prints raw replies: OK, integers, values,
@@ -62,7 +62,7 @@ def redis(port, *args, timeout=10, stdin=None):
     stdout comes back unstripped: each reply ends with a newline.
     """
     try:
-        p = subprocess.run([REDIS_CLI, "-p", str(port), *args], input=stdin,
+        p = subprocess.run([REDIS_CLI, "-h", host, "-p", str(port), *args], input=stdin,
                            capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return -1, ""
@@ -157,11 +157,12 @@ class Harness:
         return subprocess.run([SPARE, *args], capture_output=True, text=True, timeout=timeout,
                               env=env)
 
-    def start_agent(self, extra=(), timeout=10):
-        """Starts `spare agent --dir DIR` and waits until it answers status."""
+    def start_agent(self, extra=(), timeout=10, wrap=()):
+        """Starts `spare agent --dir DIR` and waits until it answers status.
+        `wrap` prefixes the command (netns.Hosts.wrap: run it on a host)."""
         log = os.path.join(self.dir, "agent.log")
         self._logs.append(log)
-        self.agent_proc = self.popen([SPARE, "agent", "--dir", self.dir, *extra], log=log)
+        self.agent_proc = self.popen([*wrap, SPARE, "agent", "--dir", self.dir, *extra], log=log)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.agent_proc.poll() is not None:
@@ -220,11 +221,11 @@ class Harness:
     def instance_log(self, instance_id):
         return tail(os.path.join(self.dir, "instances", instance_id, "log"))
 
-    def wait_pong(self, port, timeout=10):
+    def wait_pong(self, port, timeout=10, host="127.0.0.1"):
         """Polls `redis-cli PING` until PONG; returns the seconds it took."""
         start = time.monotonic()
         while True:
-            rc, out = redis(port, "PING", timeout=2)
+            rc, out = redis(port, "PING", timeout=2, host=host)
             if rc == 0 and out == "PONG":
                 return time.monotonic() - start
             if time.monotonic() - start > timeout:

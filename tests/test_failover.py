@@ -1,0 +1,221 @@
+"""Hot failover with real processes, on two simulated hosts.
+
+The primary host and the spare host are network namespaces joined by a
+veth pair (tests/netns.py); UCX runs over TCP between them
+(UCX_TLS=tcp, UCX_NET_DEVICES=spare0), and the test's clients reach each
+host over a link of its own. On the spare host run `spare standby --agent`
+and its agent; on the primary an agent with `--standby` and spare-kv
+instances under `--policy hot`, each under a pipelined SET load (several
+connections, batches of 16).
+
+What it checks (issue 8):
+- kill -9 of the primary's agent together with its instances: the standby
+  suspects the silent agent, fences it and hands each replica to the spare
+  host's agent, which launches the instance at the same addresses; every
+  SET acknowledged before the kill reads back from the replacement at the
+  spare host's address, nothing is there that was never sent, and the
+  replacement's status names its failover (from whom, generation, the
+  split into detection, fencing, launch and first attach);
+- the same kill on one machine over shared memory (UCX_TLS=shm,tcp);
+- a fenced old primary that comes back: its agent stopped (SIGSTOP) past
+  the timeout, the instance fails over, then SIGCONT: the old agent is told
+  it is fenced, kills its instance without restarting it, and no reply it
+  held is ever released (a SET sent to it meanwhile is never acknowledged
+  and is not in the replacement).
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import unittest
+
+from netns import Hosts
+from resp_load import PipelinedLoad
+from spare_harness import REDIS_CLI, SPARE, SPARE_KV, Harness, free_port, redis, tail
+
+STANDBY_PORT = 7700
+
+
+class Setup:
+    """A spare host (agent + standby) and a primary host (agent), in two
+    namespaces (two_hosts) or both on this host's loopback."""
+
+    def __init__(self, test, tls, two_hosts, seed):
+        self.test = test
+        self.rng = random.Random(seed)
+        env = {"UCX_TLS": tls}
+        if two_hosts:
+            env["UCX_NET_DEVICES"] = "spare0"
+        for k, v in env.items():
+            old = os.environ.get(k)
+            os.environ[k] = v
+            test.addCleanup(lambda k=k, old=old: os.environ.__setitem__(k, old)
+                            if old is not None else os.environ.pop(k, None))
+        self.hosts = Hosts(test, ["pri", "spr"]) if two_hosts else None
+        w = self.wrap
+        self.spare = Harness(test, name="fo-spare")
+        self.spare.start_agent(wrap=w("spr"))
+        standby_ip = self.hosts.peer_ip("spr") if two_hosts else "127.0.0.1"
+        standby_port = STANDBY_PORT if two_hosts else free_port()
+        self.standby_log = os.path.join(self.spare.dir, "standby.log")
+        self.standby = self.spare.popen(
+            [*w("spr"), SPARE, "standby", "--listen", f"{standby_ip}:{standby_port}", "--name",
+             "spare-host", "--agent", self.spare.dir], log=self.standby_log)
+        deadline = time.monotonic() + 10
+        while "listening on" not in tail(self.standby_log):
+            test.assertIsNone(self.standby.poll(), "standby exited:\n" + tail(self.standby_log))
+            test.assertLess(time.monotonic(), deadline, "standby never listened")
+            time.sleep(0.02)
+        self.primary = Harness(test, name="fo-pri")
+        self.primary.start_agent(extra=["--standby", f"{standby_ip}:{standby_port}"],
+                                 wrap=w("pri"))
+        self.ports = {}
+
+    def wrap(self, host):
+        return self.hosts.wrap(host) if self.hosts else []
+
+    def ip(self, host):
+        return self.hosts.client_ip(host) if self.hosts else "127.0.0.1"
+
+    def run_kv(self, instance_id):
+        port = 7001 + len(self.ports) if self.hosts else free_port()
+        self.ports[instance_id] = port
+        bind = "0.0.0.0" if self.hosts else "127.0.0.1"
+        self.primary.run(instance_id, [SPARE_KV, "--port", str(port), "--bind", bind,
+                                       "--region-size", "64M"], policy="hot")
+        self.primary.wait_pong(port, host=self.ip("pri"))
+        self.primary.wait_instance(instance_id, lambda i: i["standby"] == "protected",
+                                   what="protected by the standby")
+        return port
+
+    def load(self, instance_id):
+        load = PipelinedLoad(self.ports[instance_id], host=self.ip("pri"), conns=3, batch=16,
+                             prefix=instance_id, seed=self.rng.random(), value_len=48)
+        self.test.addCleanup(load.stop)
+        return load
+
+    def wait_replacement(self, instance_id, since, timeout=20):
+        """Seconds from `since` to the first PONG from the replacement on the
+        spare host."""
+        port = self.ports[instance_id]
+        end = time.monotonic() + timeout
+        while True:
+            rc, out = redis(port, "PING", timeout=2, host=self.ip("spr"))
+            if rc == 0 and out == "PONG":
+                return time.monotonic() - since
+            if time.monotonic() > end:
+                raise AssertionError(
+                    f"{instance_id}: no replacement answered on the spare host within {timeout} s"
+                    f"\nstandby log:\n{tail(self.standby_log)}\nspare agent log:\n"
+                    f"{tail(os.path.join(self.spare.dir, 'agent.log'))}")
+            time.sleep(0.002)
+
+
+class FailoverTest(unittest.TestCase):
+    def kill_primary(self, tls, two_hosts):
+        s = Setup(self, tls, two_hosts, seed=int(time.time()))
+        ids = ["kv1", "kv2"]
+        for i in ids:
+            s.run_kv(i)
+        before = {i: s.primary.instance(i) for i in ids}
+        loads = {i: s.load(i) for i in ids}
+        for load in loads.values():
+            load.start()
+        time.sleep(s.rng.uniform(0.8, 1.6))
+        # kill -9 of the primary host's agent and its instances, under load.
+        s.primary.kill_agent()
+        killed_at = time.monotonic()
+        for i in ids:
+            try:
+                os.kill(before[i]["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        took = {}
+        for i in ids:
+            took[i] = s.wait_replacement(i, killed_at)
+            loads[i].retarget(s.ip("spr"))
+        time.sleep(0.5)  # the load goes on against the replacements
+        for i in ids:
+            loads[i].pause()
+            totals = loads[i].totals()
+            self.assertGreater(totals["acked"], 200, f"{i}: too few acknowledged SETs")
+            rep = loads[i].check(full=True)
+            self.assertTrue(rep.ok, f"{i}: {rep.summary()}")
+            self.assertEqual(rep.violations, [], rep.summary())
+            inst = s.spare.instance(i)
+            self.assertEqual(inst["state"], "running", inst)
+            f = inst["failover"]
+            self.assertIsNotNone(f, inst)
+            self.assertEqual(f["from"], "agent:" + s.primary.dir, f)
+            self.assertEqual(f["standby"], "spare-host", f)
+            self.assertGreater(inst["generation"], before[i]["generation"], inst)
+            self.assertGreaterEqual(f["epoch"], before[i]["durable_epoch"], f)
+            # Detection is the silence the standby waited (timeout 100 ms).
+            self.assertGreaterEqual(f["detection_ms"], 100, f)
+            self.assertLess(f["detection_ms"], 2000, f)
+            self.assertIsNotNone(f["attach_ms"], f)
+            self.assertEqual([r["address"] for r in inst["regions"]],
+                             [r["address"] for r in before[i]["regions"]],
+                             "the replacement's regions are at the same addresses")
+            print(f"{i} UCX_TLS={tls} two_hosts={two_hosts}: kill -> first PONG "
+                  f"{took[i] * 1000:.0f} ms (detection {f['detection_ms']:.0f}, fencing "
+                  f"{f['fencing_ms']:.2f}, launch {f['launch_ms']:.1f}, attach "
+                  f"{f['attach_ms']:.1f} ms); {rep.summary()}", flush=True)
+            loads[i].stop()
+        log = tail(s.standby_log, 200)
+        self.assertIn("fenced", log)
+        self.assertEqual(log.count("failed over to the spare host"), len(ids), log)
+
+    def test_kill_primary_two_hosts_tcp(self):
+        self.kill_primary("tcp", two_hosts=True)
+
+    def test_kill_primary_shared_memory(self):
+        self.kill_primary("shm,tcp", two_hosts=False)
+
+    def test_fenced_primary_comes_back(self):
+        s = Setup(self, "tcp", True, seed=int(time.time()))
+        port = s.run_kv("kv1")
+        before = s.primary.instance("kv1")
+        load = s.load("kv1")
+        load.start()
+        time.sleep(0.8)
+        load.pause()
+        s.primary.agent_proc.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            held = subprocess.Popen([REDIS_CLI, "-h", s.ip("pri"), "-p", str(port), "SET",
+                                     "held", "never-acknowledged"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            s.wait_replacement("kv1", stopped_at)
+            time.sleep(0.2)
+            self.assertIsNone(held.poll(), "the fenced primary released a reply")
+        finally:
+            s.primary.agent_proc.send_signal(signal.SIGCONT)
+        # The old agent hears it was fenced and stops its instance for good.
+        old = s.primary.wait_instance("kv1", lambda i: i["fenced"] and i["pid"] == 0,
+                                      timeout=10, what="fenced and stopped")
+        self.assertEqual(old["state"], "failed", old)
+        self.assertIn("fenced by standby spare-host", old["reason"])
+        out, _ = held.communicate(timeout=10)
+        self.assertNotIn("OK", out, "a SET held by the fenced primary was acknowledged")
+        self.assertEqual(redis(port, "GET", "held", host=s.ip("spr")), (0, ""))
+        # Everything acknowledged before is on the replacement.
+        load.retarget(s.ip("spr"))
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        self.assertEqual(rep.violations, [], rep.summary())
+        inst = s.spare.instance("kv1")
+        self.assertGreater(inst["generation"], before["generation"])
+        # It stays stopped on the old host: no restart a second later.
+        time.sleep(0.5)
+        self.assertEqual(s.primary.instance("kv1")["pid"], 0)
+        self.assertIn("fenced", tail(os.path.join(s.primary.dir, "agent.log"), 100))
+        print(f"fenced primary: {rep.summary()}; replacement "
+              f"{json.dumps(inst['failover'])}", flush=True)
+
+
+if __name__ == "__main__":
+    unittest.main()
