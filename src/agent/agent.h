@@ -6,7 +6,7 @@
 // signalfd (SIGTERM/SIGINT end the loop; instances keep running and are
 // re-adopted by the next agent), a timerfd (stop deadlines), the
 // completions of its two workers and, when configured, the HTTP metrics
-// endpoint. Slow work runs on the workers (agent/worker.h), so the loop
+// endpoint. Slow work runs on the workers (common/worker.h), so the loop
 // answers within milliseconds whatever the instances commit:
 //   apply worker  validates and writes epochs into committed images
 //                 (apply.cc), one at a time, in order;
@@ -39,7 +39,7 @@
 #include "agent/instance.h"
 #include "agent/options.h"
 #include "agent/process.h"
-#include "agent/worker.h"
+#include "common/worker.h"
 #include "common/fd.h"
 #include "ipc/wire.h"
 #include "spare/status.h"

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -29,11 +30,33 @@ struct Standby::Peer {
   uint64_t heartbeats_sent = 0, heard = 0;
 };
 
+// An area's memory: the replica memfds and their mappings, the staging
+// area. Shared with the apply jobs on the worker (common/worker.h), so an
+// area freed on the loop (Retire, handover) never unmaps memory a job is
+// still reading or writing.
+struct Replica {
+  std::vector<UniqueFd> region_fds;
+  std::vector<epoch::RegionTarget> targets;
+  UniqueFd staging_fd;
+  epoch::StagingView view;
+  // The epoch wholly written into the replica; the apply worker's alone
+  // once the area exists (jobs run one at a time, in order).
+  uint64_t applied = 0;
+
+  ~Replica() {
+    if (view.base) ::munmap(view.base, view.size);
+    for (const auto& t : targets)
+      if (t.map) ::munmap(t.map, t.size);
+  }
+};
+
 struct Standby::Area {
   std::string id;
   uint64_t handle = 0;
   uint64_t generation = 0;
-  uint64_t epoch = 0;  // the replica holds exactly this epoch
+  uint64_t epoch = 0;   // the replica holds exactly this epoch (applies completed)
+  uint64_t queued = 0;  // newest epoch posted to the apply worker
+  uint32_t applying = 0;  // apply jobs posted, completions not yet run
   std::string record;
   std::string spec;
   Peer* owner = nullptr;   // the connection that reserved it (null: gone)
@@ -41,18 +64,14 @@ struct Standby::Area {
   // When owner is null: when the owner was last heard (its silence counts on).
   std::chrono::steady_clock::time_point orphan_heard{};
   bool fenced = false;  // failed over: nothing about it is accepted any more
-  std::vector<UniqueFd> region_fds;
-  std::vector<epoch::RegionTarget> targets;
-  UniqueFd staging_fd;
-  epoch::StagingView view;
-  std::unique_ptr<net::Memory> mem;
+  bool torn = false;    // an apply failed midway: the replica is between epochs
+  // Fenced with applies still running: the handover waits for them, so the
+  // replica handed over is never between two epochs.
+  std::optional<size_t> handover_pending;  // index into failovers_
+  std::shared_ptr<Replica> rep;
+  std::unique_ptr<net::Memory> mem;  // the staging registration (loop thread)
 
-  ~Area() {
-    mem.reset();  // unregister before unmapping
-    if (view.base) ::munmap(view.base, view.size);
-    for (const auto& t : targets)
-      if (t.map) ::munmap(t.map, t.size);
-  }
+  ~Area() { mem.reset(); }  // unregister before the mapping can go
 };
 
 // A handover in flight: the Takeover sent to the spare host's agent, its
@@ -79,6 +98,7 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
                       std::to_string(s->options_.timeout_ms) +
                       " ms: need 0 < heartbeat < timeout");
   SPARE_ASSIGN_OR_RETURN(s->worker_, net::Worker::Create());
+  SPARE_ASSIGN_OR_RETURN(s->applier_, Worker::Create("standby-apply"));
   s->epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
   s->timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   if (!s->epoll_.valid() || !s->timer_.valid())
@@ -88,7 +108,7 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
   its.it_interval.tv_sec = s->options_.heartbeat_ms / 1000;
   its.it_value = its.it_interval;
   ::timerfd_settime(s->timer_.get(), 0, &its, nullptr);
-  for (int fd : {s->worker_->event_fd(), s->timer_.get()}) {
+  for (int fd : {s->worker_->event_fd(), s->timer_.get(), s->applier_->notify_fd()}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -108,12 +128,14 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
 
 Standby::~Standby() {
   handovers_.clear();
+  applier_.reset();  // runs the jobs still queued; their completions are dropped
   areas_.clear();  // their registrations, before the worker goes
   peers_.clear();
 }
 
 void Standby::Progress() {
   worker_->Progress();  // what arrived first: a late heartbeat is not silence
+  if (applier_->RunCompletions() > 0) worker_->Progress();  // the Acks out
   uint64_t ticks = 0;
   if (::read(timer_.get(), &ticks, sizeof(ticks)) == sizeof(ticks)) {
     OnTimer();
@@ -185,12 +207,24 @@ void Standby::FailOver(Area& a, std::chrono::steady_clock::time_point last_heard
                a.id, why, a.generation, a.epoch);
   const size_t index = failovers_.size();
   failovers_.push_back(f);
+  if (a.applying > 0) {
+    a.handover_pending = index;  // OnCommit's completion hands it over
+    return;
+  }
+  HandOver(a, index);
+}
+
+void Standby::HandOver(Area& a, size_t index) {
+  a.handover_pending.reset();
+  const FailoverView& f = failovers_[index];
   auto fail = [&](const Status& st) {
     failovers_[index].done = true;
     failovers_[index].result = st.ToString();
     spdlog::error("standby: instance {} NOT failed over: {}; its replica (epoch {}) is kept here",
                   a.id, st.ToString(), a.epoch);
   };
+  if (a.torn)
+    return fail(Status(Code::kTornImage, "its replica is torn (an apply failed midway)"));
   if (options_.agent_dir.empty())
     return fail(Status(Code::kFailedPrecondition,
                        "the standby has no --agent to launch a replacement (start it with "
@@ -210,7 +244,7 @@ void Standby::FailOver(Area& a, std::chrono::steady_clock::time_point last_heard
             {"detection_ms", f.detection_ms},
             {"fencing_ms", f.fencing_ms}};
   m.blob = a.record;
-  for (const auto& fd : a.region_fds) m.fds.push_back(DupFd(fd.get()));
+  for (const auto& fd : a.rep->region_fds) m.fds.push_back(DupFd(fd.get()));
   auto sock = ipc::Connect(options_.agent_dir + "/agent.sock");
   if (!sock.ok()) return fail(sock.status().With("reaching the spare host's agent"));
   Status st = ipc::Send(sock->get(), m);
@@ -219,7 +253,7 @@ void Standby::FailOver(Area& a, std::chrono::steady_clock::time_point last_heard
   h->sock = std::move(sock).value();
   h->handle = a.handle;
   h->failover = index;
-  h->fenced_at = fenced;
+  h->fenced_at = std::chrono::steady_clock::now();
   handovers_.push_back(std::move(h));
   spdlog::info("standby: instance {}: replica (epoch {}) handed to agent {} for generation {}",
                a.id, a.epoch, options_.agent_dir, f.generation);
@@ -240,7 +274,7 @@ void Standby::PollHandovers() {
     if (st.ok()) {
       f.result = "ok";
       spdlog::info("standby: instance {} failed over to the spare host as generation {} at "
-                   "epoch {}: detection {:.1f} ms, fencing {:.2f} ms, launch and attach {:.1f} ms",
+                   "epoch {}: detection {:.1f} ms, fencing {:.2f} ms, handover (launch and first attach on the spare host) {:.1f} ms",
                    f.id, f.generation, f.epoch, f.detection_ms, f.fencing_ms, f.handover_ms);
       areas_.erase(h.handle);  // the agent holds the replica now
     } else {
@@ -397,9 +431,10 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
                     "instance " + m.id + " is owned by generation " +
                         std::to_string(a->generation) + "; generation " +
                         std::to_string(h.generation) + " is fenced");
-    bool same = a->view.slot_count == m.slot_count && a->view.slot_size == m.slot_size &&
-                a->targets.size() == m.regions.size();
-    for (size_t i = 0; same && i < m.regions.size(); ++i) same = a->targets[i].size == m.regions[i];
+    const Replica& r = *a->rep;
+    bool same = r.view.slot_count == m.slot_count && r.view.slot_size == m.slot_size &&
+                r.targets.size() == m.regions.size();
+    for (size_t i = 0; same && i < m.regions.size(); ++i) same = r.targets[i].size == m.regions[i];
     if (!same)
       return Status(Code::kInvalidArgument,
                     "instance " + m.id + " is reserved with other region sizes or staging "
@@ -420,24 +455,26 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
     area->owner = &p;
     area->owner_agent = p.agent;
     area->spec = m.spec;
+    auto rep = std::make_shared<Replica>();
     for (size_t i = 0; i < m.regions.size(); ++i) {
       SPARE_ASSIGN_OR_RETURN(
           UniqueFd fd,
           region::CreateMemfd("spare-replica-" + m.id + "-" + std::to_string(i), m.regions[i]));
       SPARE_ASSIGN_OR_RETURN(void* map, region::MapShared(fd.get(), m.regions[i], true));
-      area->targets.push_back({fd.get(), m.regions[i], static_cast<std::byte*>(map)});
-      area->region_fds.push_back(std::move(fd));
+      rep->targets.push_back({fd.get(), m.regions[i], static_cast<std::byte*>(map)});
+      rep->region_fds.push_back(std::move(fd));
     }
     const size_t bytes = epoch::StagingBytes(m.slot_count, m.slot_size);
-    SPARE_ASSIGN_OR_RETURN(area->staging_fd, region::CreateMemfd("spare-staging-" + m.id, bytes));
-    SPARE_ASSIGN_OR_RETURN(void* base, region::MapShared(area->staging_fd.get(), bytes, true));
-    area->view = {static_cast<std::byte*>(base), bytes, m.slot_count, m.slot_size};
+    SPARE_ASSIGN_OR_RETURN(rep->staging_fd, region::CreateMemfd("spare-staging-" + m.id, bytes));
+    SPARE_ASSIGN_OR_RETURN(void* base, region::MapShared(rep->staging_fd.get(), bytes, true));
+    rep->view = {static_cast<std::byte*>(base), bytes, m.slot_count, m.slot_size};
     SPARE_ASSIGN_OR_RETURN(area->mem, worker_->Map(base, bytes));
+    area->rep = std::move(rep);
     a = area.get();
     areas_[area->handle] = std::move(area);
   }
   Send(p.ep.get(), hot::Type::kReserved, a->handle, a->generation, h.seq,
-       hot::Body(hot::Reserved{reinterpret_cast<uint64_t>(a->view.base), a->view.size,
+       hot::Body(hot::Reserved{reinterpret_cast<uint64_t>(a->rep->view.base), a->rep->view.size,
                                a->mem->packed_key(), a->epoch}));
   return Status::Ok();
 }
@@ -448,27 +485,87 @@ Status Standby::OnCommit(Peer& p, const hot::Header& h, std::span<const std::byt
   if (a->owner != &p)
     return Status(Code::kFailedPrecondition,
                   "instance " + a->id + " is reserved on another connection; reserve it again");
-  if (m.first_slot >= a->view.slot_count || m.parts > a->view.slot_count)
+  if (a->torn)
+    return Status(Code::kTornImage, "the replica of " + a->id +
+                                        " is torn (an apply failed midway); retire it and "
+                                        "reserve it again");
+  const epoch::StagingView& view = a->rep->view;
+  if (m.first_slot >= view.slot_count || m.parts > view.slot_count)
     return Status(Code::kOutOfBounds, "Commit of slots " + std::to_string(m.first_slot) + "+" +
                                           std::to_string(m.parts) + " outside the " +
-                                          std::to_string(a->view.slot_count) +
+                                          std::to_string(view.slot_count) +
                                           " slots reserved for " + a->id);
   const uint64_t epoch = h.seq;
-  if (epoch != 0 && epoch == a->epoch) {  // sent again: it is applied
+  if (epoch != 0 && epoch == a->epoch && a->queued == a->epoch) {  // sent again: it is applied
     Send(p.ep.get(), hot::Type::kAck, a->handle, a->generation, epoch, {});
     return Status::Ok();
   }
-  if (epoch != a->epoch + 1)
+  if (epoch != 0 && epoch <= a->queued) return Status::Ok();  // sent again: its Ack is coming
+  if (epoch != a->queued + 1)
     return Status(Code::kTornEpoch, "Commit of epoch " + std::to_string(epoch) + " for " + a->id +
-                                        ": the replica is at epoch " + std::to_string(a->epoch));
-  SPARE_ASSIGN_OR_RETURN(
-      epoch::ValidatedEpoch v,
-      epoch::ValidateEpoch(a->view, h.generation, epoch, m.first_slot, m.parts, a->targets));
-  SPARE_RETURN_IF_ERROR(epoch::WriteEpoch(v, a->targets).With("applying to the replica of " + a->id));
-  a->epoch = epoch;
-  a->record = std::move(v.record);
-  Send(p.ep.get(), hot::Type::kAck, a->handle, a->generation, epoch, {});
+                                        ": the replica is at epoch " + std::to_string(a->queued));
+  // Validated and applied on the apply worker, in order; the loop goes on.
+  a->queued = epoch;
+  a->applying++;
+  struct Applied {
+    Status status = Status::Ok();
+    bool torn = false;
+    std::string record;
+  };
+  applier_->Post([this, rep = a->rep, handle = a->handle, id = a->id, generation = h.generation,
+                  epoch, first = m.first_slot, parts = m.parts]() -> Worker::Completion {
+    auto out = std::make_shared<Applied>();
+    if (rep->applied + 1 != epoch) {
+      out->status = Status(Code::kTornEpoch, "Commit of epoch " + std::to_string(epoch) + " for " +
+                                                 id + ": the replica is at epoch " +
+                                                 std::to_string(rep->applied));
+    } else if (auto v = epoch::ValidateEpoch(rep->view, generation, epoch, first, parts,
+                                             rep->targets);
+               !v.ok()) {
+      out->status = v.status();
+    } else if (Status w = epoch::WriteEpoch(*v, rep->targets); !w.ok()) {
+      // The replica is between epochs now: never acknowledged, never handed
+      // over as an epoch (the area is dropped on the loop).
+      out->status = w.With("applying to the replica of " + id);
+      out->torn = true;
+      rep->applied = UINT64_MAX;
+    } else {
+      rep->applied = epoch;
+      out->record = std::move(v->record);
+    }
+    return [this, handle, epoch, out] {
+      OnApplied(handle, epoch, out->status, out->torn, std::move(out->record));
+    };
+  });
   return Status::Ok();
+}
+
+// On the loop: an apply finished. Acknowledged to the owner unless the area
+// was fenced meanwhile (then the epoch is in the replica, its outputs were
+// never released: like any epoch the old owner sent and never heard back
+// about); a fenced area waiting for its applies is handed over now.
+void Standby::OnApplied(uint64_t handle, uint64_t epoch, const Status& st, bool torn,
+                        std::string record) {
+  auto it = areas_.find(handle);
+  if (it == areas_.end()) return;  // retired meanwhile
+  Area& a = *it->second;
+  a.applying--;
+  if (st.ok()) {
+    a.epoch = epoch;
+    a.record = std::move(record);
+  } else {
+    a.queued = a.epoch;  // what follows the refused epoch is refused too
+    if (torn) a.torn = true;
+    spdlog::error("standby: instance {}: epoch {} refused: {}{}", a.id, epoch, st.ToString(),
+                  torn ? "; the replica is torn and will never be acknowledged or handed over"
+                       : "; the replica stays at epoch " + std::to_string(a.epoch));
+  }
+  if (a.handover_pending && a.applying == 0) return HandOver(a, *a.handover_pending);
+  if (a.fenced || !a.owner) return;
+  if (!st.ok())
+    return Refuse(a.owner->ep.get(), hot::Header{hot::Type::kCommit, 0, handle, a.generation, epoch},
+                  st);
+  Send(a.owner->ep.get(), hot::Type::kAck, handle, a.generation, epoch, {});
 }
 
 Status Standby::OnRetire(Peer& p, const hot::Header& h) {
@@ -485,7 +582,7 @@ std::vector<Standby::AreaView> Standby::Areas() const {
   std::vector<AreaView> out;
   for (const auto& [handle, a] : areas_) {
     AreaView v{a->id, a->handle, a->generation, a->epoch, a->record, {}};
-    for (const auto& fd : a->region_fds) v.region_fds.push_back(fd.get());
+    for (const auto& fd : a->rep->region_fds) v.region_fds.push_back(fd.get());
     out.push_back(std::move(v));
   }
   return out;

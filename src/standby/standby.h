@@ -34,7 +34,11 @@
 // So a standby that dies mid-apply never leaves a replica between two
 // epochs: the replica goes with it.
 //
-// Threading: one thread (the loop); the Worker's callbacks run in Progress.
+// Threading: the loop thread owns everything; the UCX worker's callbacks
+// run in Progress. Commits are validated and applied on an apply worker
+// (common/worker.h), one at a time and in order, so the loop — heartbeats,
+// suspicion, fencing — never waits behind a large epoch; its completion
+// acknowledges the epoch on the loop.
 #pragma once
 
 #include <chrono>
@@ -45,6 +49,7 @@
 #include <vector>
 
 #include "common/fd.h"
+#include "common/worker.h"
 #include "epoch/staging.h"
 #include "hot/wire.h"
 #include "net/transport.h"
@@ -111,7 +116,7 @@ class Standby {
     uint64_t epoch = 0;       // the replica's, which the replacement resumes at
     double detection_ms = 0;  // owner last heard → suspected
     double fencing_ms = 0;    // suspected → fenced (Fenced sent, tombstone set)
-    double handover_ms = 0;   // fenced → the agent answered (launched and attached)
+    double handover_ms = 0;   // Takeover sent → the agent answered (launched, attached)
     bool done = false;        // the agent answered
     std::string result;       // "ok", or why the handover failed
   };
@@ -138,6 +143,9 @@ class Standby {
   void OnTimer();
   // Fences the area (its owner is suspected) and hands it to agent_dir.
   void FailOver(Area& a, std::chrono::steady_clock::time_point last_heard, const std::string& why);
+  // The fenced area's replica to agent_dir (once no apply is running).
+  void HandOver(Area& a, size_t failover);
+  void OnApplied(uint64_t handle, uint64_t epoch, const Status& st, bool torn, std::string record);
   void SendFenced(net::Endpoint* to, const hot::Header& h, const std::string& id);
   // Non-null when a message about `id` or `handle` from `agent` at
   // `generation` is fenced.
@@ -147,6 +155,7 @@ class Standby {
 
   StandbyOptions options_;
   std::unique_ptr<net::Worker> worker_;
+  std::unique_ptr<Worker> applier_;
   uint16_t port_ = 0;
   std::vector<std::unique_ptr<Peer>> peers_;
   std::map<uint64_t, std::unique_ptr<Area>> areas_;  // by handle

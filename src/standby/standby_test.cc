@@ -7,12 +7,17 @@
 #include "standby/standby.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <deque>
+#include <filesystem>
 #include <functional>
+
+#include "ipc/wire.h"
 
 namespace spare::standby {
 namespace {
@@ -25,7 +30,7 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
     ::setenv("UCX_TLS", GetParam(), 1);
-    auto s = Standby::Create(StandbyOptions{.name = "spare-host", .timeout_ms = TimeoutMs()});
+    auto s = Standby::Create(Options());
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     standby_ = std::move(s).value();
     auto w = net::Worker::Create();
@@ -51,6 +56,9 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
   }
 
   virtual uint32_t TimeoutMs() const { return 100; }
+  virtual StandbyOptions Options() {
+    return StandbyOptions{.name = "spare-host", .timeout_ms = TimeoutMs()};
+  }
 
   std::unique_ptr<net::Endpoint> Connect() {
     auto ep = agent_->Connect("127.0.0.1", standby_->port(), net::ErrorMode::kNone);
@@ -325,6 +333,112 @@ TEST_P(StandbySilenceTest, ASilentAgentIsSuspectedAndAHeardOneIsNot) {
   inbox_.clear();
 }
 
+// Failover: an owner silent past the timeout is fenced — told so, and from
+// then on every request about the instance from it (and from any older
+// generation) is answered with Fenced — and the replica, at its last
+// acknowledged epoch, goes to the spare host's agent (here the test, on a
+// unix socket as AGENT_DIR/agent.sock) as a Takeover with the replica fd and
+// the record. Once the agent answers, the area is freed.
+class StandbyFailoverTest : public StandbyTest {
+ protected:
+  uint32_t TimeoutMs() const override { return kTimeoutMs; }
+  StandbyOptions Options() override {
+    char tmpl[] = "/tmp/spare-standby-test-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    auto l = ipc::Listen(dir_ + "/agent.sock");
+    EXPECT_TRUE(l.ok()) << l.status().ToString();
+    if (l.ok()) listen_ = std::move(l).value();
+    auto o = StandbyTest::Options();
+    o.agent_dir = dir_;
+    return o;
+  }
+  void TearDown() override {
+    StandbyTest::TearDown();
+    std::filesystem::remove_all(dir_);
+  }
+  void ExpectFenced(const hot::Frame& f, uint64_t now_gen) {
+    ASSERT_EQ(f.header.type, hot::Type::kFenced) << hot::TypeName(f.header.type);
+    auto m = hot::ParseFenced(f.body);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    EXPECT_EQ(m->generation, now_gen);
+    EXPECT_NE(m->reason.find("failed over"), std::string::npos) << m->reason;
+  }
+  std::string dir_;
+  UniqueFd listen_;
+};
+
+TEST_P(StandbyFailoverTest, ASilentOwnerIsFencedAndItsReplicaHandedOver) {
+  Hello(ep_.get());
+  const uint64_t handle = Reserve(1);
+  Stage(0, 1, 1, 3, 'a');
+  ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}))
+                .header.type,
+            hot::Type::kAck);
+  Stage(1, 1, 2, 3, 'b');
+  ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{1, 1}))
+                .header.type,
+            hot::Type::kAck);
+  // Staged but never committed: not in what is handed over.
+  Stage(2, 1, 3, 3, 'c');
+
+  // Silence: fenced after the timeout, the Takeover arrives.
+  ASSERT_TRUE(Pump([&] { return !standby_->failovers().empty(); }));
+  ExpectFenced(Answer(), 2);
+  UniqueFd conn(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(conn.valid());
+  auto got = ipc::Receive(conn.get());
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status().ToString();
+  ipc::Message& m = **got;
+  EXPECT_EQ(m.type, ipc::MsgType::kTakeover);
+  EXPECT_EQ(m.body["id"], "kv1");
+  EXPECT_EQ(m.body["epoch"], 2);
+  EXPECT_EQ(m.body["generation"], 2);
+  EXPECT_EQ(m.body["from"], "host-a");
+  EXPECT_EQ(m.body["spec"]["argv"][0], "spare-kv");
+  EXPECT_GE(m.body["detection_ms"].get<double>(), kTimeoutMs);
+  EXPECT_EQ(m.blob, "rec-2");
+  ASSERT_EQ(m.fds.size(), 1u);
+  char c = 0;
+  ASSERT_EQ(::pread(m.fds[0].get(), &c, 1, 3 * 4096), 1);
+  EXPECT_EQ(c, 'b') << "the replica handed over is the last acknowledged epoch";
+  ASSERT_FALSE(standby_->failovers()[0].done);
+  ASSERT_TRUE(ipc::Send(conn.get(), ipc::OkMessage({{"id", "kv1"}})).ok());
+  ASSERT_TRUE(Pump([&] { return standby_->failovers()[0].done; }));
+  EXPECT_EQ(standby_->failovers()[0].result, "ok");
+  EXPECT_TRUE(standby_->Areas().empty()) << "the agent holds the replica now";
+
+  // The old owner is fenced: its Commit, and its Reserve at any generation.
+  ExpectFenced(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 3, hot::Body(hot::Commit{2, 1})), 2);
+  ExpectFenced(Ask(ep_.get(), hot::Type::kReserve, 0, 9, 5, hot::Body(Sample())), 2);
+  // Another agent below the replacement's generation too; above it, it
+  // protects the id afresh.
+  extra_ = Connect();
+  auto hello = Ask(extra_.get(), hot::Type::kHello, 0, 0, 1, hot::Body(hot::Hello{"host-b"}));
+  ASSERT_EQ(hello.header.type, hot::Type::kWelcome);
+  ExpectFenced(Ask(extra_.get(), hot::Type::kReserve, 0, 1, 2, hot::Body(Sample())), 2);
+  auto fresh = Ask(extra_.get(), hot::Type::kReserve, 0, 3, 3, hot::Body(Sample()));
+  ASSERT_EQ(fresh.header.type, hot::Type::kReserved) << hot::TypeName(fresh.header.type);
+  auto r = hot::ParseReserved(fresh.body);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->replica_epoch, 0u);
+  EXPECT_GE(standby_->refused().at("Fenced"), 4u);
+}
+
+TEST_P(StandbyFailoverTest, WithoutAnAgentTheOwnerIsStillFenced) {
+  listen_.reset();  // nobody answers on AGENT_DIR/agent.sock
+  Hello(ep_.get());
+  const uint64_t handle = Reserve(1);
+  ASSERT_TRUE(Pump([&] { return !standby_->failovers().empty(); }));
+  ExpectFenced(Answer(), 2);
+  EXPECT_TRUE(standby_->failovers()[0].done);
+  EXPECT_NE(standby_->failovers()[0].result.find("agent"), std::string::npos)
+      << standby_->failovers()[0].result;
+  ASSERT_EQ(standby_->Areas().size(), 1u) << "the replica is kept when nobody took it";
+  Stage(0, 1, 1, 3, 'a');
+  ExpectFenced(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1})), 2);
+  EXPECT_EQ(ReplicaAt(3), 0);
+}
+
 std::string TransportName(const ::testing::TestParamInfo<const char*>& info) {
   std::string name = info.param;
   for (char& c : name)
@@ -334,6 +448,8 @@ std::string TransportName(const ::testing::TestParamInfo<const char*>& info) {
 INSTANTIATE_TEST_SUITE_P(Transports, StandbyTest, ::testing::Values("tcp", "shm,tcp"),
                          TransportName);
 INSTANTIATE_TEST_SUITE_P(Transports, StandbySilenceTest, ::testing::Values("tcp", "shm,tcp"),
+                         TransportName);
+INSTANTIATE_TEST_SUITE_P(Transports, StandbyFailoverTest, ::testing::Values("tcp", "shm,tcp"),
                          TransportName);
 
 }  // namespace

@@ -1,4 +1,5 @@
-// agent/worker.h — a thread that runs the agent's slow work off its loop.
+// common/worker.h — a thread that runs a daemon's slow work off its loop
+// (the agent's applies and state writes, the standby's applies).
 //
 // The agent loop must answer every socket within a few ms (heartbeats with
 // timeouts of tens of ms share it next), so work that can take longer —
@@ -33,7 +34,7 @@
 #include "common/fd.h"
 #include "spare/status.h"
 
-namespace spare::agent {
+namespace spare {
 
 class Worker {
  public:
@@ -72,4 +73,4 @@ class Worker {
   size_t outstanding_ = 0;              // loop thread only
 };
 
-}  // namespace spare::agent
+}  // namespace spare

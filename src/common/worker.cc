@@ -1,4 +1,4 @@
-#include "agent/worker.h"
+#include "common/worker.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <system_error>
 
-namespace spare::agent {
+namespace spare {
 
 Result<std::unique_ptr<Worker>> Worker::Create(std::string name) {
   std::unique_ptr<Worker> w(new Worker());
@@ -95,4 +95,4 @@ void Worker::Drain() {
   }
 }
 
-}  // namespace spare::agent
+}  // namespace spare
