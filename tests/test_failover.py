@@ -21,7 +21,15 @@ What it checks (issue 8):
   the timeout, the instance fails over, then SIGCONT: the old agent is told
   it is fenced, kills its instance without restarting it, and no reply it
   held is ever released (a SET sent to it meanwhile is never acknowledged
-  and is not in the replacement).
+  and is not in the replacement);
+- standby restart: kill -9 of the standby under load holds every reply;
+  a new standby on the same address gets a full copy (only the pages ever
+  written: far less than the region) and the held replies are released;
+  then a failover from that replica has every acknowledged SET, those from
+  before the standby's restart included;
+- agent restart: a gracefully stopped agent (SIGTERM; its instances run on)
+  tells the standby, which does not fail them over; the next agent takes
+  them back, protected again, and a later failover has everything.
 """
 
 import json
@@ -61,18 +69,25 @@ class Setup:
         standby_ip = self.hosts.peer_ip("spr") if two_hosts else "127.0.0.1"
         standby_port = STANDBY_PORT if two_hosts else free_port()
         self.standby_log = os.path.join(self.spare.dir, "standby.log")
-        self.standby = self.spare.popen(
-            [*w("spr"), SPARE, "standby", "--listen", f"{standby_ip}:{standby_port}", "--name",
-             "spare-host", "--agent", self.spare.dir], log=self.standby_log)
-        deadline = time.monotonic() + 10
-        while "listening on" not in tail(self.standby_log):
-            test.assertIsNone(self.standby.poll(), "standby exited:\n" + tail(self.standby_log))
-            test.assertLess(time.monotonic(), deadline, "standby never listened")
-            time.sleep(0.02)
+        self.standby_at = f"{standby_ip}:{standby_port}"
+        self.standby_starts = 0
+        self.start_standby()
         self.primary = Harness(test, name="fo-pri")
         self.primary.start_agent(extra=["--standby", f"{standby_ip}:{standby_port}"],
                                  wrap=w("pri"))
         self.ports = {}
+
+    def start_standby(self):
+        """(Re)starts the standby on its address."""
+        self.standby = self.spare.popen(
+            [*self.wrap("spr"), SPARE, "standby", "--listen", self.standby_at, "--name",
+             "spare-host", "--agent", self.spare.dir], log=self.standby_log)
+        deadline = time.monotonic() + 10
+        while tail(self.standby_log, 400).count("listening on") < self.standby_starts + 1:
+            self.test.assertIsNone(self.standby.poll(), "standby exited:\n" + tail(self.standby_log))
+            self.test.assertLess(time.monotonic(), deadline, "standby never listened")
+            time.sleep(0.02)
+        self.standby_starts += 1
 
     def wrap(self, host):
         return self.hosts.wrap(host) if self.hosts else []
@@ -215,6 +230,89 @@ class FailoverTest(unittest.TestCase):
         self.assertIn("fenced", tail(os.path.join(s.primary.dir, "agent.log"), 100))
         print(f"fenced primary: {rep.summary()}; replacement "
               f"{json.dumps(inst['failover'])}", flush=True)
+
+
+    def test_standby_restart_resyncs_then_fails_over(self):
+        s = Setup(self, "tcp", False, seed=int(time.time()))
+        s.run_kv("kv1")
+        load = s.load("kv1")
+        load.start()
+        time.sleep(0.8)
+        load.pause()
+        before = load.totals()["acked"]
+        self.assertGreater(before, 200)
+        # The standby dies; SETs from now on are held until a standby has
+        # the whole image.
+        s.standby.kill()
+        s.standby.wait(timeout=10)
+        load.resume()
+        time.sleep(0.5)
+        self.assertEqual(s.primary.instance("kv1")["standby"], "standby unreachable (outputs held)")
+        held = load.totals()["acked"]
+        self.assertLessEqual(held - before, 16 * 3, "replies were released without a standby")
+        s.start_standby()
+        inst = s.primary.wait_instance("kv1", lambda i: i["full_copies"] >= 1
+                                       and i["standby"] == "protected", timeout=20,
+                                       what="full copy done, protected again")
+        # Only what was ever written ships: far less than the 64 MiB region.
+        self.assertGreater(inst["full_copy_bytes"], 0)
+        self.assertLess(inst["full_copy_bytes"], 48 << 20, inst)
+        time.sleep(0.5)
+        load.pause()
+        after = load.totals()["acked"]
+        self.assertGreater(after, held + 100, "replies stayed held after the resync")
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        self.assertIn("full copy done", tail(s.standby_log, 100))
+        # Failover from the resynced replica: everything acknowledged is there.
+        pid = s.primary.instance("kv1")["pid"]
+        load.resume()
+        time.sleep(0.3)
+        s.primary.kill_agent()
+        os.kill(pid, signal.SIGKILL)
+        took = s.wait_replacement("kv1", time.monotonic())
+        load.pause()
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        self.assertEqual(rep.violations, [], rep.summary())
+        print(f"standby restart: full copy of {inst['full_copy_bytes'] / 2**20:.1f} MiB; "
+              f"failover after it in {took * 1000:.0f} ms; {rep.summary()}", flush=True)
+
+    def test_agent_restart_keeps_protection(self):
+        s = Setup(self, "tcp", False, seed=int(time.time()))
+        s.run_kv("kv1")
+        load = s.load("kv1")
+        load.start()
+        time.sleep(0.5)
+        load.pause()
+        pid = s.primary.instance("kv1")["pid"]
+        s.primary.agent_proc.send_signal(signal.SIGTERM)
+        s.primary.agent_proc.wait(timeout=10)
+        self.assertIn("is restarting", tail(s.standby_log, 50))
+        time.sleep(0.3)  # longer than the 100 ms timeout: the grace holds
+        s.primary.start_agent(extra=["--standby", s.standby_at])
+        inst = s.primary.wait_instance("kv1", lambda i: i["state"] == "running"
+                                       and i["standby"] == "protected", timeout=20,
+                                       what="adopted and protected again")
+        self.assertEqual(inst["pid"], pid, "the instance kept running through the agent restart")
+        load.resume()
+        time.sleep(0.5)
+        load.pause()
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        log = tail(s.standby_log, 200)
+        self.assertNotIn("fenced", log, "an agent restart caused a failover")
+        # And it still fails over with everything.
+        load.resume()
+        time.sleep(0.3)
+        s.primary.kill_agent()
+        os.kill(pid, signal.SIGKILL)
+        s.wait_replacement("kv1", time.monotonic())
+        load.pause()
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        self.assertEqual(rep.violations, [], rep.summary())
+        print(f"agent restart: {rep.summary()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -305,6 +305,7 @@ void Agent::WaitIdle() {
 
 void Agent::Shutdown() {
   WaitIdle();  // queued epochs are applied and answered before the final save
+  LeaveStandby();
   for (auto& [id, inst] : instances_) {
     if (inst->rec.state != InstanceState::kStopping || !inst->pidfd.valid()) continue;
     // The user asked for it to stop; do not leave that to the next agent.

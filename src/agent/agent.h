@@ -212,11 +212,19 @@ class Agent {
   void RetireOnStandby(Instance& inst);
   // The standby failed the instance over elsewhere: stop it here for good.
   void OnFenced(Instance& inst, const std::string& why);
+  // full_copy.cc: the image to a replica that lacks epochs.
+  void BeginFullCopy(Instance& inst);
+  void ContinueFullCopy(Instance& inst);
+  void OnCopyKeys(Instance& inst, std::span<const std::byte> body);
+  void EndFullCopy(Instance& inst, bool done);
+  static bool CopyShipped(const Instance& inst);
   void SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
                      const std::vector<std::byte>& body);
   void ProgressStandby();
   void OnStandbyTimer();
   void ArmStandbyTimer(uint32_t period_ms);
+  void ReconnectStandby(const std::string& why);
+  void LeaveStandby();
 
   // metrics_http.cc
   Status OpenHttp();

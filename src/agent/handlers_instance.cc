@@ -241,6 +241,16 @@ ipc::Message Agent::CreateRegion(Instance& inst, const std::string& name, uint64
   uint32_t index = static_cast<uint32_t>(inst.rec.regions.size());
   inst.rec.regions.push_back({name, index, at, rounded});
   inst.region_fds.push_back(std::move(memfd).value());
+  // A replica reserved with fewer regions cannot take this one: reserve
+  // again (the standby keeps no area of another geometry: retire first).
+  if (inst.standby_reserving) {
+    inst.standby_reserve_again = true;  // when its Reserved comes (hot_link.cc)
+  } else if (inst.standby_handle != 0) {
+    EndFullCopy(inst, /*done=*/false);
+    RetireOnStandby(inst);
+    inst.to_ship.assign(inst.unacked.begin(), inst.unacked.end());
+    ReserveOnStandby(inst);
+  }
   spdlog::info("instance {}: region {} created ({} bytes at {})", inst.rec.spec.id, name, rounded,
                Hex(at));
   SaveStateOrLog();
@@ -294,13 +304,20 @@ std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
                          "epoch " + std::to_string(*epoch) + ": first_slot " +
                              std::to_string(*first_slot) + " / parts " + std::to_string(*parts) +
                              " do not fit the " + std::to_string(slots) + "-slot staging ring"));
-  Status st =
-      PostApply(inst, *epoch, static_cast<uint32_t>(*first_slot), static_cast<uint32_t>(*parts));
-  if (!st.ok()) return refuse(st.With("queueing epoch " + std::to_string(*epoch)));
+  const Instance::Ship ship{*epoch, static_cast<uint32_t>(*first_slot),
+                            static_cast<uint32_t>(*parts)};
+  if (inst.copy) {
+    inst.held.push_back(ship);  // applied once the full copy is done (full_copy.cc)
+  } else {
+    Status st = PostApply(inst, ship.epoch, ship.first_slot, ship.parts);
+    if (!st.ok()) return refuse(st.With("queueing epoch " + std::to_string(*epoch)));
+  }
   const bool hot = inst.rec.spec.policy == "hot";
   inst.epochs.Push(*epoch, /*needs_ack=*/hot);
-  if (hot)
-    ShipEpoch(inst, *epoch, static_cast<uint32_t>(*first_slot), static_cast<uint32_t>(*parts));
+  if (hot) {
+    inst.unacked.push_back(ship);
+    ShipEpoch(inst, ship.epoch, ship.first_slot, ship.parts);
+  }
   return std::nullopt;
 }
 

@@ -61,12 +61,12 @@ Status Agent::ConnectStandby() {
   SPARE_ASSIGN_OR_RETURN(hot_->timer_watch, AddWatch(hot_->timer.get(), EPOLLIN,
                                                      {WatchKind::kStandby, hot_->timer.get()}));
   ArmStandbyTimer(hot_->heartbeat_ms);
-  hot_->last_heard = std::chrono::steady_clock::now();
+  hot_->last_heard = hot_->connected_at = std::chrono::steady_clock::now();
   SPARE_ASSIGN_OR_RETURN(hot_->ep,
                          hot_->worker->Connect(hot_->host, hot_->port, net::ErrorMode::kNone));
   hot_->ep->set_on_error([this](const Status& st) {
-    spdlog::error("standby {}:{}: {}; hot instances hold their outputs", hot_->host, hot_->port,
-                  st.ToString());
+    spdlog::error("standby {}:{}: {}; hot instances hold their outputs until it is back",
+                  hot_->host, hot_->port, st.ToString());
   });
   SendToStandby(static_cast<uint8_t>(hot::Type::kHello), 0, 0, hot_->next_seq++,
                 hot::Body(hot::Hello{"agent:" + options_.dir}));
@@ -98,6 +98,20 @@ void Agent::OnStandbyTimer() {
                       std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch())
                           .count())}));
   const auto silent = now - hot_->last_heard;
+  // A standby silent this long (or never answering, or whose endpoint
+  // failed) is reached again from scratch: a new connection, every hot
+  // instance reserves again and ships what the replica lacks.
+  const auto reconnect_after = std::chrono::milliseconds(std::max<uint32_t>(1000, 10 * hot_->timeout_ms));
+  const bool failed_long_enough =
+      hot_->ep->failed() && now - hot_->connected_at > std::chrono::milliseconds(hot_->backoff_ms);
+  if (failed_long_enough || silent > reconnect_after) {
+    return ReconnectStandby(hot_->ep->failed() ? hot_->ep->error().ToString()
+                            : hot_->welcomed
+                                ? "silent for " +
+                                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()) +
+                                      " ms"
+                                : "no answer to Hello");
+  }
   if (hot_->welcomed && !hot_->suspected && silent > std::chrono::milliseconds(hot_->timeout_ms)) {
     hot_->suspected = true;
     hot_->suspicions++;
@@ -107,6 +121,50 @@ void Agent::OnStandbyTimer() {
         hot_->standby_name, hot_->host, hot_->port,
         std::chrono::duration_cast<std::chrono::milliseconds>(silent).count(), hot_->timeout_ms);
   }
+}
+
+void Agent::ReconnectStandby(const std::string& why) {
+  spdlog::warn("standby {}:{}: {}; connecting again (hot instances hold their outputs until it "
+               "answers and has what they committed)",
+               hot_->host, hot_->port, why);
+  for (auto& [id, inst] : instances_) {
+    if (inst->rec.spec.policy != "hot") continue;
+    EndFullCopy(*inst, /*done=*/false);
+    inst->standby_handle = 0;
+    inst->standby_reserving = false;
+    inst->standby_blocked = false;
+    inst->standby_key.reset();  // its endpoint goes with the link
+    inst->to_ship.assign(inst->unacked.begin(), inst->unacked.end());
+  }
+  RemoveWatch(hot_->watch, hot_->worker->event_fd());
+  RemoveWatch(hot_->timer_watch, hot_->timer.get());
+  const uint64_t reconnects = hot_->reconnects + 1;
+  // Retries back off from 200 ms to 2 s while nobody answers.
+  const uint32_t backoff = std::min<uint32_t>(2000, hot_->welcomed ? 200 : 2 * hot_->backoff_ms);
+  hot_.reset();  // endpoint, then worker (a dead peer's close is given up on)
+  Status st = ConnectStandby();
+  if (hot_) {
+    hot_->reconnects = reconnects;
+    hot_->backoff_ms = backoff;
+  }
+  if (!st.ok()) spdlog::error("standby: reconnecting failed: {}", st.ToString());
+}
+
+// A graceful stop (the instances stay up for the next agent): the standby
+// is asked not to fail them over while the next agent takes them back.
+void Agent::LeaveStandby() {
+  if (!hot_ || !hot_->welcomed) return;
+  SendToStandby(static_cast<uint8_t>(hot::Type::kLeaving), 0, 0, hot_->next_seq++,
+                hot::Body(hot::Leaving{options_.standby_grace_ms}));
+  bool sent = false;
+  (void)hot_->ep->Flush([&sent](const Status&) { sent = true; });
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  while (!sent && std::chrono::steady_clock::now() < end) {
+    hot_->worker->Progress();
+    if (!sent) ::usleep(1000);
+  }
+  spdlog::info("agent: told standby {} it is restarting (grace {} ms){}", hot_->standby_name,
+               options_.standby_grace_ms, sent ? "" : " (not confirmed)");
 }
 
 void Agent::SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
@@ -150,7 +208,7 @@ void Agent::RetireOnStandby(Instance& inst) {
 // flushes, then commits. The slots stay the instance's until the standby's
 // Ack (EpochQueue: hot releases only acknowledged epochs).
 void Agent::ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint32_t parts) {
-  if (!hot_->welcomed || inst.standby_handle == 0 || inst.standby_blocked) {
+  if (!hot_->welcomed || inst.standby_handle == 0 || inst.standby_blocked || inst.copy) {
     inst.to_ship.push_back({epoch, first_slot, parts});
     if (hot_->welcomed && !inst.standby_blocked) ReserveOnStandby(inst);
     return;
@@ -216,8 +274,11 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       ArmStandbyTimer(m->heartbeat_ms);
       spdlog::info("agent: standby {} at {}:{} answered (heartbeat {} ms, timeout {} ms)",
                    m->standby, hot_->host, hot_->port, m->heartbeat_ms, m->timeout_ms);
+      // Every hot instance with an image is protected again (or for the
+      // first time): a replica that lacks epochs gets a full copy.
       for (auto& [id, inst] : instances_)
-        if (!inst->to_ship.empty()) ReserveOnStandby(*inst);
+        if (inst->rec.spec.policy == "hot" && inst->image_held() && !inst->rec.fenced)
+          ReserveOnStandby(*inst);
       return;
     }
     case hot::Type::kReserved: {
@@ -241,30 +302,55 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       inst->standby_key = std::shared_ptr<net::RemoteKey>(std::move(key).value());
       inst->standby_staging = m->staging_addr;
       inst->standby_handle = h.instance;
-      inst->standby_acked = m->replica_epoch;
-      const uint64_t first = inst->to_ship.empty() ? 0 : inst->to_ship.front().epoch;
-      if (first != 0 && m->replica_epoch + 1 != first) {
-        inst->standby_blocked = true;
-        spdlog::error(
-            "instance {}: the standby's replica is at epoch {} but the next epoch to ship is {}: "
-            "a full copy is needed, which this build cannot do yet; its outputs stay held",
-            inst->rec.spec.id, m->replica_epoch, first);
+      if (std::exchange(inst->standby_reserve_again, false)) {
+        RetireOnStandby(*inst);  // reserved with the regions it had then
+        inst->to_ship.assign(inst->unacked.begin(), inst->unacked.end());
+        ReserveOnStandby(*inst);
         return;
       }
+      const uint64_t replica = m->replica_epoch;
+      // What the replica must hold for the unacknowledged epochs to follow.
+      const uint64_t base =
+          inst->unacked.empty() ? inst->epochs.last() : inst->unacked.front().epoch - 1;
       spdlog::info("instance {}: reserved on standby {} (handle {}, replica at epoch {})",
-                   inst->rec.spec.id, hot_->standby_name, h.instance, m->replica_epoch);
+                   inst->rec.spec.id, hot_->standby_name, h.instance, replica);
+      inst->to_ship.assign(inst->unacked.begin(), inst->unacked.end());
+      if (replica < base || replica > inst->epochs.last()) {
+        BeginFullCopy(*inst);
+        return;
+      }
+      // The replica has every epoch up to `replica`: those count as
+      // acknowledged, the rest ship (again) in order.
+      inst->standby_acked = std::max(inst->standby_acked, replica);
+      while (!inst->unacked.empty() && inst->unacked.front().epoch <= replica) {
+        inst->epochs.MarkAcked(inst->unacked.front().epoch);
+        inst->unacked.pop_front();
+      }
+      if (inst->epochs.Advance()) SendProgress(*inst);
       std::deque<Instance::Ship> queued;
       queued.swap(inst->to_ship);
-      for (const auto& s : queued) ShipEpoch(*inst, s.epoch, s.first_slot, s.parts);
+      for (const auto& q : queued)
+        if (q.epoch > replica) ShipEpoch(*inst, q.epoch, q.first_slot, q.parts);
       return;
     }
     case hot::Type::kAck: {
       for (auto& [id, inst] : instances_) {
         if (inst->standby_handle != h.instance || h.instance == 0) continue;
+        if (inst->copy) {  // only the copy's own epoch can be acknowledged now
+          if (h.seq == inst->copy->epoch && CopyShipped(*inst)) EndFullCopy(*inst, true);
+          return;
+        }
         inst->standby_acked = std::max(inst->standby_acked, h.seq);
         inst->epochs.MarkAcked(h.seq);
+        while (!inst->unacked.empty() && inst->unacked.front().epoch <= h.seq)
+          inst->unacked.pop_front();
         if (inst->epochs.Advance()) SendProgress(*inst);
       }
+      return;
+    }
+    case hot::Type::kCopyKeys: {
+      for (auto& [id, inst] : instances_)
+        if (h.instance != 0 && inst->standby_handle == h.instance) return OnCopyKeys(*inst, frame->body);
       return;
     }
     case hot::Type::kError: {
@@ -272,7 +358,13 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       std::string what = m.ok() ? std::string(CodeName(m->code)) + ": " + m->message
                                 : m.status().ToString();
       for (auto& [id, inst] : instances_) {
-        if (h.instance != 0 && inst->standby_handle == h.instance) inst->ship_errors++;
+        if (h.instance != 0 && inst->standby_handle == h.instance) {
+          inst->ship_errors++;
+          if (inst->copy && (h.seq == inst->copy->seq || h.seq == inst->copy->epoch)) {
+            EndFullCopy(*inst, false);
+            inst->standby_blocked = true;
+          }
+        }
         if (auto it = hot_->reserving.find(h.seq); it != hot_->reserving.end() && it->second == id) {
           inst->standby_reserving = false;
           hot_->reserving.erase(it);

@@ -12,9 +12,10 @@
 // announced in Welcome, and suspects the standby after its timeout_ms of
 // silence (logged; hot instances keep holding their outputs).
 //
-// Not built yet (issue 8): the full copy of an image the replica lacks,
-// reconnects, fencing and failover. An instance whose replica
-// is behind its image is `standby_blocked`: its outputs stay held.
+// A replica that lacks epochs only the image holds now gets a full copy
+// (full_copy.cc). A standby silent for long is reconnected; every hot
+// instance then reserves again and ships what the replica lacks. A Fenced
+// answer (the standby failed the instance over elsewhere) stops it here.
 //
 // Threading: the agent's loop thread; the worker's callbacks run inside
 // Agent::ProgressStandby().
@@ -25,10 +26,34 @@
 #include <memory>
 #include <string>
 
+#include "agent/instance.h"
 #include "common/fd.h"
 #include "net/transport.h"
 
 namespace spare::agent {
+
+struct Instance::FullCopy {
+  enum class Phase { kQuiescing, kKeys, kPutting, kDone };
+  Phase phase = Phase::kQuiescing;
+  uint64_t epoch = 0;  // the image's, being copied
+  std::string record;
+  uint64_t seq = 0;    // the Copy request's
+  struct Extent {
+    uint32_t region;
+    uint64_t offset, length;
+  };
+  std::vector<Extent> extents;
+  size_t next = 0;        // extent being put
+  uint64_t next_off = 0;  // bytes of it already put
+  uint64_t total = 0, done = 0, in_window = 0;
+  int last_logged_quarter = 0;
+  std::vector<std::pair<std::byte*, size_t>> maps;  // the image, read-only
+  std::vector<std::unique_ptr<net::RemoteKey>> keys;
+  std::vector<uint64_t> remote;  // each replica region's address on the standby
+  SteadyTime started{};
+
+  ~FullCopy();  // unmaps the image
+};
 
 struct Agent::HotLink {
   std::string host;
@@ -46,8 +71,10 @@ struct Agent::HotLink {
   uint64_t timer_watch = 0;
   uint32_t heartbeat_ms = 10, timeout_ms = 100;
   std::chrono::steady_clock::time_point last_heard{};
+  std::chrono::steady_clock::time_point connected_at{};
   bool suspected = false;
-  uint64_t heartbeats_sent = 0, suspicions = 0;
+  uint64_t heartbeats_sent = 0, suspicions = 0, reconnects = 0;
+  uint32_t backoff_ms = 100;  // before reconnecting a failed endpoint
 };
 
 }  // namespace spare::agent

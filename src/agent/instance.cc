@@ -61,9 +61,13 @@ void Instance::ResetImageState() {
   // the replica of the same id and geometry).
   standby_handle = 0;
   standby_reserving = false;
+  standby_reserve_again = false;
   standby_blocked = false;
   standby_key.reset();
   to_ship.clear();
+  unacked.clear();
+  copy.reset();  // (a crash ends a copy first: Agent::OnPidfdReadable)
+  held.clear();
 }
 
 std::shared_ptr<ApplyChain> Instance::ReleaseImage() {

@@ -123,12 +123,25 @@ struct Instance {
   };
   uint64_t standby_handle = 0;         // 0: not reserved (yet)
   bool standby_reserving = false;      // a Reserve is in flight
-  bool standby_blocked = false;        // cannot ship (replica behind: full copy not built)
+  bool standby_reserve_again = false;  // a region was added while it was in flight
+  bool standby_blocked = false;        // cannot ship (a full copy failed; retried on reconnect)
   uint64_t standby_staging = 0;        // the standby's staging address
   std::shared_ptr<void> standby_key;   // net::RemoteKey, on the agent's standby endpoint
-  std::deque<Ship> to_ship;            // epochs waiting for the area
+  std::deque<Ship> to_ship;            // epochs waiting for the area (or a full copy)
+  // Every epoch committed and not yet acknowledged by the standby, in
+  // order: what is shipped again after a reconnect (their slots are still
+  // the instance's: hot releases only acknowledged epochs).
+  std::deque<Ship> unacked;
   uint64_t standby_acked = 0;          // newest epoch the standby acknowledged
   uint64_t ship_errors = 0;
+  // A full copy of the committed image to the standby (full_copy.cc): the
+  // replica lacks epochs that are only in the image now (a new or
+  // restarted standby, a reconnect after a gap). Local applies wait in
+  // `held` meanwhile, so the image stays the epoch being copied.
+  struct FullCopy;
+  std::shared_ptr<FullCopy> copy;
+  std::deque<Ship> held;
+  uint64_t full_copies = 0, full_copy_bytes = 0;
 
   // On the spare host: a replacement launched from a standby's replica
   // (Takeover), and how its failover went. Detection and fencing are the

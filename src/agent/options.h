@@ -32,6 +32,10 @@ struct AgentOptions {
   // "HOST:PORT" of the standby that protects this agent's `hot` instances
   // (empty: none; `hot` is then refused).
   std::string standby;
+  // On a graceful stop (instances stay up), how long the standby is asked
+  // not to fail this agent's hot instances over while the next agent
+  // takes them back (hot Leaving).
+  uint32_t standby_grace_ms = 10'000;
   bool handle_signals = true;  // SIGTERM/SIGINT end Run(); off in unit tests
   // Test seam: how the apply worker writes epochs into region memfds
   // (a fault injector); empty: pwrite(2). Never set from configuration.

@@ -94,6 +94,12 @@ const Metric kMetrics[] = {
     {"spare_ship_errors_total", "counter",
      "Policy hot: epochs or messages to the standby that failed or were refused.",
      "ship_errors"},
+    {"spare_full_copies_total", "counter",
+     "Policy hot: full copies of the image to the standby completed (new or restarted "
+     "standby, reconnect after a gap).",
+     "full_copies"},
+    {"spare_full_copy_bytes_total", "counter",
+     "Policy hot: bytes those full copies shipped (only pages ever written).", "full_copy_bytes"},
 };
 
 Result<double> MetricValue(const Metric& m, const ipc::Body& inst) {
@@ -108,6 +114,16 @@ Result<double> MetricValue(const Metric& m, const ipc::Body& inst) {
 }
 
 }  // namespace
+
+static std::string CopyProgress(const Instance::FullCopy& c) {
+  using P = Instance::FullCopy::Phase;
+  if (c.phase == P::kQuiescing || c.phase == P::kKeys) return "full copy starting";
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "full copy %d%% (%.1f of %.1f MiB)",
+                c.total ? static_cast<int>(100 * c.done / c.total) : 100,
+                static_cast<double>(c.done) / (1 << 20), static_cast<double>(c.total) / (1 << 20));
+  return buf;
+}
 
 nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) {
   const InstanceRecord& r = inst.rec;
@@ -152,11 +168,15 @@ nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) 
           {"config_stale", inst.config_stale},
           {"config_missing", inst.config_missing},
           {"config_stale_keys", inst.config_stale_keys},
-          {"standby", r.spec.policy != "hot"   ? "-"
-                      : standby_suspected      ? "standby unreachable (outputs held)"
-                      : inst.standby_blocked   ? "blocked (replica behind: full copy needed)"
+          {"standby", r.spec.policy != "hot" ? "-"
+                      : r.fenced             ? "fenced (failed over elsewhere)"
+                      : standby_suspected    ? "standby unreachable (outputs held)"
+                      : inst.copy            ? CopyProgress(*inst.copy)
+                      : inst.standby_blocked ? "blocked (full copy failed; retried on reconnect)"
                       : inst.standby_handle != 0 ? "protected"
-                                               : "waiting for the standby"},
+                                                 : "waiting for the standby"},
+          {"full_copies", inst.full_copies},
+          {"full_copy_bytes", inst.full_copy_bytes},
           {"standby_epoch", inst.standby_acked},
           {"ship_errors", inst.ship_errors}};
 }
@@ -190,18 +210,34 @@ Result<std::string> MetricsText(const nlohmann::json& status) {
 
 nlohmann::json Agent::StatusJson() const {
   nlohmann::json instances = nlohmann::json::array();
-  const bool suspected = hot_ && hot_->suspected;
+  const auto now = std::chrono::steady_clock::now();
+  // Unreachable: suspected, or not answering a (re)connection for longer
+  // than the timeout.
+  const bool suspected =
+      hot_ && (hot_->suspected ||
+               (!hot_->welcomed &&
+                now - hot_->connected_at > std::chrono::milliseconds(hot_->timeout_ms)));
   for (const auto& [id, inst] : instances_)
     instances.push_back(InstanceStatusJson(*inst, suspected));
-  double uptime =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_at_).count();
+  double uptime = std::chrono::duration<double>(now - started_at_).count();
+  nlohmann::json standby;  // null without --standby
+  if (hot_)
+    standby = {{"address", hot_->host + ":" + std::to_string(hot_->port)},
+               {"name", hot_->standby_name},
+               {"connected", hot_->welcomed},
+               {"suspected", suspected},
+               {"heartbeat_ms", hot_->heartbeat_ms},
+               {"timeout_ms", hot_->timeout_ms},
+               {"suspicions", hot_->suspicions},
+               {"reconnects", hot_->reconnects}};
   return {{"agent",
            {{"dir", options_.dir},
             {"socket", socket_path()},
             {"pid", ::getpid()},
             {"uptime_s", uptime},
             {"metrics_port", options_.metrics_port},
-            {"metrics_host", options_.metrics_host}}},
+            {"metrics_host", options_.metrics_host},
+            {"standby", standby}}},
           {"instances", instances}};
 }
 

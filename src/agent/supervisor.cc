@@ -89,6 +89,9 @@ void Agent::OnPidfdReadable(const std::string& id) {
   // Apply every Commit it sent before it died: those epochs were handed
   // over, and an Applied may already have released their outputs' peers.
   if (Conn* c = ConnOf(inst->conn)) ReadConn(c->fd.get(), SIZE_MAX);
+  // A full copy in progress ends: its held epochs are applied before any
+  // relaunch, as every epoch handed over is.
+  EndFullCopy(*inst, /*done=*/false);
   ExitInfo exit = ReapPidfd(inst->pidfd.get(), inst->is_child);
   ForgetProcess(*inst);
   OnProcessGone(*inst, exit);
@@ -233,6 +236,10 @@ void Agent::OnAttached(Instance& inst) {
   }
   AnswerRun(inst, Status::Ok());
   if (before != InstanceState::kRunning) SaveStateOrLog();
+  // Protected at once (a replica that lacks its epochs gets a full copy),
+  // not only at its next commit.
+  // (A fresh instance has no region yet; it reserves at its first commit.)
+  if (hot_ && r.spec.policy == "hot" && !r.regions.empty()) ReserveOnStandby(inst);
 }
 
 void Agent::AnswerRun(Instance& inst, const Status& error) {

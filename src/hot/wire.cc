@@ -48,6 +48,10 @@ const char* TypeName(Type t) {
     case Type::kHeartbeat: return "Heartbeat";
     case Type::kFenced: return "Fenced";
     case Type::kRetire: return "Retire";
+    case Type::kCopy: return "Copy";
+    case Type::kCopyKeys: return "CopyKeys";
+    case Type::kCopyDone: return "CopyDone";
+    case Type::kLeaving: return "Leaving";
   }
   return "?";
 }
@@ -190,6 +194,15 @@ std::vector<std::byte> Body(const Heartbeat& m) { return Writer().U64(m.sent_ns)
 std::vector<std::byte> Body(const Fenced& m) {
   return Writer().U64(m.generation).Str(m.reason).bytes();
 }
+std::vector<std::byte> Body(const Copy& m) { return Writer().U64(m.epoch).bytes(); }
+std::vector<std::byte> Body(const CopyKeys& m) {
+  Writer w;
+  w.U32(static_cast<uint32_t>(m.regions.size()));
+  for (const auto& r : m.regions) w.U64(r.addr).U64(r.size).Str(r.key);
+  return w.bytes();
+}
+std::vector<std::byte> Body(const CopyDone& m) { return Writer().U64(m.bytes).Str(m.record).bytes(); }
+std::vector<std::byte> Body(const Leaving& m) { return Writer().U32(m.grace_ms).bytes(); }
 
 Result<Hello> ParseHello(std::span<const std::byte> body) {
   Reader r(body, "Hello");
@@ -296,6 +309,54 @@ Result<Fenced> ParseFenced(std::span<const std::byte> body) {
   SPARE_ASSIGN_OR_RETURN(m.generation, r.U64("generation"));
   SPARE_ASSIGN_OR_RETURN(m.reason, r.Str("reason", kMaxName));
   SPARE_RETURN_IF_ERROR(r.End());
+  return m;
+}
+
+Result<Copy> ParseCopy(std::span<const std::byte> body) {
+  Reader r(body, "Copy");
+  Copy m;
+  SPARE_ASSIGN_OR_RETURN(m.epoch, r.U64("epoch"));
+  SPARE_RETURN_IF_ERROR(r.End());
+  return m;
+}
+
+Result<CopyKeys> ParseCopyKeys(std::span<const std::byte> body) {
+  Reader r(body, "CopyKeys");
+  CopyKeys m;
+  SPARE_ASSIGN_OR_RETURN(uint32_t n, r.U32("regions"));
+  if (n > kMaxRegions)
+    return Bad("CopyKeys.regions: " + std::to_string(n) + " regions exceed the limit of " +
+               std::to_string(kMaxRegions));
+  for (uint32_t i = 0; i < n; ++i) {
+    CopyKeys::Region g;
+    SPARE_ASSIGN_OR_RETURN(g.addr, r.U64("regions[].addr"));
+    SPARE_ASSIGN_OR_RETURN(g.size, r.U64("regions[].size"));
+    SPARE_ASSIGN_OR_RETURN(g.key, r.Str("regions[].key", kMaxKey));
+    if (g.size == 0 || g.key.empty() || g.addr + g.size < g.addr)
+      return Bad("CopyKeys.regions[" + std::to_string(i) +
+                 "]: empty, without a key, or its end overflows");
+    m.regions.push_back(std::move(g));
+  }
+  SPARE_RETURN_IF_ERROR(r.End());
+  return m;
+}
+
+Result<CopyDone> ParseCopyDone(std::span<const std::byte> body) {
+  Reader r(body, "CopyDone");
+  CopyDone m;
+  SPARE_ASSIGN_OR_RETURN(m.bytes, r.U64("bytes"));
+  SPARE_ASSIGN_OR_RETURN(m.record, r.Str("record", kMaxRecord));
+  SPARE_RETURN_IF_ERROR(r.End());
+  return m;
+}
+
+Result<Leaving> ParseLeaving(std::span<const std::byte> body) {
+  Reader r(body, "Leaving");
+  Leaving m;
+  SPARE_ASSIGN_OR_RETURN(m.grace_ms, r.U32("grace_ms"));
+  SPARE_RETURN_IF_ERROR(r.End());
+  if (m.grace_ms == 0 || m.grace_ms > 600'000)
+    return Bad("Leaving.grace_ms " + std::to_string(m.grace_ms) + " is not in 1..600000");
   return m;
 }
 

@@ -38,7 +38,9 @@ inline constexpr uint32_t kMagic = 0x54485053;  // "SPHT"
 inline constexpr uint16_t kAmId = 1;
 inline constexpr uint16_t kVersion = 1;
 inline constexpr size_t kHeaderSize = 48;
-inline constexpr size_t kMaxBody = 64 * 1024;  // control only; data goes by put
+// Control only (data goes by put): room for a 64 KiB epoch record in CopyDone.
+inline constexpr size_t kMaxBody = 72 * 1024;
+inline constexpr size_t kMaxRecord = 64 * 1024;  // epoch::kMaxRecord
 inline constexpr size_t kMaxName = 256;        // ids, names, reasons
 inline constexpr size_t kMaxRegions = 64;
 inline constexpr size_t kMaxKey = 4096;        // a packed UCX remote key
@@ -61,8 +63,12 @@ enum class Type : uint16_t {
   kHeartbeat = 14,  // both ways, on their own schedules
   kFenced = 15,     // standby → agent: this owner generation is over
   kRetire = 16,     // agent → standby: free the instance's area
+  kCopy = 17,       // agent → standby: a full copy of the image at epoch E begins
+  kCopyKeys = 18,   // standby → agent: where the replica's regions take puts
+  kCopyDone = 19,   // agent → standby: the image of epoch `seq` is all put
+  kLeaving = 20,    // agent → standby: restarting; do not suspect me for grace_ms
 };
-inline constexpr uint16_t kMaxType = 16;
+inline constexpr uint16_t kMaxType = 20;
 const char* TypeName(Type t);
 
 struct Header {
@@ -157,6 +163,27 @@ struct Fenced {
   uint64_t generation = 0;  // the generation that owns the instance now
   std::string reason;
 };
+// A full copy replaces the replica with the agent's committed image: the
+// standby empties the replica and stops counting it as an epoch (it cannot
+// be failed over to until CopyDone), then the agent puts every extent of
+// the image that was ever written, and CopyDone makes it epoch `seq`.
+struct Copy {
+  uint64_t epoch = 0;  // the image's epoch being copied
+};
+struct CopyKeys {
+  struct Region {
+    uint64_t addr = 0, size = 0;  // the replica mapping on the standby
+    std::string key;              // packed UCX remote key of it
+  };
+  std::vector<Region> regions;  // in region index order
+};
+struct CopyDone {
+  uint64_t bytes = 0;  // put in all (for the standby's log and metrics)
+  std::string record;  // the epoch's record
+};
+struct Leaving {
+  uint32_t grace_ms = 0;  // a new agent under the same name takes over within this
+};
 
 std::vector<std::byte> Body(const Hello& m);
 std::vector<std::byte> Body(const Welcome& m);
@@ -166,6 +193,10 @@ std::vector<std::byte> Body(const Reserved& m);
 std::vector<std::byte> Body(const Commit& m);
 std::vector<std::byte> Body(const Heartbeat& m);
 std::vector<std::byte> Body(const Fenced& m);
+std::vector<std::byte> Body(const Copy& m);
+std::vector<std::byte> Body(const CopyKeys& m);
+std::vector<std::byte> Body(const CopyDone& m);
+std::vector<std::byte> Body(const Leaving& m);
 
 Result<Hello> ParseHello(std::span<const std::byte> body);
 Result<Welcome> ParseWelcome(std::span<const std::byte> body);
@@ -175,5 +206,9 @@ Result<Reserved> ParseReserved(std::span<const std::byte> body);
 Result<Commit> ParseCommit(std::span<const std::byte> body);
 Result<Heartbeat> ParseHeartbeat(std::span<const std::byte> body);
 Result<Fenced> ParseFenced(std::span<const std::byte> body);
+Result<Copy> ParseCopy(std::span<const std::byte> body);
+Result<CopyKeys> ParseCopyKeys(std::span<const std::byte> body);
+Result<CopyDone> ParseCopyDone(std::span<const std::byte> body);
+Result<Leaving> ParseLeaving(std::span<const std::byte> body);
 
 }  // namespace spare::hot

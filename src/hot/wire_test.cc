@@ -91,6 +91,43 @@ TEST(HotWire, EveryMessageRoundTrips) {
     EXPECT_EQ(m->generation, 5u);
     EXPECT_EQ(m->reason, "agent host-a missed 6 heartbeats");
   }
+  {
+    auto m = ParseCopy(Body(Copy{41}));
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(m->epoch, 41u);
+  }
+  {
+    CopyKeys k;
+    k.regions = {{0x200000000000, 1 << 30, "key-a"}, {0x300000000000, 4096, "key-b"}};
+    auto m = ParseCopyKeys(Body(k));
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    ASSERT_EQ(m->regions.size(), 2u);
+    EXPECT_EQ(m->regions[1].addr, 0x300000000000u);
+    EXPECT_EQ(m->regions[0].size, 1u << 30);
+    EXPECT_EQ(m->regions[1].key, "key-b");
+    k.regions[0].key.clear();
+    ExpectBad(ParseCopyKeys(Body(k)).status(), "without a key");
+    k.regions[0] = {UINT64_MAX - 10, 4096, "k"};
+    ExpectBad(ParseCopyKeys(Body(k)).status(), "overflows");
+  }
+  {
+    // The largest record fits a frame.
+    std::string record(kMaxRecord, 'r');
+    auto body = Body(CopyDone{1 << 20, record});
+    ASSERT_LE(body.size(), kMaxBody);
+    auto m = ParseCopyDone(body);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    EXPECT_EQ(m->bytes, 1u << 20);
+    EXPECT_EQ(m->record, record);
+    record.push_back('x');
+    ExpectBad(ParseCopyDone(Body(CopyDone{1, record})).status(), "record");
+  }
+  {
+    auto m = ParseLeaving(Body(Leaving{5000}));
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(m->grace_ms, 5000u);
+    ExpectBad(ParseLeaving(Body(Leaving{0})).status(), "grace_ms 0");
+  }
   // Ack and Retire have empty bodies: everything is in the header.
   auto ack = Decode(Frame(Type::kAck, {}, 31));
   ASSERT_TRUE(ack.ok());
@@ -131,7 +168,7 @@ TEST(HotWire, HeaderFieldsAreNamed) {
   ExpectBad(Decode(with(4, 9, 2)).status(), "version 9");
   ExpectBad(Decode(with(6, 5, 2)).status(), "unknown message type 5");
   ExpectBad(Decode(with(6, 0, 2)).status(), "unknown message type 0");
-  ExpectBad(Decode(with(6, 17, 2)).status(), "unknown message type 17");
+  ExpectBad(Decode(with(6, 21, 2)).status(), "unknown message type 21");
   ExpectBad(Decode(with(8, 9, 4)).status(), "body_len 9 but 8 body bytes arrived");
   ExpectBad(Decode(with(8, 1 << 20, 4)).status(), "exceeds the limit");
   ExpectBad(Decode(with(12, 1, 4)).status(), "flags");

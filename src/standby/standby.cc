@@ -3,12 +3,14 @@
 #include "standby/standby.h"
 
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <optional>
 
 #include <nlohmann/json.hpp>
@@ -65,13 +67,25 @@ struct Standby::Area {
   std::chrono::steady_clock::time_point orphan_heard{};
   bool fenced = false;  // failed over: nothing about it is accepted any more
   bool torn = false;    // an apply failed midway: the replica is between epochs
+  // A full copy is replacing the replica (Copy .. CopyDone): it holds no
+  // epoch, takes no Commit and cannot be handed over; the replica regions
+  // are registered for the agent's puts meanwhile.
+  bool copying = false;
+  uint64_t copy_epoch = 0;
+  std::chrono::steady_clock::time_point copy_started{};
+  std::vector<std::unique_ptr<net::Memory>> copy_mems;
+  // Leaving: the owner is restarting; not suspected until then.
+  std::chrono::steady_clock::time_point grace_until{};
   // Fenced with applies still running: the handover waits for them, so the
   // replica handed over is never between two epochs.
   std::optional<size_t> handover_pending;  // index into failovers_
   std::shared_ptr<Replica> rep;
   std::unique_ptr<net::Memory> mem;  // the staging registration (loop thread)
 
-  ~Area() { mem.reset(); }  // unregister before the mapping can go
+  ~Area() {  // unregister before the mappings can go
+    copy_mems.clear();
+    mem.reset();
+  }
 };
 
 // A handover in flight: the Takeover sent to the spare host's agent, its
@@ -97,6 +111,10 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
                   "heartbeat " + std::to_string(s->options_.heartbeat_ms) + " ms and timeout " +
                       std::to_string(s->options_.timeout_ms) +
                       " ms: need 0 < heartbeat < timeout");
+  // A restarted standby takes its address back at once, whatever
+  // connections of its previous life linger in TIME_WAIT (unless the
+  // operator set it otherwise).
+  ::setenv("UCX_TCP_CM_REUSEADDR", "y", /*overwrite=*/0);
   SPARE_ASSIGN_OR_RETURN(s->worker_, net::Worker::Create());
   SPARE_ASSIGN_OR_RETURN(s->applier_, Worker::Create("standby-apply"));
   s->epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
@@ -173,8 +191,9 @@ void Standby::OnTimer() {
   }
   std::vector<std::pair<Area*, std::chrono::steady_clock::time_point>> due;
   for (auto& [h, a] : areas_) {
-    if (a->fenced) continue;
-    const auto heard = a->owner ? a->owner->last_heard : a->orphan_heard;
+    if (a->fenced || now < a->grace_until) continue;
+    auto heard = a->owner ? a->owner->last_heard : a->orphan_heard;
+    heard = std::max(heard, a->grace_until);  // silence counts from the grace's end
     if (now - heard > timeout) due.emplace_back(a.get(), heard);
   }
   for (auto& [a, heard] : due)
@@ -225,6 +244,10 @@ void Standby::HandOver(Area& a, size_t index) {
   };
   if (a.torn)
     return fail(Status(Code::kTornImage, "its replica is torn (an apply failed midway)"));
+  if (a.copying)
+    return fail(Status(Code::kFailedPrecondition,
+                       "its replica is incomplete: a full copy was in progress (epoch " +
+                           std::to_string(a.copy_epoch) + "), so there is nothing to resume from"));
   if (options_.agent_dir.empty())
     return fail(Status(Code::kFailedPrecondition,
                        "the standby has no --agent to launch a replacement (start it with "
@@ -383,6 +406,27 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
     case hot::Type::kRetire:
       st = OnRetire(*p, h);
       break;
+    case hot::Type::kCopy:
+      st = OnCopy(*p, h, frame->body);
+      break;
+    case hot::Type::kCopyDone:
+      st = OnCopyDone(*p, h, frame->body);
+      break;
+    case hot::Type::kLeaving: {
+      auto m = hot::ParseLeaving(frame->body);
+      if (!m.ok()) return Refuse(from, h, m.status());
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(m->grace_ms);
+      size_t n = 0;
+      for (auto& [handle, a] : areas_)
+        if (a->owner == p && !a->fenced) {
+          a->grace_until = until;
+          ++n;
+        }
+      spdlog::info("standby: agent {} is restarting: its {} instance(s) are not suspected for "
+                   "{} ms, while a new agent takes them over",
+                   p->agent, n, m->grace_ms);
+      return;
+    }
     case hot::Type::kHeartbeat:
       st = hot::ParseHeartbeat(frame->body).status();
       break;
@@ -443,6 +487,7 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
     a->owner = &p;
     a->owner_agent = p.agent;
     a->spec = m.spec;
+    a->grace_until = {};
   } else {
     if (areas_.size() >= options_.max_instances)
       return Status(Code::kResourceExhausted,
@@ -485,6 +530,10 @@ Status Standby::OnCommit(Peer& p, const hot::Header& h, std::span<const std::byt
   if (a->owner != &p)
     return Status(Code::kFailedPrecondition,
                   "instance " + a->id + " is reserved on another connection; reserve it again");
+  if (a->copying)
+    return Status(Code::kFailedPrecondition, "Commit of epoch " + std::to_string(h.seq) + " for " +
+                                                 a->id + " during its full copy: send it after "
+                                                         "CopyDone is acknowledged");
   if (a->torn)
     return Status(Code::kTornImage, "the replica of " + a->id +
                                         " is torn (an apply failed midway); retire it and "
@@ -575,6 +624,75 @@ Status Standby::OnRetire(Peer& p, const hot::Header& h) {
                   "instance " + a->id + " is reserved on another connection");
   areas_.erase(h.instance);
   Send(p.ep.get(), hot::Type::kAck, h.instance, h.generation, h.seq, {});
+  return Status::Ok();
+}
+
+// A full copy begins: the replica is emptied (every page punched out; what
+// the agent puts is all it will hold) and its regions registered for puts.
+Status Standby::OnCopy(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
+  SPARE_ASSIGN_OR_RETURN(hot::Copy m, hot::ParseCopy(body));
+  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
+  if (a->owner != &p)
+    return Status(Code::kFailedPrecondition,
+                  "instance " + a->id + " is reserved on another connection; reserve it again");
+  if (a->applying > 0)
+    return Status(Code::kFailedPrecondition,
+                  "Copy for " + a->id + " while " + std::to_string(a->applying) +
+                      " epoch(s) are being applied: send it once every Commit is answered");
+  if (a->torn) return Status(Code::kTornImage, "the replica of " + a->id + " is torn; retire it");
+  a->copy_mems.clear();
+  hot::CopyKeys keys;
+  for (const auto& t : a->rep->targets) {
+    if (::fallocate(t.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                    static_cast<off_t>(t.size)) != 0)
+      return Status::FromErrno("emptying the replica of " + a->id + " for a full copy", errno);
+    SPARE_ASSIGN_OR_RETURN(auto mem, worker_->Map(t.map, t.size));
+    keys.regions.push_back({reinterpret_cast<uint64_t>(t.map), t.size, mem->packed_key()});
+    a->copy_mems.push_back(std::move(mem));
+  }
+  a->copying = true;
+  a->copy_epoch = m.epoch;
+  a->copy_started = std::chrono::steady_clock::now();
+  a->epoch = a->queued = 0;
+  a->record.clear();
+  spdlog::info("standby: instance {}: full copy of its image at epoch {} begins (the replica "
+               "holds no epoch until it is done)",
+               a->id, m.epoch);
+  Send(p.ep.get(), hot::Type::kCopyKeys, a->handle, a->generation, h.seq, hot::Body(keys));
+  return Status::Ok();
+}
+
+// The copy is all put: the replica is that epoch. Set through the apply
+// worker, so it is ordered with the applies that follow.
+Status Standby::OnCopyDone(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
+  SPARE_ASSIGN_OR_RETURN(hot::CopyDone m, hot::ParseCopyDone(body));
+  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
+  if (a->owner != &p)
+    return Status(Code::kFailedPrecondition,
+                  "instance " + a->id + " is reserved on another connection; reserve it again");
+  if (!a->copying || h.seq != a->copy_epoch)
+    return Status(Code::kFailedPrecondition,
+                  "CopyDone of epoch " + std::to_string(h.seq) + " for " + a->id + ", but " +
+                      (a->copying ? "the copy began for epoch " + std::to_string(a->copy_epoch)
+                                  : std::string("no full copy is in progress")));
+  const uint64_t epoch = h.seq;
+  const double ms = MsBetween(a->copy_started, std::chrono::steady_clock::now());
+  a->copy_mems.clear();
+  a->copying = false;
+  a->queued = epoch;
+  a->applying++;
+  applier_->Post([this, rep = a->rep, handle = a->handle, epoch,
+                  record = std::move(m.record)]() mutable -> Worker::Completion {
+    rep->applied = epoch;
+    return [this, handle, epoch, record = std::move(record)]() mutable {
+      OnApplied(handle, epoch, Status::Ok(), false, std::move(record));
+    };
+  });
+  spdlog::info("standby: instance {}: full copy done, the replica is epoch {} ({:.1f} MiB in "
+               "{:.0f} ms)",
+               a->id, epoch, static_cast<double>(m.bytes) / (1 << 20), ms);
+  full_copies_++;
+  full_copy_bytes_ += m.bytes;
   return Status::Ok();
 }
 

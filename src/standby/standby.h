@@ -121,6 +121,9 @@ class Standby {
     std::string result;       // "ok", or why the handover failed
   };
   const std::vector<FailoverView>& failovers() const { return failovers_; }
+  // Full copies completed (CopyDone), and the bytes they brought.
+  uint64_t full_copies() const { return full_copies_; }
+  uint64_t full_copy_bytes() const { return full_copy_bytes_; }
 
  private:
   struct Area;
@@ -136,6 +139,8 @@ class Standby {
   Status OnReserve(Peer& p, const hot::Header& h, std::span<const std::byte> body);
   Status OnCommit(Peer& p, const hot::Header& h, std::span<const std::byte> body);
   Status OnRetire(Peer& p, const hot::Header& h);
+  Status OnCopy(Peer& p, const hot::Header& h, std::span<const std::byte> body);
+  Status OnCopyDone(Peer& p, const hot::Header& h, std::span<const std::byte> body);
   void Send(net::Endpoint* to, hot::Type type, uint64_t instance, uint64_t generation, uint64_t seq,
             const std::vector<std::byte>& body);
   void Refuse(net::Endpoint* to, const hot::Header& h, const Status& st);
@@ -167,6 +172,7 @@ class Standby {
   std::map<uint64_t, std::string> fenced_handles_;  // handle → id, of fenced areas
   std::vector<std::unique_ptr<Handover>> handovers_;
   std::vector<FailoverView> failovers_;
+  uint64_t full_copies_ = 0, full_copy_bytes_ = 0;
 };
 
 }  // namespace spare::standby
