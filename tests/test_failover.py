@@ -27,6 +27,9 @@ What it checks (issue 8):
   written: far less than the region) and the held replies are released;
   then a failover from that replica has every acknowledged SET, those from
   before the standby's restart included;
+- planned failover (`spare failover`) under load: the instance moves to the
+  spare host with every acknowledged SET; the old host lists it stopped
+  ("moved"); a local-policy instance is refused, unchanged;
 - agent restart: a gracefully stopped agent (SIGTERM; its instances run on)
   tells the standby, which does not fail them over; the next agent takes
   them back, protected again, and a later failover has everything.
@@ -277,6 +280,38 @@ class FailoverTest(unittest.TestCase):
         self.assertEqual(rep.violations, [], rep.summary())
         print(f"standby restart: full copy of {inst['full_copy_bytes'] / 2**20:.1f} MiB; "
               f"failover after it in {took * 1000:.0f} ms; {rep.summary()}", flush=True)
+
+    def test_planned_failover(self):
+        s = Setup(self, "tcp", False, seed=int(time.time()))
+        port = s.run_kv("kv1")
+        local_port = free_port()
+        s.primary.run("kvl", [SPARE_KV, "--port", str(local_port), "--region-size", "16M"])
+        p = s.primary.spare("failover", "--agent", s.primary.dir, "--id", "kvl")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("only policy hot", p.stderr)
+        self.assertEqual(s.primary.instance("kvl")["state"], "running")
+        load = s.load("kv1")
+        load.start()
+        time.sleep(0.8)
+        started = time.monotonic()
+        p = s.primary.spare("failover", "--agent", s.primary.dir, "--id", "kv1", "--reason",
+                            "maintenance")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("moved kv1", p.stdout)
+        took = s.wait_replacement("kv1", started)
+        time.sleep(0.3)
+        load.pause()
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        self.assertEqual(rep.violations, [], rep.summary())
+        old = s.primary.instance("kv1")
+        self.assertEqual((old["state"], old["pid"], old["fenced"]), ("stopped", 0, True), old)
+        self.assertIn("moved to the spare host (planned failover: maintenance)", old["reason"])
+        new = s.spare.instance("kv1")
+        self.assertEqual(new["state"], "running")
+        self.assertLess(new["failover"]["detection_ms"], 5, new["failover"])
+        print(f"planned failover: command to first PONG {took * 1000:.0f} ms "
+              f"({p.stdout.strip()}); {rep.summary()}", flush=True)
 
     def test_agent_restart_keeps_protection(self):
         s = Setup(self, "tcp", False, seed=int(time.time()))

@@ -241,6 +241,18 @@ class Runtime {
   // shipped first.
   Status wait_durable(uint64_t epoch, int timeout_ms = -1);
 
+  // The program has detected a defined error condition and wants its host
+  // gone (seed 000): the agent stops this process, makes sure the standby
+  // has every epoch it committed, and has the standby launch it on the
+  // spare host from the last one (policy hot only). Returns once the agent
+  // accepted; the process is killed shortly after, so call it where losing
+  // everything since the last commit() is acceptable (nothing uncommitted
+  // was ever released to a client). kFailedPrecondition when the instance
+  // is not under policy hot, kUnavailable when it is not protected now
+  // (standby unreachable, a full copy in progress); unprotected runtimes:
+  // kFailedPrecondition.
+  Status request_failover(std::string_view reason);
+
   // Configuration checkpoints (seed 002): fingerprint = a hash of whatever
   // the discovered value depends on.
   Result<ConfigLookup> config_lookup(std::string_view key, uint64_t fingerprint);

@@ -181,6 +181,11 @@ class Agent {
   // instance's next generation; answered once the replacement attaches.
   std::optional<ipc::Message> OnTakeover(Conn& conn, ipc::Message& msg);
   Status TakeOver(Conn& conn, ipc::Message& msg);
+  // Planned failover (`spare failover`, Runtime::request_failover): stop
+  // the instance, wait until the standby acknowledged every epoch it
+  // committed, then have the standby launch the replacement (hot Move).
+  std::optional<ipc::Message> OnFailover(Conn& conn, ipc::Message& msg);
+  void ContinueMove(Instance& inst);
 
   // supervisor.cc
   Status Launch(Instance& inst);

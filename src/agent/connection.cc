@@ -62,6 +62,8 @@ std::optional<ipc::Message> Agent::Dispatch(Conn& conn, ipc::Message& msg) {
         return OnStop(conn, msg);
       case MsgType::kTakeover:
         return OnTakeover(conn, msg);
+      case MsgType::kFailover:
+        return OnFailover(conn, msg);
       default:
         break;
     }

@@ -13,7 +13,9 @@
 
 #include "agent/agent.h"
 #include "agent/hot_link.h"
+#include "agent/process.h"
 #include "hot/wire.h"
+#include "ipc/body.h"
 
 namespace spare::agent {
 using hot::kAmId;
@@ -345,6 +347,7 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
         while (!inst->unacked.empty() && inst->unacked.front().epoch <= h.seq)
           inst->unacked.pop_front();
         if (inst->epochs.Advance()) SendProgress(*inst);
+        ContinueMove(*inst);
       }
       return;
     }
@@ -358,6 +361,18 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       std::string what = m.ok() ? std::string(CodeName(m->code)) + ": " + m->message
                                 : m.status().ToString();
       for (auto& [id, inst] : instances_) {
+        if (h.instance != 0 && inst->standby_handle == h.instance && inst->moving &&
+            inst->moving->move_sent) {
+          Status refused(m.ok() ? m->code : Code::kInternal,
+                         "the standby refused the planned failover: " + what);
+          for (ConnRef ref : inst->moving->waiters) SendTo(ref, ipc::ErrorMessage(refused));
+          inst->moving.reset();
+          inst->rec.state = InstanceState::kFailed;
+          inst->rec.reason = refused.message() + "; its process was stopped here: `spare run` it "
+                                                 "again";
+          spdlog::error("instance {}: {}", id, inst->rec.reason);
+          SaveStateOrLog();
+        }
         if (h.instance != 0 && inst->standby_handle == h.instance) {
           inst->ship_errors++;
           if (inst->copy && (h.seq == inst->copy->seq || h.seq == inst->copy->epoch)) {
@@ -393,6 +408,71 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
   }
 }
 
+std::optional<ipc::Message> Agent::OnFailover(Conn& conn, ipc::Message& msg) {
+  ipc::Body b(msg.body, "Failover");
+  auto reason = b.String("reason", "");
+  if (!reason.ok()) return ipc::ErrorMessage(reason.status());
+  // From the instance itself (Runtime::request_failover) or from the CLI.
+  Instance* inst = nullptr;
+  const bool from_instance = !conn.instance_id.empty();
+  if (from_instance) {
+    inst = FindMutable(conn.instance_id);
+  } else {
+    auto id = b.String("id");
+    if (!id.ok()) return ipc::ErrorMessage(id.status());
+    inst = FindMutable(*id);
+    if (!inst)
+      return ipc::ErrorMessage(
+          Status(Code::kNotFound, "no instance '" + *id + "' (see `spare status`)"));
+  }
+  const std::string& id = inst->rec.spec.id;
+  Status st = Status::Ok();
+  if (inst->rec.spec.policy != "hot")
+    st = Status(Code::kFailedPrecondition,
+                "instance " + id + " runs under policy " + inst->rec.spec.policy +
+                    ": only policy hot has a replica to fail over to");
+  else if (!hot_ || !hot_->welcomed || hot_->suspected)
+    st = Status(Code::kUnavailable, "the standby is not reachable now: instance " + id +
+                                        " stays here (see `spare status`)");
+  else if (!inst->pidfd.valid() || inst->rec.state != InstanceState::kRunning)
+    st = Status(Code::kFailedPrecondition, "instance " + id + " is " +
+                                               std::string(StateName(inst->rec.state)) +
+                                               "; only a running instance can be moved");
+  else if (inst->standby_handle == 0 || inst->copy || inst->standby_blocked)
+    st = Status(Code::kUnavailable, "instance " + id +
+                                        " is not protected yet (" +
+                                        (inst->copy ? "full copy in progress" : "no replica") +
+                                        "); try again once `spare status` says protected");
+  else if (inst->moving)
+    st = Status(Code::kAlreadyExists, "instance " + id + " is already being moved");
+  if (!st.ok()) {
+    spdlog::warn("failover of {} refused: {}", id, st.ToString());
+    return ipc::ErrorMessage(st);
+  }
+  inst->moving = Instance::Moving{reason->empty() ? std::string(from_instance ? "requested by the program" : "`spare failover`") : *reason,
+                                  std::chrono::steady_clock::now(), {}, false};
+  if (!from_instance) inst->moving->waiters.push_back(RefOf(conn));
+  spdlog::warn("instance {}: planned failover ({}): stopping it here; the standby launches it "
+               "once it has every epoch",
+               id, inst->moving->reason);
+  // Killed, not asked: every epoch it committed is in staging and ships;
+  // whatever it did after its last commit was never released to a client.
+  (void)SignalPidfd(inst->pidfd.get(), SIGKILL);
+  if (from_instance) return ipc::OkMessage({{"id", id}, {"moving", true}});
+  return std::nullopt;  // answered once moved (OnFenced)
+}
+
+// After the process is gone: once every epoch it committed is acknowledged,
+// the standby is told to move the instance (it fences this owner and
+// launches the replacement; its Fenced answer ends the move here).
+void Agent::ContinueMove(Instance& inst) {
+  if (!inst.moving || inst.moving->move_sent || inst.pidfd.valid()) return;
+  if (!inst.unacked.empty() || inst.copy || inst.standby_handle == 0 || !hot_) return;
+  inst.moving->move_sent = true;
+  SendToStandby(static_cast<uint8_t>(hot::Type::kMove), inst.standby_handle, inst.rec.generation,
+                hot_->next_seq++, hot::Body(hot::Move{inst.moving->reason}));
+}
+
 // The standby has fenced this owner and launched the instance elsewhere:
 // nothing it commits here will ever be acknowledged, so no output it holds
 // may leave. It is killed now, not restarted, and its image (behind the
@@ -401,11 +481,28 @@ void Agent::OnFenced(Instance& inst, const std::string& why) {
   InstanceRecord& r = inst.rec;
   if (r.fenced) return;
   r.fenced = true;
-  r.state = InstanceState::kFailed;
-  r.reason = "fenced by standby " + hot_->standby_name + ": " + why +
-             ". Its replacement runs on the spare host (`spare status` there); this host "
-             "will not restart it, and no output it held was released";
-  spdlog::error("instance {}: {}", r.spec.id, r.reason);
+  if (inst.moving) {
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                                inst.moving->started)
+                          .count();
+    r.state = InstanceState::kStopped;
+    r.reason = "moved to the spare host (planned failover: " + inst.moving->reason +
+               "); it runs there now (`spare status` on the spare host)";
+    spdlog::warn("instance {}: moved: stopped here, every epoch acknowledged and the standby "
+                 "fenced this host in {:.1f} ms; the spare host launches it",
+                 r.spec.id, ms);
+    for (ConnRef ref : inst.moving->waiters)
+      SendTo(ref, ipc::OkMessage({{"id", r.spec.id}, {"moved", true}, {"ms", ms},
+                                  {"epoch", inst.standby_acked},
+                                  {"standby", hot_->standby_name}}));
+    inst.moving.reset();
+  } else {
+    r.state = InstanceState::kFailed;
+    r.reason = "fenced by standby " + hot_->standby_name + ": " + why +
+               ". Its replacement runs on the spare host (`spare status` there); this host "
+               "will not restart it, and no output it held was released";
+    spdlog::error("instance {}: {}", r.spec.id, r.reason);
+  }
   inst.standby_handle = 0;  // nothing more goes to the standby for it
   inst.standby_key.reset();
   inst.to_ship.clear();

@@ -157,6 +157,15 @@ struct Instance {
     std::optional<double> attach_ms;
   };
   std::optional<Failover> failover;
+  // A planned failover in progress (Agent::OnFailover): the process is
+  // being stopped; once the standby has every epoch, Move.
+  struct Moving {
+    std::string reason;
+    SteadyTime started{};
+    std::vector<ConnRef> waiters;  // `spare failover` answered when moved
+    bool move_sent = false;
+  };
+  std::optional<Moving> moving;
 
   // Who is talking to us about it.
   ConnRef conn;                       // the attached instance's socket

@@ -115,6 +115,13 @@ void Agent::OnProcessGone(Instance& inst, const ExitInfo& exit) {
   int64_t pid = inst.rec.pid;
   inst.rec.pid = 0;
   if (inst.rec.state == InstanceState::kStopping) return FinishStop(inst, exit);
+  if (inst.moving) {  // planned failover: not restarted here
+    inst.rec.state = InstanceState::kStopping;
+    inst.rec.reason = "moving to the spare host (" + inst.moving->reason + ")";
+    ContinueMove(inst);
+    SaveStateOrLog();
+    return;
+  }
   if (inst.rec.image_torn || inst.rec.fenced) {  // MarkTorn/OnFenced killed it; never resume
     spdlog::info("instance {}: pid {} ended ({}); {}, not restarted", inst.rec.spec.id, pid,
                  inst.last_exit,

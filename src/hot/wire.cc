@@ -52,6 +52,7 @@ const char* TypeName(Type t) {
     case Type::kCopyKeys: return "CopyKeys";
     case Type::kCopyDone: return "CopyDone";
     case Type::kLeaving: return "Leaving";
+    case Type::kMove: return "Move";
   }
   return "?";
 }
@@ -203,6 +204,7 @@ std::vector<std::byte> Body(const CopyKeys& m) {
 }
 std::vector<std::byte> Body(const CopyDone& m) { return Writer().U64(m.bytes).Str(m.record).bytes(); }
 std::vector<std::byte> Body(const Leaving& m) { return Writer().U32(m.grace_ms).bytes(); }
+std::vector<std::byte> Body(const Move& m) { return Writer().Str(m.reason).bytes(); }
 
 Result<Hello> ParseHello(std::span<const std::byte> body) {
   Reader r(body, "Hello");
@@ -357,6 +359,14 @@ Result<Leaving> ParseLeaving(std::span<const std::byte> body) {
   SPARE_RETURN_IF_ERROR(r.End());
   if (m.grace_ms == 0 || m.grace_ms > 600'000)
     return Bad("Leaving.grace_ms " + std::to_string(m.grace_ms) + " is not in 1..600000");
+  return m;
+}
+
+Result<Move> ParseMove(std::span<const std::byte> body) {
+  Reader r(body, "Move");
+  Move m;
+  SPARE_ASSIGN_OR_RETURN(m.reason, r.Str("reason", kMaxName));
+  SPARE_RETURN_IF_ERROR(r.End());
   return m;
 }
 

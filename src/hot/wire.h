@@ -67,8 +67,9 @@ enum class Type : uint16_t {
   kCopyKeys = 18,   // standby → agent: where the replica's regions take puts
   kCopyDone = 19,   // agent → standby: the image of epoch `seq` is all put
   kLeaving = 20,    // agent → standby: restarting; do not suspect me for grace_ms
+  kMove = 21,       // agent → standby: planned failover; the replica has everything
 };
-inline constexpr uint16_t kMaxType = 20;
+inline constexpr uint16_t kMaxType = 21;
 const char* TypeName(Type t);
 
 struct Header {
@@ -181,6 +182,9 @@ struct CopyDone {
   uint64_t bytes = 0;  // put in all (for the standby's log and metrics)
   std::string record;  // the epoch's record
 };
+struct Move {
+  std::string reason;  // why (an operator's `spare failover`, the program's request)
+};
 struct Leaving {
   uint32_t grace_ms = 0;  // a new agent under the same name takes over within this
 };
@@ -197,6 +201,7 @@ std::vector<std::byte> Body(const Copy& m);
 std::vector<std::byte> Body(const CopyKeys& m);
 std::vector<std::byte> Body(const CopyDone& m);
 std::vector<std::byte> Body(const Leaving& m);
+std::vector<std::byte> Body(const Move& m);
 
 Result<Hello> ParseHello(std::span<const std::byte> body);
 Result<Welcome> ParseWelcome(std::span<const std::byte> body);
@@ -210,5 +215,6 @@ Result<Copy> ParseCopy(std::span<const std::byte> body);
 Result<CopyKeys> ParseCopyKeys(std::span<const std::byte> body);
 Result<CopyDone> ParseCopyDone(std::span<const std::byte> body);
 Result<Leaving> ParseLeaving(std::span<const std::byte> body);
+Result<Move> ParseMove(std::span<const std::byte> body);
 
 }  // namespace spare::hot

@@ -128,6 +128,11 @@ TEST(HotWire, EveryMessageRoundTrips) {
     EXPECT_EQ(m->grace_ms, 5000u);
     ExpectBad(ParseLeaving(Body(Leaving{0})).status(), "grace_ms 0");
   }
+  {
+    auto m = ParseMove(Body(Move{"spare failover by an operator"}));
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(m->reason, "spare failover by an operator");
+  }
   // Ack and Retire have empty bodies: everything is in the header.
   auto ack = Decode(Frame(Type::kAck, {}, 31));
   ASSERT_TRUE(ack.ok());
@@ -168,7 +173,7 @@ TEST(HotWire, HeaderFieldsAreNamed) {
   ExpectBad(Decode(with(4, 9, 2)).status(), "version 9");
   ExpectBad(Decode(with(6, 5, 2)).status(), "unknown message type 5");
   ExpectBad(Decode(with(6, 0, 2)).status(), "unknown message type 0");
-  ExpectBad(Decode(with(6, 21, 2)).status(), "unknown message type 21");
+  ExpectBad(Decode(with(6, 22, 2)).status(), "unknown message type 22");
   ExpectBad(Decode(with(8, 9, 4)).status(), "body_len 9 but 8 body bytes arrived");
   ExpectBad(Decode(with(8, 1 << 20, 4)).status(), "exceeds the limit");
   ExpectBad(Decode(with(12, 1, 4)).status(), "flags");

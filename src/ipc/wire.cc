@@ -63,6 +63,8 @@ const char* MsgTypeName(MsgType type) {
       return "Stop";
     case MsgType::kTakeover:
       return "Takeover";
+    case MsgType::kFailover:
+      return "Failover";
   }
   return "Unknown";
 }

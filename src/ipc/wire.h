@@ -52,8 +52,9 @@ enum class MsgType : uint16_t {
   kStatus = 21,
   kStop = 22,
   kTakeover = 23,  // standby → the spare host's agent: launch a replacement from this replica
+  kFailover = 24,  // CLI or instance → agent: move a hot instance to the spare host now
 };
-inline constexpr uint16_t kMaxMsgType = 23;
+inline constexpr uint16_t kMaxMsgType = 24;
 const char* MsgTypeName(MsgType type);
 
 struct Message {

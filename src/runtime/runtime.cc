@@ -254,6 +254,17 @@ Status RuntimeImpl::config_save(std::string_view key, uint64_t fingerprint, std:
   return Request(std::move(m)).status();
 }
 
+Status RuntimeImpl::request_failover(std::string_view reason) {
+  if (!protected_)
+    return Status(Code::kFailedPrecondition,
+                  "request_failover: this runtime is unprotected (no agent, no standby)");
+  ipc::Message m;
+  m.type = ipc::MsgType::kFailover;
+  m.generation = generation_;
+  m.body = {{"reason", std::string(reason.substr(0, 200))}};
+  return Request(std::move(m)).status();
+}
+
 RuntimeStats RuntimeImpl::stats() const {
   RuntimeStats s = stats_;
   s.outputs_released = gate_.released_outputs();
@@ -312,6 +323,9 @@ Status Runtime::wait_durable(uint64_t epoch, int timeout_ms) {
 }
 Result<ConfigLookup> Runtime::config_lookup(std::string_view key, uint64_t fingerprint) {
   return impl_->config_lookup(key, fingerprint);
+}
+Status Runtime::request_failover(std::string_view reason) {
+  return impl_->request_failover(reason);
 }
 Status Runtime::config_save(std::string_view key, uint64_t fingerprint, std::string_view blob) {
   return impl_->config_save(key, fingerprint, blob);

@@ -65,6 +65,7 @@ class RuntimeImpl {
   Status wait_durable(uint64_t epoch, int timeout_ms);
   Result<ConfigLookup> config_lookup(std::string_view key, uint64_t fingerprint);
   Status config_save(std::string_view key, uint64_t fingerprint, std::string_view blob);
+  Status request_failover(std::string_view reason);
   RuntimeStats stats() const;
 
   bool protected_mode() const { return protected_; }

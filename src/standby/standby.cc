@@ -412,6 +412,20 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
     case hot::Type::kCopyDone:
       st = OnCopyDone(*p, h, frame->body);
       break;
+    case hot::Type::kMove: {
+      auto m = hot::ParseMove(frame->body);
+      if (!m.ok()) return Refuse(from, h, m.status());
+      auto a = AreaFor(h);
+      if (!a.ok()) return Refuse(from, h, a.status());
+      if ((*a)->owner != p)
+        return Refuse(from, h, Status(Code::kFailedPrecondition,
+                                      "instance " + (*a)->id + " is reserved on another connection"));
+      if ((*a)->copying)
+        return Refuse(from, h, Status(Code::kFailedPrecondition,
+                                      "instance " + (*a)->id +
+                                          " is in a full copy: nothing to move to yet"));
+      return FailOver(**a, std::chrono::steady_clock::now(), "planned failover: " + m->reason);
+    }
     case hot::Type::kLeaving: {
       auto m = hot::ParseLeaving(frame->body);
       if (!m.ok()) return Refuse(from, h, m.status());
