@@ -9,6 +9,11 @@ from spare_harness import SPARE, pid_alive
 
 SUMMARY = re.compile(r"(\d+) kills, restart p50 [\d.]+ ms, max [\d.]+ ms, (\d+) keys verified,"
                      r" 0 lost")
+HOT = re.compile(r"part 2: 2 failovers, kill -> first reply p50 [\d.]+ ms, max [\d.]+ ms; "
+                 r"(\d+) acknowledged writes verified on 4 instances, 0 lost")
+FAILED_OVER = re.compile(r"^(kv-a\d): failed over to the spare host in [\d.]+ ms \(detection "
+                         r"[\d.]+, .*\); (\d+) writes acknowledged before the kill, (\d+) of "
+                         r"them on the replacement; \d+ verified in all, 0 lost$", re.M)
 
 
 class DemoTest(unittest.TestCase):
@@ -21,6 +26,18 @@ class DemoTest(unittest.TestCase):
         self.assertEqual(int(m.group(1)), 3)
         self.assertGreater(int(m.group(2)), 0)
         self.assertEqual(len(re.findall(r"^kill \d+/3:", p.stdout, re.M)), 3, p.stdout)
+        # Part 2: host a's two instances failed over with everything.
+        h = HOT.search(p.stdout)
+        self.assertIsNotNone(h, p.stdout)
+        self.assertGreater(int(h.group(1)), 0)
+        moved = FAILED_OVER.findall(p.stdout)
+        self.assertEqual(sorted(m[0] for m in moved), ["kv-a1", "kv-a2"], p.stdout)
+        for _, before, kept in moved:
+            self.assertGreater(int(before), 0, p.stdout)
+            self.assertEqual(before, kept, p.stdout)
+        self.assertEqual(len(re.findall(r"^kv-b\d \(host b, untouched\): \d+ acknowledged "
+                                        r"writes verified, 0 lost$", p.stdout, re.M)), 2,
+                         p.stdout)
         d = re.search(r"agent dir (\S+)", p.stdout)
         self.assertIsNotNone(d, p.stdout)
         self.assertFalse(os.path.exists(d.group(1)), "demo left its directory behind")

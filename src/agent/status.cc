@@ -30,9 +30,20 @@ std::string Note(const Instance& inst) {
     case InstanceState::kAdopting:
       return "adopted; waiting for it to reattach";
     case InstanceState::kStopping:
-      return "SIGTERM sent";
+      return inst.moving ? "moving to the spare host" : "SIGTERM sent";
     case InstanceState::kRunning:
-      return inst.conn.valid() ? std::string() : "not connected to the agent";
+      if (!inst.conn.valid()) return "not connected to the agent";
+      if (inst.failover && inst.failover->attach_ms) {
+        const Instance::Failover& f = *inst.failover;
+        char buf[160];
+        std::snprintf(buf, sizeof(buf),
+                      "failed over from %s at epoch %llu: detection %.0f, fencing %.2f, launch "
+                      "%.1f, attach %.1f ms",
+                      f.from.c_str(), static_cast<unsigned long long>(f.epoch), f.detection_ms,
+                      f.fencing_ms, f.launch_ms, *f.attach_ms);
+        return buf;
+      }
+      return std::string();
     default:
       return r.reason;
   }

@@ -25,6 +25,7 @@ struct DemoOptions {
   int port = 0;     // 0: pick a free port
   std::string dir;  // empty: a new temporary directory
   bool keep = false;
+  bool local_only = false;  // part 1 only (no standby, no failover)
 };
 
 // Returns the process exit code: 0 when nothing acknowledged was lost,

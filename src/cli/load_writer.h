@@ -1,9 +1,12 @@
-// cli/load_writer.h — `spare demo`'s load: one connection issuing SETs of
-// fresh keys as fast as spare-kv answers, recording every acknowledged one.
+// cli/load_writer.h — `spare demo`'s load: one connection pipelining
+// batches of SETs of fresh keys (`batch` at a time: written at once, then
+// the replies read in order) as fast as spare-kv answers, recording every
+// acknowledged one.
 //
-// A SET whose reply did not arrive (spare-kv killed mid-request) is not
-// acknowledged and never counted; the writer reconnects and goes on. So
-// Acked() is exactly what spare-kv promised to keep.
+// A SET whose reply did not arrive (spare-kv killed mid-batch) is not
+// acknowledged and never counted — the replies read before the break are;
+// the writer reconnects and goes on. So Acked() is exactly what spare-kv
+// promised to keep.
 //
 // Threading: starts its own thread in the constructor; Stop() (or the
 // destructor) joins it. Acked() may be called from any thread.
@@ -20,7 +23,9 @@ namespace spare::cli {
 
 class LoadWriter {
  public:
-  explicit LoadWriter(int port) : port_(port), thread_([this] { Loop(); }) {}
+  explicit LoadWriter(int port, int batch = 1, std::string prefix = "load")
+      : port_(port), batch_(batch < 1 ? 1 : batch), prefix_(std::move(prefix)),
+        thread_([this] { Loop(); }) {}
   ~LoadWriter() { Stop(); }
   void Stop() {
     stop_ = true;
@@ -36,6 +41,8 @@ class LoadWriter {
   void Loop();
 
   int port_;
+  int batch_;
+  std::string prefix_;
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::vector<std::pair<std::string, std::string>> acked_;

@@ -36,15 +36,21 @@ RespClient::~RespClient() {
   if (fd_ >= 0) close(fd_);
 }
 
-Result<std::vector<std::optional<std::string>>> RespClient::Call(
-    const std::vector<std::string>& args) {
-  std::string req = "*" + std::to_string(args.size()) + "\r\n";
-  for (const auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
+Status RespClient::Send(const std::vector<std::vector<std::string>>& commands) {
+  std::string req;
+  for (const auto& args : commands) {
+    req += "*" + std::to_string(args.size()) + "\r\n";
+    for (const auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
+  }
   for (size_t off = 0; off < req.size();) {
     ssize_t n = send(fd_, req.data() + off, req.size() - off, MSG_NOSIGNAL);
     if (n <= 0) return Status::FromErrno("send", errno);
     off += n;
   }
+  return Status::Ok();
+}
+
+Result<std::vector<std::optional<std::string>>> RespClient::Read() {
   auto first = Line();
   if (!first.ok()) return first.status();
   const std::string& line = *first;  // never empty (Line refuses that)
@@ -62,6 +68,12 @@ Result<std::vector<std::optional<std::string>>> RespClient::Call(
     items.push_back(std::move(item));
   }
   return items;
+}
+
+Result<std::vector<std::optional<std::string>>> RespClient::Call(
+    const std::vector<std::string>& args) {
+  SPARE_RETURN_IF_ERROR(Send({args}));
+  return Read();
 }
 
 Result<std::optional<std::string>> RespClient::Item(const std::string& head) {

@@ -1,7 +1,7 @@
 // cli/resp_client.h — a minimal blocking RESP (redis protocol) client, for
 // `spare demo`'s load, PINGs and checks against spare-kv.
 //
-// One connection to 127.0.0.1:PORT with TCP_NODELAY and a 5 s receive
+// One connection to HOST:PORT (127.0.0.1 by default) with TCP_NODELAY and a 5 s receive
 // timeout (a reply held longer counts as lost). Commands go out as RESP
 // arrays; replies: a status, integer or bulk string is one item, an array
 // its items, a nil a nullopt item, "-ERR ..." a kFailedPrecondition.
@@ -30,6 +30,10 @@ class RespClient {
 
   // Sends one command and reads its reply (see the file comment).
   Result<std::vector<std::optional<std::string>>> Call(const std::vector<std::string>& args);
+  // Pipelining: Send writes several commands at once; Read reads the next
+  // reply (one per command, in order).
+  Status Send(const std::vector<std::vector<std::string>>& commands);
+  Result<std::vector<std::optional<std::string>>> Read();
 
  private:
   explicit RespClient(int fd) : fd_(fd) {}
