@@ -229,6 +229,7 @@ class Agent {
   void OnStandbyTimer();
   void ArmStandbyTimer(uint32_t period_ms);
   void ReconnectStandby(const std::string& why);
+  void AnnounceToStandby(uint64_t bytes);
   void LeaveStandby();
 
   // metrics_http.cc

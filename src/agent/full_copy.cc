@@ -122,6 +122,7 @@ void Agent::ContinueFullCopy(Instance& inst) {
       return;  // OnCopyKeys moves it on
     case Instance::FullCopy::Phase::kPutting: {
       c->in_window = 0;
+      AnnounceToStandby(std::min(kWindow, c->total - c->done));
       while (c->next < c->extents.size() && c->in_window < kWindow) {
         const auto& e = c->extents[c->next];
         const uint64_t n = std::min(kChunk, e.length - c->next_off);

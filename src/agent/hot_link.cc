@@ -169,6 +169,19 @@ void Agent::LeaveStandby() {
                options_.standby_grace_ms, sent ? "" : " (not confirmed)");
 }
 
+// Before a large burst of puts: the standby's silence allowance grows by
+// their transfer time, since this connection's next messages queue behind
+// them (hot::Heartbeat.inflight_bytes).
+void Agent::AnnounceToStandby(uint64_t bytes) {
+  if (bytes < (1u << 20)) return;  // well inside any timeout
+  SendToStandby(static_cast<uint8_t>(hot::Type::kHeartbeat), 0, 0, hot_->heartbeats_sent++,
+                hot::Body(hot::Heartbeat{static_cast<uint64_t>(
+                                             std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                 std::chrono::steady_clock::now().time_since_epoch())
+                                                 .count()),
+                                         bytes}));
+}
+
 void Agent::SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, uint64_t seq,
                           const std::vector<std::byte>& body) {
   auto frame =
@@ -217,6 +230,13 @@ void Agent::ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint3
   }
   const epoch::StagingView& view = inst.staging.view();
   auto* key = static_cast<net::RemoteKey*>(inst.standby_key.get());
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < parts; ++i) {
+    epoch::SlotHeader h;
+    std::memcpy(&h, view.slot((first_slot + i) % view.slot_count), sizeof(h));
+    total += std::min<uint64_t>(std::max<uint64_t>(h.used, sizeof(h)), view.slot_size);
+  }
+  AnnounceToStandby(total);
   for (uint32_t i = 0; i < parts; ++i) {
     const uint32_t slot = (first_slot + i) % view.slot_count;
     const std::byte* src = view.slot(slot);

@@ -191,7 +191,9 @@ std::vector<std::byte> Body(const Reserved& m) {
 std::vector<std::byte> Body(const Commit& m) {
   return Writer().U32(m.first_slot).U32(m.parts).bytes();
 }
-std::vector<std::byte> Body(const Heartbeat& m) { return Writer().U64(m.sent_ns).bytes(); }
+std::vector<std::byte> Body(const Heartbeat& m) {
+  return Writer().U64(m.sent_ns).U64(m.inflight_bytes).bytes();
+}
 std::vector<std::byte> Body(const Fenced& m) {
   return Writer().U64(m.generation).Str(m.reason).bytes();
 }
@@ -301,7 +303,11 @@ Result<Heartbeat> ParseHeartbeat(std::span<const std::byte> body) {
   Reader r(body, "Heartbeat");
   Heartbeat m;
   SPARE_ASSIGN_OR_RETURN(m.sent_ns, r.U64("sent_ns"));
+  SPARE_ASSIGN_OR_RETURN(m.inflight_bytes, r.U64("inflight_bytes"));
   SPARE_RETURN_IF_ERROR(r.End());
+  if (m.inflight_bytes > (64ULL << 30))
+    return Bad("Heartbeat.inflight_bytes " + std::to_string(m.inflight_bytes) +
+               " exceeds 64 GiB");
   return m;
 }
 

@@ -159,7 +159,14 @@ struct Commit {
 };
 struct Heartbeat {
   uint64_t sent_ns = 0;  // sender's CLOCK_MONOTONIC (for round trips only)
+  // Bytes the sender is about to put on this connection (an epoch's slots,
+  // a full-copy window): the receiver's silence allowance grows by the
+  // time they take at kMinBandwidth, since messages queue behind them.
+  uint64_t inflight_bytes = 0;
 };
+// The bandwidth a connection is assumed to sustain at least, for the
+// allowance above (TCP loopback here does ~500 MB/s; RDMA far more).
+inline constexpr uint64_t kMinBandwidth = 100ULL << 20;  // bytes per second
 struct Fenced {
   uint64_t generation = 0;  // the generation that owns the instance now
   std::string reason;

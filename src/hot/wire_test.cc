@@ -81,9 +81,10 @@ TEST(HotWire, EveryMessageRoundTrips) {
     EXPECT_EQ(m->parts, 2u);
   }
   {
-    auto m = ParseHeartbeat(Body(Heartbeat{123456789}));
+    auto m = ParseHeartbeat(Body(Heartbeat{123456789, 64 << 20}));
     ASSERT_TRUE(m.ok());
     EXPECT_EQ(m->sent_ns, 123456789u);
+    EXPECT_EQ(m->inflight_bytes, 64u << 20);
   }
   {
     auto m = ParseFenced(Body(Fenced{5, "agent host-a missed 6 heartbeats"}));
@@ -194,7 +195,7 @@ TEST(HotWire, BodiesNeverTrustTheirLengths) {
   cut.resize(6);
   ExpectBad(ParseCommit(cut).status(), "Commit.parts: needs 4 bytes at offset 4, the body has 2");
   // Bytes after the last field.
-  auto trailing = Body(Heartbeat{1});
+  auto trailing = Body(Heartbeat{1, 0});
   trailing.push_back(std::byte{0});
   ExpectBad(ParseHeartbeat(trailing).status(), "Heartbeat: 1 unexpected bytes");
   // Counts and sizes over their limits.

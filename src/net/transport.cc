@@ -4,6 +4,8 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
@@ -251,6 +253,17 @@ Result<std::unique_ptr<Worker>> Worker::Create() {
   w->worker_ = worker;
   st = ucp_worker_get_efd(worker, &w->efd_);
   if (st != UCS_OK) return FromUcs(st, "ucp_worker_get_efd");
+  w->kick_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  w->epfd_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!w->kick_.valid() || !w->epfd_.valid())
+    return Status::FromErrno("eventfd/epoll for the UCX worker", errno);
+  for (int fd : {w->efd_, w->kick_.get()}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(w->epfd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+      return Status::FromErrno("epoll_ctl for the UCX worker", errno);
+  }
   return w;
 }
 
@@ -288,8 +301,12 @@ Status Worker::Start(void* req, Pending* op, const char* what) {
 
 void Worker::Progress() {
   ++depth_;
+  uint64_t kicks = 0;
+  if (::read(kick_.get(), &kicks, sizeof(kicks)) < 0) kicks = 0;  // drained (or nothing)
+  const auto deadline = std::chrono::steady_clock::now() + kProgressBudget;
   for (int round = 0; round < 1000; ++round) {
     while (ucp_worker_progress(WK(worker_)) != 0) {
+      if (std::chrono::steady_clock::now() > deadline) break;
     }
     // Callbacks that became due; they may start more work.
     while (!due_.empty()) {
@@ -307,6 +324,12 @@ void Worker::Progress() {
       }
     }
     if (ucp_worker_arm(WK(worker_)) != UCS_ERR_BUSY && due_.empty()) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      const uint64_t one = 1;  // come back soon: more work is waiting
+      if (::write(kick_.get(), &one, sizeof(one)) < 0) {
+      }
+      break;
+    }
   }
   --depth_;
 }

@@ -41,6 +41,7 @@
 #pragma once
 
 #include <cstddef>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,6 +50,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/fd.h"
 #include "spare/status.h"
 
 namespace spare::net {
@@ -166,10 +168,15 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   // Readable when UCX has work; the owner polls it, then calls Progress().
-  int event_fd() const { return efd_; }
+  // (An epoll set of UCX's event fd and a "more to do" eventfd.)
+  int event_fd() const { return epfd_.get(); }
   // Runs UCX until it has nothing more to do, then the callbacks that became
-  // due, and arms event_fd() so that the next wait wakes for new work.
+  // due, and arms UCX's event fd so that the next wait wakes for new work.
+  // Bounded: after kProgressBudget with work still coming (a stream of
+  // puts), it returns with event_fd() readable, so the owner's loop gets to
+  // its other work (heartbeats, timers) and calls Progress() again.
   void Progress();
+  static constexpr std::chrono::microseconds kProgressBudget{2000};
 
   Status SetAmHandler(uint16_t id, AmHandler handler);
 
@@ -210,7 +217,9 @@ class Worker {
   void* context_ = nullptr;   // ucp_context_h
   void* worker_ = nullptr;    // ucp_worker_h
   void* listener_ = nullptr;  // ucp_listener_h
-  int efd_ = -1;
+  int efd_ = -1;      // UCX's
+  UniqueFd kick_;     // eventfd: written when Progress() stopped with work left
+  UniqueFd epfd_;     // epoll over efd_ and kick_: event_fd()
   ErrorMode listen_mode_ = ErrorMode::kNone;
   std::function<void(std::unique_ptr<Endpoint>)> on_accept_;
   std::unordered_map<void*, Endpoint*> eps_;  // ucp_ep_h -> Endpoint

@@ -29,6 +29,9 @@ struct Standby::Peer {
   bool hello = false;
   bool suspected = false;
   std::chrono::steady_clock::time_point last_heard{};
+  // Not suspected before this: it announced bytes it is putting, and its
+  // messages queue behind them (Heartbeat.inflight_bytes).
+  std::chrono::steady_clock::time_point quiet_until{};
   uint64_t heartbeats_sent = 0, heard = 0;
 };
 
@@ -175,7 +178,7 @@ void Standby::OnTimer() {
          hot::Body(hot::Heartbeat{static_cast<uint64_t>(
              std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch())
                  .count())}));
-    const bool silent = now - p->last_heard > timeout;
+    const bool silent = now - p->last_heard > timeout && now > p->quiet_until;
     if (silent && !p->suspected) {
       p->suspected = true;
       ++suspicions_;
@@ -194,6 +197,7 @@ void Standby::OnTimer() {
     if (a->fenced || now < a->grace_until) continue;
     auto heard = a->owner ? a->owner->last_heard : a->orphan_heard;
     heard = std::max(heard, a->grace_until);  // silence counts from the grace's end
+    if (a->owner && now <= a->owner->quiet_until) continue;
     if (now - heard > timeout) due.emplace_back(a.get(), heard);
   }
   for (auto& [a, heard] : due)
@@ -441,9 +445,18 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
                    p->agent, n, m->grace_ms);
       return;
     }
-    case hot::Type::kHeartbeat:
-      st = hot::ParseHeartbeat(frame->body).status();
+    case hot::Type::kHeartbeat: {
+      auto m = hot::ParseHeartbeat(frame->body);
+      if (!m.ok()) {
+        st = m.status();
+      } else if (m->inflight_bytes > 0) {
+        const auto allowance = std::chrono::milliseconds(options_.timeout_ms) +
+                               std::chrono::nanoseconds(m->inflight_bytes * 1'000'000'000ULL /
+                                                        hot::kMinBandwidth);
+        p->quiet_until = std::max(p->quiet_until, p->last_heard + allowance);
+      }
       break;
+    }
     default:
       st = Status(Code::kBadMessage, std::string(hot::TypeName(h.type)) +
                                          " is not a message an agent sends to a standby");
