@@ -27,6 +27,8 @@ What it checks (issue 8):
   written: far less than the region) and the held replies are released;
   then a failover from that replica has every acknowledged SET, those from
   before the standby's restart included;
+- a hot instance killed alone restarts locally (the agent lives) and stays
+  protected without a full copy; a later failover still has everything;
 - planned failover (`spare failover`) under load: the instance moves to the
   spare host with every acknowledged SET; the old host lists it stopped
   ("moved"); a local-policy instance is refused, unchanged;
@@ -280,6 +282,38 @@ class FailoverTest(unittest.TestCase):
         self.assertEqual(rep.violations, [], rep.summary())
         print(f"standby restart: full copy of {inst['full_copy_bytes'] / 2**20:.1f} MiB; "
               f"failover after it in {took * 1000:.0f} ms; {rep.summary()}", flush=True)
+
+    def test_local_restart_of_a_hot_instance(self):
+        s = Setup(self, "tcp", False, seed=int(time.time()))
+        port = s.run_kv("kv1")
+        load = s.load("kv1")
+        load.start()
+        for kill in range(3):
+            time.sleep(s.rng.uniform(0.2, 0.5))
+            pid = s.primary.instance("kv1")["pid"]
+            os.kill(pid, signal.SIGKILL)
+            s.primary.wait_pong(port)
+            s.primary.wait_instance("kv1", lambda i: i["pid"] not in (0, pid)
+                                    and i["standby"] == "protected", timeout=20,
+                                    what="restarted locally and protected")
+        time.sleep(0.3)
+        load.pause()
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        inst = s.primary.instance("kv1")
+        self.assertEqual(inst["restarts"], 3, inst)
+        self.assertEqual(inst["full_copies"], 0, "a local restart made the replica fall behind")
+        self.assertNotIn("fenced", tail(s.standby_log, 200))
+        load.resume()
+        time.sleep(0.3)
+        s.primary.kill_agent()
+        os.kill(inst["pid"], signal.SIGKILL)
+        s.wait_replacement("kv1", time.monotonic())
+        load.pause()
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        self.assertEqual(rep.violations, [], rep.summary())
+        print(f"local restarts then failover: {rep.summary()}", flush=True)
 
     def test_planned_failover(self):
         s = Setup(self, "tcp", False, seed=int(time.time()))

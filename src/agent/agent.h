@@ -194,6 +194,10 @@ class Agent {
   void OnProcessGone(Instance& inst, const ExitInfo& exit);
   void OnCrash(Instance& inst, bool relaunch_possible);
   void Relaunch(Instance& inst);
+  // A crashed instance relaunches once its epochs are applied (and, with
+  // hot and a standby that answers, acknowledged).
+  bool RelaunchMustWait(const Instance& inst) const;
+  void MaybeRelaunch(Instance& inst);
   void FinishStop(Instance& inst, const ExitInfo& exit);
   void ForgetProcess(Instance& inst);
   void AnswerRun(Instance& inst, const Status& error);

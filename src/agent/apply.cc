@@ -203,10 +203,7 @@ void Agent::OnApplied(const std::string& id, uint64_t serial, uint64_t epoch, Ap
     }
   }
   if (inst.applies_in_flight == 0 && inst.copy) ContinueFullCopy(inst);  // quiescent now
-  if (inst.applies_in_flight == 0 && inst.relaunch_pending) {
-    inst.relaunch_pending = false;
-    Relaunch(inst);
-  }
+  MaybeRelaunch(inst);
 }
 
 void Agent::SendProgress(Instance& inst) {

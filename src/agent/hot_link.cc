@@ -117,6 +117,7 @@ void Agent::OnStandbyTimer() {
   if (hot_->welcomed && !hot_->suspected && silent > std::chrono::milliseconds(hot_->timeout_ms)) {
     hot_->suspected = true;
     hot_->suspicions++;
+    for (auto& [id, inst] : instances_) MaybeRelaunch(*inst);  // no longer waits for acks
     spdlog::error(
         "standby {} at {}:{} silent for {} ms (timeout {} ms): hot instances hold their outputs "
         "until it answers",
@@ -138,6 +139,7 @@ void Agent::ReconnectStandby(const std::string& why) {
     inst->standby_key.reset();  // its endpoint goes with the link
     inst->to_ship.assign(inst->unacked.begin(), inst->unacked.end());
   }
+  for (auto& [id, inst] : instances_) MaybeRelaunch(*inst);  // acks will not come now
   RemoveWatch(hot_->watch, hot_->worker->event_fd());
   RemoveWatch(hot_->timer_watch, hot_->timer.get());
   const uint64_t reconnects = hot_->reconnects + 1;
@@ -368,6 +370,7 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
           inst->unacked.pop_front();
         if (inst->epochs.Advance()) SendProgress(*inst);
         ContinueMove(*inst);
+        MaybeRelaunch(*inst);
       }
       return;
     }
@@ -526,6 +529,9 @@ void Agent::OnFenced(Instance& inst, const std::string& why) {
   inst.standby_handle = 0;  // nothing more goes to the standby for it
   inst.standby_key.reset();
   inst.to_ship.clear();
+  inst.unacked.clear();
+  inst.copy.reset();
+  inst.held.clear();
   inst.relaunch_pending = false;
   if (inst.pidfd.valid()) (void)SignalPidfd(inst.pidfd.get(), SIGKILL);
   AnswerRun(inst, Status(Code::kStaleGeneration, r.reason));

@@ -11,6 +11,7 @@
 #include <ctime>
 
 #include "agent/agent.h"
+#include "agent/hot_link.h"
 #include "agent/restart_policy.h"
 
 namespace spare::agent {
@@ -163,10 +164,12 @@ void Agent::OnCrash(Instance& inst, bool relaunch_possible) {
   } else {
     inst.crashes_in_window = decision.crashes_in_window;
     r.state = InstanceState::kRestarting;
-    if (inst.applies_in_flight > 0) {
+    if (RelaunchMustWait(inst)) {
       // Epochs it handed over before dying are still being applied: the
       // replacement must map the image only once they are in it (its
-      // resume point is the image's epoch).
+      // resume point is the image's epoch). With hot, also until the
+      // standby has acknowledged them, so the replica is not behind the
+      // image the replacement starts from (that would take a full copy).
       inst.relaunch_pending = true;
       SaveStateOrLog();
       return;
@@ -179,6 +182,19 @@ void Agent::OnCrash(Instance& inst, bool relaunch_possible) {
   spdlog::error("instance {}: failed: {}", id, r.reason);
   AnswerRun(inst, failed.With("instance " + id + " (see " + InstanceDir(id) + "/log)"));
   SaveStateOrLog();
+}
+
+bool Agent::RelaunchMustWait(const Instance& inst) const {
+  if (inst.applies_in_flight > 0) return true;
+  // Waiting for the standby makes sense only while it answers.
+  return inst.rec.spec.policy == "hot" && hot_ && hot_->welcomed && !hot_->suspected &&
+         inst.standby_handle != 0 && !inst.copy && !inst.unacked.empty();
+}
+
+void Agent::MaybeRelaunch(Instance& inst) {
+  if (!inst.relaunch_pending || RelaunchMustWait(inst)) return;
+  inst.relaunch_pending = false;
+  Relaunch(inst);
 }
 
 // Launches the next generation of a crashed instance from its image.
