@@ -175,7 +175,7 @@ TEST(HotWire, HeaderFieldsAreNamed) {
   ExpectBad(Decode(with(6, 5, 2)).status(), "unknown message type 5");
   ExpectBad(Decode(with(6, 0, 2)).status(), "unknown message type 0");
   ExpectBad(Decode(with(6, 22, 2)).status(), "unknown message type 22");
-  ExpectBad(Decode(with(8, 9, 4)).status(), "body_len 9 but 8 body bytes arrived");
+  ExpectBad(Decode(with(8, 9, 4)).status(), "body_len 9 but 16 body bytes arrived");
   ExpectBad(Decode(with(8, 1 << 20, 4)).status(), "exceeds the limit");
   ExpectBad(Decode(with(12, 1, 4)).status(), "flags");
   ExpectBad(Decode(with(16, 1, 1)).status(), "Heartbeat frame fails its checksum");
