@@ -134,25 +134,34 @@ class Hosts:
                 return inst
         benchlib.fail(f"no instance {iid} at {d}")
 
-    def close(self):
-        for d in (self.spare_dir, self.pri_dir):
-            try:
-                for inst in json.loads(self.cli("status", "--agent", d, "--json",
-                                                timeout=10).stdout)["instances"]:
-                    if inst.get("pid"):
-                        os.kill(inst["pid"], signal.SIGKILL)
-            except (OSError, ValueError, subprocess.SubprocessError):
-                pass
+    def close(self, keep=False):
+        # Agents and the standby first (an agent alive would relaunch what
+        # is killed next), then every process tied to this run: instances
+        # (and their exit helpers) carry SPARE_AGENT=<a dir under ours>.
         for p in self.procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout=10)
-        subprocess.run(["rm", "-rf", self.dir])
+        marker = f"SPARE_AGENT={self.dir}".encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker in f.read():
+                        os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+        if keep:
+            print(f"  logs kept in {self.dir}", flush=True)
+        else:
+            subprocess.run(["rm", "-rf", self.dir])
 
 
 def one_run(args, size, mode):
     keys = size // 1024
     h = Hosts(args.build, args.tls, args.timeout_ms)
+    ok = False
     try:
         port = benchlib.free_port()
         region = max(256 << 20, size * 2)
@@ -200,12 +209,13 @@ def one_run(args, size, mode):
                     if "silent for" in line or " fenced (" in line:
                         print(f"  [{os.path.basename(path)}] {line.rstrip()}", flush=True)
         rest = f.get("fencing_ms", 0) + f.get("launch_ms", 0) + (f.get("attach_ms") or 0)
+        ok = True
         return {"size": size, "mode": mode, "total_ms": total * 1000,
                 "detection_ms": f.get("detection_ms", 0), "fence_launch_attach_ms": rest,
                 "epoch": f.get("epoch"), "fill_s": fill_s, "acked": rep.present,
                 "false_suspicions": false_susp}
     finally:
-        h.close()
+        h.close(keep=not ok)
 
 
 def main():

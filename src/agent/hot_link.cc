@@ -301,7 +301,8 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       // Every hot instance with an image is protected again (or for the
       // first time): a replica that lacks epochs gets a full copy.
       for (auto& [id, inst] : instances_)
-        if (inst->rec.spec.policy == "hot" && inst->image_held() && !inst->rec.fenced)
+        if (inst->rec.spec.policy == "hot" && inst->image_held() && !inst->rec.fenced &&
+            inst->rec.state == InstanceState::kRunning && !inst->rec.regions.empty())
           ReserveOnStandby(*inst);
       return;
     }

@@ -506,10 +506,24 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
     bool same = r.view.slot_count == m.slot_count && r.view.slot_size == m.slot_size &&
                 r.targets.size() == m.regions.size();
     for (size_t i = 0; same && i < m.regions.size(); ++i) same = r.targets[i].size == m.regions[i];
-    if (!same)
+    // Its own owner reserving with a new geometry (a region added): the old
+    // replica is of no use to it; it is replaced (once no apply runs).
+    const bool own = a->owner_agent == p.agent && !p.agent.empty();
+    if (!same && !(own && a->applying == 0))
       return Status(Code::kInvalidArgument,
                     "instance " + m.id + " is reserved with other region sizes or staging "
-                                         "geometry; retire it first");
+                                         "geometry" +
+                        (own ? std::string(" and an apply is running; reserve again")
+                             : std::string(" by agent " + a->owner_agent + "; retire it first")));
+    if (!same) {
+      spdlog::info("standby: instance {}: reserved again by {} with another geometry; its old "
+                   "replica (epoch {}) is dropped",
+                   m.id, p.agent, a->epoch);
+      areas_.erase(a->handle);
+      a = nullptr;
+    }
+  }
+  if (a) {
     a->generation = h.generation;
     a->owner = &p;
     a->owner_agent = p.agent;

@@ -248,11 +248,17 @@ TEST_P(StandbyTest, BadRequestsAreRefusedAndChangeNothing) {
   // The slot says epoch 2; a Commit naming another slot finds another epoch.
   ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{2, 1})),
               Code::kTornEpoch, "");
-  // Other geometry for the same id.
+  // Other geometry for the same id, from another agent.
   auto other = Sample();
   other.regions = {kRegion * 2};
-  ExpectError(Ask(ep_.get(), hot::Type::kReserve, 0, 1, 4, hot::Body(other)),
-              Code::kInvalidArgument, "retire it first");
+  {
+    auto ep = Connect();
+    auto hello = Ask(ep.get(), hot::Type::kHello, 0, 0, 1, hot::Body(hot::Hello{"host-b"}));
+    ASSERT_EQ(hello.header.type, hot::Type::kWelcome);
+    ExpectError(Ask(ep.get(), hot::Type::kReserve, 0, 1, 4, hot::Body(other)),
+                Code::kInvalidArgument, "by agent host-a; retire it first");
+    extra_ = std::move(ep);
+  }
   // Corrupted data in staging.
   Stage(1, 1, 2, 5, 'z', /*corrupt=*/true);
   ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{1, 1})),
@@ -279,6 +285,29 @@ TEST_P(StandbyTest, BadRequestsAreRefusedAndChangeNothing) {
   Hello(extra_.get());
   ExpectError(Ask(extra_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
               Code::kFailedPrecondition, "reserved on another connection");
+}
+
+// Its own owner reserving with a new geometry (a region added after the
+// first Reserve) gets a new, empty area in place of the old one.
+TEST_P(StandbyTest, ItsOwnerReservingWithANewGeometryReplacesTheArea) {
+  Hello(ep_.get());
+  const uint64_t handle = Reserve(1);
+  Stage(0, 1, 1, 3, 'a');
+  ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}))
+                .header.type,
+            hot::Type::kAck);
+  auto bigger = Sample();
+  bigger.regions = {kRegion, kRegion};
+  auto f = Ask(ep_.get(), hot::Type::kReserve, 0, 1, 3, hot::Body(bigger));
+  ASSERT_EQ(f.header.type, hot::Type::kReserved) << hot::TypeName(f.header.type);
+  EXPECT_NE(f.header.instance, handle);
+  auto r = hot::ParseReserved(f.body);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->replica_epoch, 0u);
+  ASSERT_EQ(standby_->Areas().size(), 1u);
+  EXPECT_EQ(standby_->Areas()[0].region_fds.size(), 2u);
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{1, 1})),
+              Code::kNotFound, "no instance with handle");
 }
 
 // Heartbeats: the standby sends them on its own schedule; an agent that
