@@ -9,8 +9,10 @@ What it checks (issue 8, the shipping path; failover is not built yet):
   then stays unanswered (outputs wait for the standby's Ack), and once the
   standby runs again (SIGCONT) the reply comes and the value is there;
 - heartbeats: the agent notices the stopped standby (status and log say
-  so) and its return; the standby never suspects the agent, which kept
-  sending heartbeats whether it had epochs to ship or not.
+  so) and its return (on the same connection, or a new one when the pause
+  wedged it); the standby never suspects the agent, which kept sending
+  heartbeats whether it had epochs to ship or not, nor blames it for the
+  standby's own pause.
 """
 
 import os
@@ -70,7 +72,8 @@ class HotTest(unittest.TestCase):
         finally:
             os.kill(standby.pid, signal.SIGCONT)
         out, _ = held.communicate(timeout=15)
-        self.assertEqual((held.returncode, out.strip()), (0, "OK"))
+        self.assertEqual((held.returncode, out.strip()), (0, "OK"),
+                         "standby log:\n" + tail(standby_log, 60))
         self.assertEqual(redis(kv_port, "GET", "held"), (0, "yes"))
 
         load.resume()
@@ -95,7 +98,11 @@ class HotTest(unittest.TestCase):
         log = tail(agent_log, 400)
         self.assertIn("retired", log)
         self.assertIn("reserved on standby spare-host", log)
-        self.assertIn("answers again", log)
+        # The agent noticed the standby's return: on the same connection, or
+        # (when the pause wedged it, as UCX over TCP can) on a new one.
+        self.assertTrue("answers again" in log or
+                        ("connecting again" in log and log.count(" answered (heartbeat") >= 2),
+                        log)
         # Heartbeats kept the agent alive for the standby all along, idle or
         # not (the standby was stopped, never the agent): no suspicion.
         self.assertNotIn("suspected", tail(standby_log, 400))

@@ -172,6 +172,31 @@ void Standby::Progress() {
 void Standby::OnTimer() {
   const auto now = std::chrono::steady_clock::now();
   const auto timeout = std::chrono::milliseconds(options_.timeout_ms);
+  // The standby itself stalled (stopped, starved) for longer than the
+  // timeout: that was not the agents' silence. Everyone counts as heard
+  // now, and is judged from here on.
+  const auto since = now - last_tick_;
+  const bool stalled = last_tick_ != std::chrono::steady_clock::time_point{} && since > timeout;
+  last_tick_ = now;
+  if (stalled) {
+    // Connections may not have survived the pause (UCX over TCP was seen to
+    // wedge after half a second): agents get their reconnect window (they
+    // reconnect after a second of silence) before anyone is judged.
+    const auto grace = timeout + std::chrono::milliseconds(2000);
+    spdlog::warn("standby: this process did not run for {} ms (more than the {} ms timeout); "
+                 "its agents are not blamed for that: nobody is judged for the next {} ms",
+                 std::chrono::duration_cast<std::chrono::milliseconds>(since).count(),
+                 options_.timeout_ms,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(grace).count());
+    for (auto& p : peers_) {
+      p->last_heard = std::max(p->last_heard, now);
+      p->quiet_until = std::max(p->quiet_until, now + grace);
+    }
+    for (auto& [h, a] : areas_) {
+      a->orphan_heard = std::max(a->orphan_heard, now);
+      a->grace_until = std::max(a->grace_until, now + grace);
+    }
+  }
   for (auto& p : peers_) {
     if (!p->hello) continue;
     Send(p->ep.get(), hot::Type::kHeartbeat, 0, 0, p->heartbeats_sent++,
@@ -397,6 +422,13 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
       if (!m.ok()) return Refuse(from, h, m.status());
       p->agent = m->agent;
       p->hello = true;
+      // The same agent on a new connection (it reconnected): its areas are
+      // its own again, and their silence is judged on this connection.
+      for (auto& [handle, a] : areas_)
+        if (!a->fenced && a->owner_agent == p->agent && a->owner != p) {
+          a->owner = p;
+          spdlog::info("standby: agent {} reconnected; instance {} follows it", p->agent, a->id);
+        }
       Send(from, hot::Type::kWelcome, 0, 0, h.seq,
            hot::Body(hot::Welcome{options_.name, options_.heartbeat_ms, options_.timeout_ms}));
       return;

@@ -168,6 +168,7 @@ class Standby {
   std::map<std::string, uint64_t> refused_;
   UniqueFd epoll_, timer_;  // epoll_ holds the worker's fd and timer_
   uint64_t suspicions_ = 0;
+  std::chrono::steady_clock::time_point last_tick_{};  // the last OnTimer
   std::map<std::string, Tombstone> tombstones_;     // by instance id
   std::map<uint64_t, std::string> fenced_handles_;  // handle → id, of fenced areas
   std::vector<std::unique_ptr<Handover>> handovers_;
