@@ -280,11 +280,19 @@ TEST_P(StandbyTest, BadRequestsAreRefusedAndChangeNothing) {
             hot::Type::kAck);
   EXPECT_EQ(ReplicaAt(5), 'n');
 
-  // Another connection may not commit to an area it did not reserve.
+  // Another agent's connection may not commit to an area it did not reserve.
   extra_ = Connect();
-  Hello(extra_.get());
+  auto hello = Ask(extra_.get(), hot::Type::kHello, 0, 0, 1, hot::Body(hot::Hello{"host-c"}));
+  ASSERT_EQ(hello.header.type, hot::Type::kWelcome);
   ExpectError(Ask(extra_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
               Code::kFailedPrecondition, "reserved on another connection");
+  // The same agent on a new connection (a reconnect) takes its areas with
+  // it: the old connection's requests are now the ones refused.
+  auto again = Connect();
+  Hello(again.get());
+  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
+              Code::kFailedPrecondition, "reserved on another connection");
+  extra_ = std::move(again);
 }
 
 // Its own owner reserving with a new geometry (a region added after the
