@@ -117,6 +117,31 @@ class Setup:
         self.test.addCleanup(load.stop)
         return load
 
+    def loaded(self, instance_id, seconds):
+        """spare-kv `instance_id` (hot) under a pipelined load for `seconds`,
+        then paused; returns the load."""
+        self.run_kv(instance_id)
+        load = self.load(instance_id)
+        load.start()
+        time.sleep(seconds)
+        load.pause()
+        return load
+
+    def fail_over_and_check(self, load, pid, instance_id="kv1"):
+        """Under the load: kill -9 of the primary agent and instance `pid`;
+        waits for the replacement and checks every acknowledged SET on it.
+        Returns (seconds to the replacement's first PONG, the check report)."""
+        load.resume()
+        time.sleep(0.3)
+        self.primary.kill_agent()
+        os.kill(pid, signal.SIGKILL)
+        took = self.wait_replacement(instance_id, time.monotonic())
+        load.pause()
+        rep = load.check(full=True)
+        self.test.assertTrue(rep.ok, rep.summary())
+        self.test.assertEqual(rep.violations, [], rep.summary())
+        return took, rep
+
     def wait_replacement(self, instance_id, since, timeout=20):
         """Seconds from `since` to the first PONG from the replacement on the
         spare host."""
@@ -239,11 +264,7 @@ class FailoverTest(unittest.TestCase):
 
     def test_standby_restart_resyncs_then_fails_over(self):
         s = Setup(self, "tcp", False, seed=int(time.time()))
-        s.run_kv("kv1")
-        load = s.load("kv1")
-        load.start()
-        time.sleep(0.8)
-        load.pause()
+        load = s.loaded("kv1", 0.8)
         before = load.totals()["acked"]
         self.assertGreater(before, 200)
         # The standby dies; SETs from now on are held until a standby has
@@ -270,16 +291,7 @@ class FailoverTest(unittest.TestCase):
         self.assertTrue(rep.ok, rep.summary())
         self.assertIn("full copy done", tail(s.standby_log, 100))
         # Failover from the resynced replica: everything acknowledged is there.
-        pid = s.primary.instance("kv1")["pid"]
-        load.resume()
-        time.sleep(0.3)
-        s.primary.kill_agent()
-        os.kill(pid, signal.SIGKILL)
-        took = s.wait_replacement("kv1", time.monotonic())
-        load.pause()
-        rep = load.check(full=True)
-        self.assertTrue(rep.ok, rep.summary())
-        self.assertEqual(rep.violations, [], rep.summary())
+        took, rep = s.fail_over_and_check(load, s.primary.instance("kv1")["pid"])
         print(f"standby restart: full copy of {inst['full_copy_bytes'] / 2**20:.1f} MiB; "
               f"failover after it in {took * 1000:.0f} ms; {rep.summary()}", flush=True)
 
@@ -304,15 +316,7 @@ class FailoverTest(unittest.TestCase):
         self.assertEqual(inst["restarts"], 3, inst)
         self.assertEqual(inst["full_copies"], 0, "a local restart made the replica fall behind")
         self.assertNotIn("fenced", tail(s.standby_log, 200))
-        load.resume()
-        time.sleep(0.3)
-        s.primary.kill_agent()
-        os.kill(inst["pid"], signal.SIGKILL)
-        s.wait_replacement("kv1", time.monotonic())
-        load.pause()
-        rep = load.check(full=True)
-        self.assertTrue(rep.ok, rep.summary())
-        self.assertEqual(rep.violations, [], rep.summary())
+        _, rep = s.fail_over_and_check(load, inst["pid"])
         print(f"local restarts then failover: {rep.summary()}", flush=True)
 
     def test_planned_failover(self):
@@ -349,11 +353,7 @@ class FailoverTest(unittest.TestCase):
 
     def test_agent_restart_keeps_protection(self):
         s = Setup(self, "tcp", False, seed=int(time.time()))
-        s.run_kv("kv1")
-        load = s.load("kv1")
-        load.start()
-        time.sleep(0.5)
-        load.pause()
+        load = s.loaded("kv1", 0.5)
         pid = s.primary.instance("kv1")["pid"]
         s.primary.agent_proc.send_signal(signal.SIGTERM)
         s.primary.agent_proc.wait(timeout=10)
@@ -372,15 +372,7 @@ class FailoverTest(unittest.TestCase):
         log = tail(s.standby_log, 200)
         self.assertNotIn("fenced", log, "an agent restart caused a failover")
         # And it still fails over with everything.
-        load.resume()
-        time.sleep(0.3)
-        s.primary.kill_agent()
-        os.kill(pid, signal.SIGKILL)
-        s.wait_replacement("kv1", time.monotonic())
-        load.pause()
-        rep = load.check(full=True)
-        self.assertTrue(rep.ok, rep.summary())
-        self.assertEqual(rep.violations, [], rep.summary())
+        _, rep = s.fail_over_and_check(load, pid)
         print(f"agent restart: {rep.summary()}", flush=True)
 
 

@@ -132,6 +132,19 @@ void Agent::ReconnectStandby(const std::string& why) {
                hot_->host, hot_->port, why);
   for (auto& [id, inst] : instances_) {
     if (inst->rec.spec.policy != "hot") continue;
+    if (inst->moving && !inst->pidfd.valid()) {
+      // A planned failover cannot finish without this standby: its process
+      // is gone, and what it committed may be here only.
+      Status st(Code::kUnavailable, "planned failover of " + id +
+                                        " interrupted: the standby went away (" + why +
+                                        "); its committed image is here: `spare run` it again");
+      for (ConnRef ref : inst->moving->waiters) SendTo(ref, ipc::ErrorMessage(st));
+      inst->moving.reset();
+      inst->rec.state = InstanceState::kFailed;
+      inst->rec.reason = st.message();
+      spdlog::error("instance {}: {}", id, st.message());
+      SaveStateOrLog();
+    }
     EndFullCopy(*inst, /*done=*/false);
     inst->standby_handle = 0;
     inst->standby_reserving = false;

@@ -168,6 +168,17 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
     return c;
   }
   uint64_t ReplicaEpoch() { return standby_->Areas().at(0).epoch; }
+  // Hello, Reserve at generation 1, and epoch 1 ('a' at page 3) committed
+  // and acknowledged; returns the handle.
+  uint64_t FirstEpoch() {
+    Hello(ep_.get());
+    const uint64_t handle = Reserve(1);
+    Stage(0, 1, 1, 3, 'a');
+    EXPECT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}))
+                  .header.type,
+              hot::Type::kAck);
+    return handle;
+  }
 
   std::unique_ptr<Standby> standby_;
   std::unique_ptr<net::Worker> agent_;
@@ -298,12 +309,7 @@ TEST_P(StandbyTest, BadRequestsAreRefusedAndChangeNothing) {
 // Its own owner reserving with a new geometry (a region added after the
 // first Reserve) gets a new, empty area in place of the old one.
 TEST_P(StandbyTest, ItsOwnerReservingWithANewGeometryReplacesTheArea) {
-  Hello(ep_.get());
-  const uint64_t handle = Reserve(1);
-  Stage(0, 1, 1, 3, 'a');
-  ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}))
-                .header.type,
-            hot::Type::kAck);
+  const uint64_t handle = FirstEpoch();
   auto bigger = Sample();
   bigger.regions = {kRegion, kRegion};
   auto f = Ask(ep_.get(), hot::Type::kReserve, 0, 1, 3, hot::Body(bigger));
@@ -405,12 +411,7 @@ class StandbyFailoverTest : public StandbyTest {
 };
 
 TEST_P(StandbyFailoverTest, ASilentOwnerIsFencedAndItsReplicaHandedOver) {
-  Hello(ep_.get());
-  const uint64_t handle = Reserve(1);
-  Stage(0, 1, 1, 3, 'a');
-  ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}))
-                .header.type,
-            hot::Type::kAck);
+  const uint64_t handle = FirstEpoch();
   Stage(1, 1, 2, 3, 'b');
   ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 2, hot::Body(hot::Commit{1, 1}))
                 .header.type,
