@@ -38,7 +38,7 @@ class DemoTest(unittest.TestCase):
         self.assertEqual(len(re.findall(r"^kv-b\d \(host b, untouched\): \d+ acknowledged "
                                         r"writes verified, 0 lost$", p.stdout, re.M)), 2,
                          p.stdout)
-        d = re.search(r"agent dir (\S+)", p.stdout)
+        d = re.search(r"agent dir ([^\s,]+)", p.stdout)
         self.assertIsNotNone(d, p.stdout)
         self.assertFalse(os.path.exists(d.group(1)), "demo left its directory behind")
         # Nothing that demo started may outlive it.

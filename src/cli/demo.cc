@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -64,6 +65,32 @@ Result<int> FreePort() {
   }
   close(fd);
   return static_cast<int>(ntohs(addr.sin_port));
+}
+
+// SIGKILLs every process whose environment names an agent directory at or
+// under `dir` (SPARE_AGENT=dir...): instances and their exit helpers.
+void KillInstancesUnder(const std::string& dir) {
+  if (dir.empty()) return;
+  const std::string marker = "SPARE_AGENT=" + dir;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+    int fd = open((entry.path() / "environ").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    std::string env;
+    char buf[4096];
+    for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) env.append(buf, static_cast<size_t>(n));
+    close(fd);
+    for (size_t at = 0; at < env.size(); at = env.find('\0', at) + 1) {
+      if (env.compare(at, marker.size(), marker) == 0) {
+        const char next = at + marker.size() < env.size() ? env[at + marker.size()] : '\0';
+        if (next == '\0' || next == '/') kill(std::stoi(name), SIGKILL);
+        break;
+      }
+      if (env.find('\0', at) == std::string::npos) break;
+    }
+  }
 }
 
 // ---- the demo steps ----------------------------------------------------------
@@ -433,8 +460,10 @@ struct Demo {
       kill(agent, SIGTERM);
       Reap(agent, 5000);
     }
-    // Whatever happened above, the instance must not outlive the demo.
+    // Whatever happened above, no instance may outlive the demo: every one
+    // any of its agents launched carries SPARE_AGENT=<a dir under ours>.
     if (kv_pid > 1 && kill(kv_pid, 0) == 0) kill(kv_pid, SIGKILL);
+    KillInstancesUnder(dir);
     std::error_code ec;
     if (failed) {
       std::fprintf(stderr, "spare demo: logs kept in %s\n", dir.c_str());
