@@ -271,6 +271,63 @@ TEST_F(ProtocolTest, BadBodiesNameTheField) {
   EXPECT_TRUE(launcher_->requests.empty());
 }
 
+// A Takeover (from the standby on this host) is checked in full before
+// anything is kept: a malformed one is refused by name and leaves no
+// instance behind.
+TEST_F(ProtocolTest, ABadTakeoverIsRefusedAndChangesNothing) {
+  auto takeover = [](nlohmann::json spec) {
+    Message m = Make(MsgType::kTakeover, {{"id", "r1"}, {"epoch", 3}, {"generation", 2},
+                                          {"spec", std::move(spec)}, {"from", "agent:a"}});
+    m.blob = "rec-3";
+    return m;
+  };
+  const nlohmann::json spec = {{"argv", {"/bin/true"}},
+                               {"cwd", "/"},
+                               {"env", nlohmann::json::object()},
+                               {"regions", {{{"name", "kv"}, {"index", 0},
+                                             {"address", 0x200000000000ULL}, {"size", 1 << 20}}}}};
+  // No spec at all.
+  Message bare = takeover(spec);
+  bare.body.erase("spec");
+  ExpectError(Exchange(cli_.get(), bare), Code::kBadMessage, "\"spec\" is not an object");
+  // A region, but no fd for it.
+  ExpectError(Exchange(cli_.get(), takeover(spec)), Code::kInvalidArgument,
+              "carried 0 fds for 1 regions");
+  // An fd that is not sealed.
+  {
+    Message m = takeover(spec);
+    m.fds.push_back(UniqueFd(::memfd_create("unsealed", MFD_CLOEXEC)));
+    ASSERT_EQ(::ftruncate(m.fds[0].get(), 1 << 20), 0);
+    Message reply = Exchange(cli_.get(), m);
+    ASSERT_EQ(reply.type, MsgType::kError) << reply.body.dump();
+    EXPECT_NE(ipc::StatusOf(reply).message().find("replica of kv"), std::string::npos)
+        << ipc::StatusOf(reply).ToString();
+  }
+  // A region at an address that is not page aligned, a sealed fd too small.
+  {
+    nlohmann::json odd = spec;
+    odd["regions"][0]["address"] = 0x200000000001ULL;
+    Message m = takeover(odd);
+    auto fd = region::CreateMemfd("replica", 1 << 20);
+    ASSERT_TRUE(fd.ok());
+    m.fds.push_back(std::move(fd).value());
+    ExpectError(Exchange(cli_.get(), m), Code::kInvalidArgument, "");
+    Message small = takeover(spec);
+    auto tiny = region::CreateMemfd("replica", 4096);
+    ASSERT_TRUE(tiny.ok());
+    small.fds.push_back(std::move(tiny).value());
+    ExpectError(Exchange(cli_.get(), small), Code::kInvalidArgument, "4096 bytes, the region");
+  }
+  // Generation 0 and a bad id.
+  Message zero = takeover(spec);
+  zero.body["generation"] = 0;
+  ExpectError(Exchange(cli_.get(), zero), Code::kInvalidArgument, "generation 0");
+  Message badid = takeover(spec);
+  badid.body["id"] = "../x";
+  ExpectError(Exchange(cli_.get(), badid), Code::kInvalidArgument, "");
+  EXPECT_EQ(agent_->Find("r1"), nullptr) << "a refused Takeover left an instance";
+}
+
 TEST_F(ProtocolTest, AttachChecksGenerationAndPid) {
   StartInstance();
   ExpectError(Exchange(inst_.get(), Make(MsgType::kAttach, AttachBody(::getpid()), 0)),
