@@ -451,11 +451,8 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
     case hot::Type::kMove: {
       auto m = hot::ParseMove(frame->body);
       if (!m.ok()) return Refuse(from, h, m.status());
-      auto a = AreaFor(h);
+      auto a = OwnedArea(*p, h);
       if (!a.ok()) return Refuse(from, h, a.status());
-      if ((*a)->owner != p)
-        return Refuse(from, h, Status(Code::kFailedPrecondition,
-                                      "instance " + (*a)->id + " is reserved on another connection"));
       if ((*a)->copying)
         return Refuse(from, h, Status(Code::kFailedPrecondition,
                                       "instance " + (*a)->id +
@@ -511,6 +508,15 @@ Result<Standby::Area*> Standby::AreaFor(const hot::Header& h) {
                   "instance " + a->id + " was reserved by generation " +
                       std::to_string(a->generation) + ", not " + std::to_string(h.generation) +
                       ": reserve it again first");
+  return a;
+}
+
+// The area a request names, if this connection owns it.
+Result<Standby::Area*> Standby::OwnedArea(Peer& p, const hot::Header& h) {
+  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
+  if (a->owner != &p)
+    return Status(Code::kFailedPrecondition,
+                  "instance " + a->id + " is reserved on another connection; reserve it again");
   return a;
 }
 
@@ -599,10 +605,7 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
 
 Status Standby::OnCommit(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
   SPARE_ASSIGN_OR_RETURN(hot::Commit m, hot::ParseCommit(body));
-  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
-  if (a->owner != &p)
-    return Status(Code::kFailedPrecondition,
-                  "instance " + a->id + " is reserved on another connection; reserve it again");
+  SPARE_ASSIGN_OR_RETURN(Area * a, OwnedArea(p, h));
   if (a->copying)
     return Status(Code::kFailedPrecondition, "Commit of epoch " + std::to_string(h.seq) + " for " +
                                                  a->id + " during its full copy: send it after "
@@ -691,10 +694,7 @@ void Standby::OnApplied(uint64_t handle, uint64_t epoch, const Status& st, bool 
 }
 
 Status Standby::OnRetire(Peer& p, const hot::Header& h) {
-  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
-  if (a->owner != &p)
-    return Status(Code::kFailedPrecondition,
-                  "instance " + a->id + " is reserved on another connection");
+  SPARE_RETURN_IF_ERROR(OwnedArea(p, h).status());
   areas_.erase(h.instance);
   Send(p.ep.get(), hot::Type::kAck, h.instance, h.generation, h.seq, {});
   return Status::Ok();
@@ -704,10 +704,7 @@ Status Standby::OnRetire(Peer& p, const hot::Header& h) {
 // the agent puts is all it will hold) and its regions registered for puts.
 Status Standby::OnCopy(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
   SPARE_ASSIGN_OR_RETURN(hot::Copy m, hot::ParseCopy(body));
-  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
-  if (a->owner != &p)
-    return Status(Code::kFailedPrecondition,
-                  "instance " + a->id + " is reserved on another connection; reserve it again");
+  SPARE_ASSIGN_OR_RETURN(Area * a, OwnedArea(p, h));
   if (a->applying > 0)
     return Status(Code::kFailedPrecondition,
                   "Copy for " + a->id + " while " + std::to_string(a->applying) +
@@ -739,10 +736,7 @@ Status Standby::OnCopy(Peer& p, const hot::Header& h, std::span<const std::byte>
 // worker, so it is ordered with the applies that follow.
 Status Standby::OnCopyDone(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
   SPARE_ASSIGN_OR_RETURN(hot::CopyDone m, hot::ParseCopyDone(body));
-  SPARE_ASSIGN_OR_RETURN(Area * a, AreaFor(h));
-  if (a->owner != &p)
-    return Status(Code::kFailedPrecondition,
-                  "instance " + a->id + " is reserved on another connection; reserve it again");
+  SPARE_ASSIGN_OR_RETURN(Area * a, OwnedArea(p, h));
   if (!a->copying || h.seq != a->copy_epoch)
     return Status(Code::kFailedPrecondition,
                   "CopyDone of epoch " + std::to_string(h.seq) + " for " + a->id + ", but " +

@@ -145,6 +145,7 @@ class Standby {
             const std::vector<std::byte>& body);
   void Refuse(net::Endpoint* to, const hot::Header& h, const Status& st);
   Result<Area*> AreaFor(const hot::Header& h);
+  Result<Area*> OwnedArea(Peer& p, const hot::Header& h);
   void OnTimer();
   // Fences the area (its owner is suspected) and hands it to agent_dir.
   void FailOver(Area& a, std::chrono::steady_clock::time_point last_heard, const std::string& why);
