@@ -135,6 +135,10 @@ class Endpoint {
   bool failed() const { return !error_.ok(); }
   // Runs (from Progress) once, when the endpoint first fails.
   void set_on_error(std::function<void(const Status&)> f) { on_error_ = std::move(f); }
+  // Gives the endpoint up as failed with `why` (e.g. the peer came back on
+  // a new connection): nothing more is sent on it, on_error runs from the
+  // next Progress, and destroying it closes it by force.
+  void Abandon(const Status& why) { Fail(why); }
   ErrorMode error_mode() const { return mode_; }
   // "host:port" of the peer as given to Connect, or what the listener saw.
   const std::string& peer() const { return peer_; }

@@ -198,7 +198,7 @@ void Standby::OnTimer() {
     }
   }
   for (auto& p : peers_) {
-    if (!p->hello) continue;
+    if (!p->hello || p->ep->failed()) continue;
     Send(p->ep.get(), hot::Type::kHeartbeat, 0, 0, p->heartbeats_sent++,
          hot::Body(hot::Heartbeat{static_cast<uint64_t>(
              std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch())
@@ -428,6 +428,14 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
         if (!a->fenced && a->owner_agent == p->agent && a->owner != p) {
           a->owner = p;
           spdlog::info("standby: agent {} reconnected; instance {} follows it", p->agent, a->id);
+        }
+      // Its old connection is given up, not judged: the agent left it
+      // (it wedged, or the agent restarted), so its silence means nothing.
+      for (auto& q : peers_)
+        if (q.get() != p && q->hello && q->agent == p->agent && !q->ep->failed()) {
+          spdlog::info("standby: agent {} is on a new connection; the old one is closed", p->agent);
+          q->ep->Abandon(Status(Code::kUnavailable, "replaced by a new connection from agent " +
+                                                        p->agent));
         }
       Send(from, hot::Type::kWelcome, 0, 0, h.seq,
            hot::Body(hot::Welcome{options_.name, options_.heartbeat_ms, options_.timeout_ms}));

@@ -298,10 +298,27 @@ TEST_P(StandbyTest, BadRequestsAreRefusedAndChangeNothing) {
   ExpectError(Ask(extra_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
               Code::kFailedPrecondition, "reserved on another connection");
   // The same agent on a new connection (a reconnect) takes its areas with
-  // it: the old connection's requests are now the ones refused.
+  // it, and the standby closes the old connection: what still comes on it
+  // changes nothing.
   auto again = Connect();
   Hello(again.get());
-  ExpectError(Ask(ep_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
+  auto host_a = [&] {
+    size_t n = 0;
+    for (const auto& p : standby_->Peers()) n += p.agent == "host-a";
+    return n;
+  };
+  ASSERT_TRUE(Pump([&] { return host_a() == 1; })) << "the old connection was not closed";
+  (void)ep_->SendAm(1, hot::Encode(hot::Header{hot::Type::kCommit, 0, handle, 2, 3},
+                                   hot::Body(hot::Commit{2, 1})));
+  for (int i = 0; i < 20; ++i) {  // 200 ms, the new connection heard all along
+    ASSERT_TRUE(again->SendAm(1, hot::Encode(hot::Header{hot::Type::kHeartbeat, 0, 0, 0, 0},
+                                             hot::Body(hot::Heartbeat{1})))
+                    .ok());
+    Pump([&] { return false; }, 10);
+  }
+  EXPECT_EQ(ReplicaAt(5), 'n');
+  EXPECT_EQ(ReplicaEpoch(), 2u);
+  ExpectError(Ask(extra_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
               Code::kFailedPrecondition, "reserved on another connection");
   extra_ = std::move(again);
 }
@@ -373,6 +390,25 @@ TEST_P(StandbySilenceTest, ASilentAgentIsSuspectedAndAHeardOneIsNot) {
   // Heard again: cleared.
   heartbeat();
   ASSERT_TRUE(Pump([&] { return !standby_->Peers()[0].suspected; }));
+  inbox_.clear();
+}
+
+// An agent that reconnects leaves its old connection silent (it wedged, or
+// the agent restarted): that connection is closed, never suspected.
+TEST_P(StandbySilenceTest, AnAgentsOldConnectionIsNotSuspected) {
+  Hello(ep_.get());
+  extra_ = Connect();
+  Hello(extra_.get());
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(3 * kTimeoutMs);
+  while (std::chrono::steady_clock::now() < until) {
+    ASSERT_TRUE(extra_->SendAm(1, hot::Encode(hot::Header{hot::Type::kHeartbeat, 0, 0, 0, 0},
+                                              hot::Body(hot::Heartbeat{1})))
+                    .ok());
+    Pump([&] { return false; }, 10);
+  }
+  EXPECT_EQ(standby_->suspicions(), 0u) << "the connection the agent left was judged";
+  ASSERT_EQ(standby_->Peers().size(), 1u) << "the old connection is still open";
+  EXPECT_FALSE(standby_->Peers()[0].suspected);
   inbox_.clear();
 }
 
