@@ -56,7 +56,7 @@ class Setup:
     """A spare host (agent + standby) and a primary host (agent), in two
     namespaces (two_hosts) or both on this host's loopback."""
 
-    def __init__(self, test, tls, two_hosts, seed):
+    def __init__(self, test, tls, two_hosts, seed, agent_extra=()):
         self.test = test
         self.rng = random.Random(seed)
         env = {"UCX_TLS": tls}
@@ -78,8 +78,8 @@ class Setup:
         self.standby_starts = 0
         self.start_standby()
         self.primary = Harness(test, name="fo-pri")
-        self.primary.start_agent(extra=["--standby", f"{standby_ip}:{standby_port}"],
-                                 wrap=w("pri"))
+        self.primary.start_agent(extra=["--standby", f"{standby_ip}:{standby_port}",
+                                        *agent_extra], wrap=w("pri"))
         self.ports = {}
 
     def start_standby(self):
@@ -205,6 +205,15 @@ class FailoverTest(unittest.TestCase):
             self.assertEqual([r["address"] for r in inst["regions"]],
                              [r["address"] for r in before[i]["regions"]],
                              "the replacement's regions are at the same addresses")
+            # `spare where` on the spare host: here, at the address the
+            # client just reached it on.
+            w = s.spare.spare("where", i, "--agent", s.spare.dir, "--json")
+            self.assertEqual(w.returncode, 0, w.stdout + w.stderr)
+            where = json.loads(w.stdout)
+            self.assertEqual(where["where"], "here", where)
+            self.assertEqual(where["pid"], inst["pid"], where)
+            if two_hosts:  # (on one host: its addresses, loopback aside)
+                self.assertIn(s.ip("spr"), where["addresses"], where)
             print(f"{i} UCX_TLS={tls} two_hosts={two_hosts}: kill -> first PONG "
                   f"{took[i] * 1000:.0f} ms (detection {f['detection_ms']:.0f}, fencing "
                   f"{f['fencing_ms']:.2f}, launch {f['launch_ms']:.1f}, attach "
@@ -244,6 +253,13 @@ class FailoverTest(unittest.TestCase):
                                       timeout=10, what="fenced and stopped")
         self.assertEqual(old["state"], "failed", old)
         self.assertIn("fenced by standby spare-host", old["reason"])
+        # `spare where` on the old host points at the spare host.
+        w = s.primary.spare("where", "kv1", "--agent", s.primary.dir)
+        self.assertEqual(w.returncode, 0, w.stdout + w.stderr)
+        self.assertIn("failed over to the spare host at " + s.hosts.peer_ip("spr"), w.stdout)
+        w = s.primary.spare("where", "nope", "--agent", s.primary.dir)
+        self.assertEqual(w.returncode, 1, w.stdout + w.stderr)
+        self.assertIn("no instance 'nope'", w.stderr)
         out, _ = held.communicate(timeout=10)
         self.assertNotIn("OK", out, "a SET held by the fenced primary was acknowledged")
         self.assertEqual(redis(port, "GET", "held", host=s.ip("spr")), (0, ""))
@@ -294,6 +310,44 @@ class FailoverTest(unittest.TestCase):
         took, rep = s.fail_over_and_check(load, s.primary.instance("kv1")["pid"])
         print(f"standby restart: full copy of {inst['full_copy_bytes'] / 2**20:.1f} MiB; "
               f"failover after it in {took * 1000:.0f} ms; {rep.summary()}", flush=True)
+
+    def test_continue_on_standby_loss(self):
+        s = Setup(self, "tcp", False, seed=int(time.time()),
+                  agent_extra=["--on-standby-loss", "continue"])
+        load = s.loaded("kv1", 0.8)
+        before = load.totals()["acked"]
+        self.assertGreater(before, 200)
+        # The standby dies: the instance goes on, unprotected, and says so.
+        s.standby.kill()
+        s.standby.wait(timeout=10)
+        load.resume()
+        inst = s.primary.wait_instance("kv1", lambda i: i["unprotected"], timeout=10,
+                                       what="unprotected after the standby's loss")
+        self.assertEqual(inst["standby"], "UNPROTECTED (standby lost; continuing)")
+        time.sleep(0.5)
+        during = load.totals()["acked"]
+        self.assertGreater(during, before + 100, "replies were held under --on-standby-loss=continue")
+        inst = s.primary.instance("kv1")
+        self.assertGreater(inst["unprotected_s"], 0.3, inst)
+        self.assertEqual(inst["unprotected_periods"], 1, inst)
+        self.assertEqual(s.primary.status()["agent"]["standby"]["on_standby_loss"], "continue")
+        self.assertIn("UNPROTECTED", tail(os.path.join(s.primary.dir, "agent.log"), 2000))
+        # A standby again: a full copy, then protected, with what ran unprotected.
+        s.start_standby()
+        inst = s.primary.wait_instance("kv1", lambda i: i["full_copies"] >= 1
+                                       and i["standby"] == "protected", timeout=20,
+                                       what="full copy done, protected again")
+        self.assertFalse(inst["unprotected"], inst)
+        self.assertEqual(inst["unprotected_s"], 0, inst)
+        time.sleep(0.3)
+        load.pause()
+        rep = load.check(full=True)
+        self.assertTrue(rep.ok, rep.summary())
+        # Failover from the resynced replica: the SETs acknowledged while
+        # unprotected are there too.
+        took, rep = s.fail_over_and_check(load, inst["pid"])
+        print(f"continue on standby loss: {during - before} SETs acknowledged unprotected; "
+              f"failover after the resync in {took * 1000:.0f} ms; {rep.summary()}", flush=True)
 
     def test_local_restart_of_a_hot_instance(self):
         s = Setup(self, "tcp", False, seed=int(time.time()))

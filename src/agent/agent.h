@@ -233,6 +233,8 @@ class Agent {
   void OnStandbyTimer();
   void ArmStandbyTimer(uint32_t period_ms);
   void ReconnectStandby(const std::string& why);
+  void GoUnprotected(Instance& inst, const std::string& why);
+  const char* LossPolicyText() const;  // what hot instances do without a standby
   void AnnounceToStandby(uint64_t bytes);
   void LeaveStandby();
 

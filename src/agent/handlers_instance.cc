@@ -312,7 +312,9 @@ std::optional<ipc::Message> Agent::OnCommit(Conn& conn, ipc::Message& msg) {
     Status st = PostApply(inst, ship.epoch, ship.first_slot, ship.parts);
     if (!st.ok()) return refuse(st.With("queueing epoch " + std::to_string(*epoch)));
   }
-  const bool hot = inst.rec.spec.policy == "hot";
+  // Unprotected (--on-standby-loss=continue, no standby): durable once
+  // applied here, and not shipped (a full copy resyncs the replica later).
+  const bool hot = inst.rec.spec.policy == "hot" && !inst.unprotected;
   inst.epochs.Push(*epoch, /*needs_ack=*/hot);
   if (hot) {
     inst.unacked.push_back(ship);

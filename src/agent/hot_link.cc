@@ -67,14 +67,19 @@ Status Agent::ConnectStandby() {
   SPARE_ASSIGN_OR_RETURN(hot_->ep,
                          hot_->worker->Connect(hot_->host, hot_->port, net::ErrorMode::kNone));
   hot_->ep->set_on_error([this](const Status& st) {
-    spdlog::error("standby {}:{}: {}; hot instances hold their outputs until it is back",
-                  hot_->host, hot_->port, st.ToString());
+    spdlog::error("standby {}:{}: {}; hot instances {} until it is back", hot_->host, hot_->port,
+                  st.ToString(), LossPolicyText());
   });
   SendToStandby(static_cast<uint8_t>(hot::Type::kHello), 0, 0, hot_->next_seq++,
                 hot::Body(hot::Hello{"agent:" + options_.dir}));
   spdlog::info("agent: standby {}:{}, connecting", hot_->host, hot_->port);
   ProgressStandby();
   return Status::Ok();
+}
+
+const char* Agent::LossPolicyText() const {
+  return options_.continue_on_standby_loss ? "go on UNPROTECTED (--on-standby-loss=continue)"
+                                           : "hold their outputs";
 }
 
 void Agent::ProgressStandby() {
@@ -119,17 +124,56 @@ void Agent::OnStandbyTimer() {
     hot_->suspicions++;
     for (auto& [id, inst] : instances_) MaybeRelaunch(*inst);  // no longer waits for acks
     spdlog::error(
-        "standby {} at {}:{} silent for {} ms (timeout {} ms): hot instances hold their outputs "
-        "until it answers",
+        "standby {} at {}:{} silent for {} ms (timeout {} ms): hot instances {} until it answers",
         hot_->standby_name, hot_->host, hot_->port,
-        std::chrono::duration_cast<std::chrono::milliseconds>(silent).count(), hot_->timeout_ms);
+        std::chrono::duration_cast<std::chrono::milliseconds>(silent).count(), hot_->timeout_ms,
+        LossPolicyText());
+  }
+  const bool lost =
+      hot_->suspected || (hot_->ep->failed() && hot_->welcomed) ||
+      (!hot_->welcomed && now - hot_->connected_at > std::chrono::milliseconds(hot_->timeout_ms));
+  if (lost && options_.continue_on_standby_loss) {
+    const std::string why = hot_->ep->failed() ? hot_->ep->error().ToString()
+                            : hot_->welcomed   ? "silent past its timeout"
+                                               : "not answering";
+    for (auto& [id, inst] : instances_) GoUnprotected(*inst, why);
   }
 }
 
+// --on-standby-loss=continue, no standby acknowledging: the instance's
+// epochs are durable once applied here. What was waiting for an ack counts
+// as acknowledged now (it is applied, or will be, in order), nothing more
+// ships, and the next standby that answers gets a full copy (Reserved).
+void Agent::GoUnprotected(Instance& inst, const std::string& why) {
+  if (inst.unprotected || inst.rec.spec.policy != "hot" || inst.rec.fenced || inst.moving ||
+      !inst.image_held())
+    return;
+  EndFullCopy(inst, /*done=*/false);  // its held epochs apply now
+  for (const Instance::Ship& s : inst.unacked) inst.epochs.MarkAcked(s.epoch);
+  inst.unacked.clear();
+  inst.to_ship.clear();
+  inst.standby_handle = 0;
+  inst.standby_key.reset();
+  inst.standby_blocked = false;
+  inst.unprotected = true;
+  inst.unprotected_since = std::chrono::steady_clock::now();
+  inst.unprotected_periods++;
+  spdlog::error("instance {}: standby {} lost ({}): running UNPROTECTED "
+                "(--on-standby-loss=continue): its outputs are released once applied on this "
+                "host, so a failure of this host now loses what it acknowledged since. If the "
+                "standby still hears nothing from this host it fails the instance over, and "
+                "this copy is fenced when the link returns. Protected again after a standby "
+                "answers and a full copy",
+                inst.rec.spec.id, hot_->standby_name.empty() ? options_.standby : hot_->standby_name,
+                why);
+  if (inst.epochs.Advance()) SendProgress(inst);
+  MaybeRelaunch(inst);
+}
+
 void Agent::ReconnectStandby(const std::string& why) {
-  spdlog::warn("standby {}:{}: {}; connecting again (hot instances hold their outputs until it "
-               "answers and has what they committed)",
-               hot_->host, hot_->port, why);
+  spdlog::warn("standby {}:{}: {}; connecting again (hot instances {} until it answers and has "
+               "what they committed)",
+               hot_->host, hot_->port, why, LossPolicyText());
   for (auto& [id, inst] : instances_) {
     if (inst->rec.spec.policy != "hot") continue;
     if (inst->moving && !inst->pidfd.valid()) {
@@ -296,6 +340,10 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
   if (hot_->suspected) {
     hot_->suspected = false;
     spdlog::info("standby {} answers again", hot_->standby_name);
+    for (auto& [id, inst] : instances_)  // resync what ran unprotected meanwhile
+      if (inst->unprotected && inst->rec.state == InstanceState::kRunning &&
+          !inst->rec.regions.empty())
+        ReserveOnStandby(*inst);
   }
   switch (h.type) {
     case hot::Type::kWelcome: {
@@ -340,6 +388,16 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       inst->standby_key = std::shared_ptr<net::RemoteKey>(std::move(key).value());
       inst->standby_staging = m->staging_addr;
       inst->standby_handle = h.instance;
+      if (std::exchange(inst->unprotected, false)) {
+        // From here on its epochs wait for acks again; the replica lacks
+        // what ran unprotected, so (below) a full copy brings it up to date.
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                       inst->unprotected_since)
+                             .count();
+        spdlog::warn("instance {}: standby {} is back after {:.1f} s unprotected: resyncing "
+                     "(outputs are held again until its replica has everything)",
+                     inst->rec.spec.id, hot_->standby_name, s);
+      }
       if (std::exchange(inst->standby_reserve_again, false)) {
         RetireOnStandby(*inst);  // reserved with the regions it had then
         inst->to_ship.assign(inst->unacked.begin(), inst->unacked.end());

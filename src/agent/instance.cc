@@ -78,6 +78,7 @@ std::shared_ptr<ApplyChain> Instance::ReleaseImage() {
   rec.regions.clear();
   rec.epoch = 0;
   record.clear();
+  unprotected = false;  // nothing left to protect
   return old;
 }
 

@@ -142,6 +142,13 @@ struct Instance {
   std::shared_ptr<FullCopy> copy;
   std::deque<Ship> held;
   uint64_t full_copies = 0, full_copy_bytes = 0;
+  // --on-standby-loss=continue: no standby acknowledged for longer than its
+  // timeout, so epochs are durable once applied here (nothing ships, nothing
+  // waits for an ack) until a standby's Reserved starts the full copy that
+  // protects it again.
+  bool unprotected = false;
+  std::chrono::steady_clock::time_point unprotected_since{};
+  uint64_t unprotected_periods = 0;
 
   // On the spare host: a replacement launched from a standby's replica
   // (Takeover), and how its failover went. Detection and fencing are the

@@ -36,6 +36,12 @@ struct AgentOptions {
   // not to fail this agent's hot instances over while the next agent
   // takes them back (hot Leaving).
   uint32_t standby_grace_ms = 10'000;
+  // When no standby acknowledges (unreachable past its timeout, or never
+  // answering): hot instances hold their outputs (false, the default), or
+  // go on unprotected, released after the local apply alone, until a
+  // standby is back and a full copy has made them protected again (true:
+  // --on-standby-loss=continue).
+  bool continue_on_standby_loss = false;
   bool handle_signals = true;  // SIGTERM/SIGINT end Run(); off in unit tests
   // Test seam: how the apply worker writes epochs into region memfds
   // (a fault injector); empty: pwrite(2). Never set from configuration.

@@ -1,5 +1,8 @@
 #include "agent/status.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -111,6 +114,14 @@ const Metric kMetrics[] = {
      "full_copies"},
     {"spare_full_copy_bytes_total", "counter",
      "Policy hot: bytes those full copies shipped (only pages ever written).", "full_copy_bytes"},
+    {"spare_instance_unprotected_seconds", "gauge",
+     "Policy hot with --on-standby-loss=continue: how long the instance has run UNPROTECTED "
+     "(no standby acknowledging; outputs released after the local apply alone); 0 while "
+     "protected or holding.",
+     "unprotected_s"},
+    {"spare_unprotected_periods_total", "counter",
+     "Policy hot with --on-standby-loss=continue: times the instance went on unprotected.",
+     "unprotected_periods"},
 };
 
 Result<double> MetricValue(const Metric& m, const ipc::Body& inst) {
@@ -181,6 +192,7 @@ nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) 
           {"config_stale_keys", inst.config_stale_keys},
           {"standby", r.spec.policy != "hot" ? "-"
                       : r.fenced             ? "fenced (failed over elsewhere)"
+                      : inst.unprotected     ? "UNPROTECTED (standby lost; continuing)"
                       : standby_suspected    ? "standby unreachable (outputs held)"
                       : inst.copy            ? CopyProgress(*inst.copy)
                       : inst.standby_blocked ? "blocked (full copy failed; retried on reconnect)"
@@ -189,6 +201,13 @@ nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) 
           {"full_copies", inst.full_copies},
           {"full_copy_bytes", inst.full_copy_bytes},
           {"standby_epoch", inst.standby_acked},
+          {"unprotected", inst.unprotected},
+          {"unprotected_s",
+           inst.unprotected ? std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                            inst.unprotected_since)
+                                  .count()
+                            : 0.0},
+          {"unprotected_periods", inst.unprotected_periods},
           {"ship_errors", inst.ship_errors}};
 }
 
@@ -219,6 +238,23 @@ Result<std::string> MetricsText(const nlohmann::json& status) {
   return out;
 }
 
+// This host's IPv4 addresses (loopback only when there is nothing else):
+// where clients reach the instances that run here.
+static std::vector<std::string> HostAddresses() {
+  std::vector<std::string> out, loopback;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return out;
+  for (ifaddrs* a = list; a; a = a->ifa_next) {
+    if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
+    char text[INET_ADDRSTRLEN] = {};
+    const auto* in = reinterpret_cast<const sockaddr_in*>(a->ifa_addr);
+    if (!::inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text))) continue;
+    (ntohl(in->sin_addr.s_addr) >> 24 == 127 ? loopback : out).push_back(text);
+  }
+  ::freeifaddrs(list);
+  return out.empty() ? loopback : out;
+}
+
 nlohmann::json Agent::StatusJson() const {
   nlohmann::json instances = nlohmann::json::array();
   const auto now = std::chrono::steady_clock::now();
@@ -239,6 +275,7 @@ nlohmann::json Agent::StatusJson() const {
                {"suspected", suspected},
                {"heartbeat_ms", hot_->heartbeat_ms},
                {"timeout_ms", hot_->timeout_ms},
+               {"on_standby_loss", options_.continue_on_standby_loss ? "continue" : "hold"},
                {"suspicions", hot_->suspicions},
                {"reconnects", hot_->reconnects}};
   return {{"agent",
@@ -248,6 +285,7 @@ nlohmann::json Agent::StatusJson() const {
             {"uptime_s", uptime},
             {"metrics_port", options_.metrics_port},
             {"metrics_host", options_.metrics_host},
+            {"addresses", HostAddresses()},
             {"standby", standby}}},
           {"instances", instances}};
 }

@@ -18,6 +18,7 @@ struct AgentFlags {
   int metrics_port = -1;  // -1: from the config (default off)
   std::string metrics;    // HOST:PORT; empty: from the config
   std::string standby;    // HOST:PORT of the standby (policy hot)
+  std::string on_standby_loss = "hold";
 };
 
 int RunAgent(const AgentFlags& flags) {
@@ -41,6 +42,7 @@ int RunAgent(const AgentFlags& flags) {
   }
   if (flags.metrics_port >= 0) options.metrics_port = static_cast<uint16_t>(flags.metrics_port);
   if (!flags.standby.empty()) options.standby = flags.standby;
+  options.continue_on_standby_loss = flags.on_standby_loss == "continue";
   spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   auto agent = agent::Agent::Create(std::move(options));
   if (!agent.ok()) {
@@ -80,6 +82,15 @@ Command AddAgentCommand(CLI::App& app) {
   sub->add_option("--standby", flags->standby,
                   "HOST:PORT of the `spare standby` that protects this agent's --policy hot "
                   "instances (UCX; pin the transport with UCX_TLS)");
+  sub->add_option("--on-standby-loss", flags->on_standby_loss,
+                  "what hot instances do while no standby acknowledges (unreachable past its "
+                  "timeout): hold = keep every output until it is back (nothing a client saw "
+                  "can be lost); continue = release outputs after the local apply alone, "
+                  "UNPROTECTED against this host's failure (said in `spare status` and the "
+                  "spare_instance_unprotected metric), protected again after the standby "
+                  "returns and a full copy")
+      ->check(CLI::IsMember({"hold", "continue"}))
+      ->default_str("hold");
   sub->footer(
       "Example:\n"
       "  spare agent --dir /run/spare --config /etc/spare/agent.toml --metrics 127.0.0.1:9464");
