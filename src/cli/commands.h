@@ -17,6 +17,7 @@ Command AddRunCommand(CLI::App& app);
 Command AddStatusCommand(CLI::App& app);
 Command AddStopCommand(CLI::App& app);
 Command AddFailoverCommand(CLI::App& app);
+Command AddWhereCommand(CLI::App& app);
 Command AddMetricsCommand(CLI::App& app);
 Command AddStandbyCommand(CLI::App& app);
 Command AddDemoCommand(CLI::App& app);  // demo_cmd.cc; the demo itself is demo.cc

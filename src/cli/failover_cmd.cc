@@ -57,12 +57,17 @@ Command AddFailoverCommand(CLI::App& app) {
       "host. Refused, changing nothing, when the instance is not protected (no standby, a full "
       "copy in progress) or not running.");
   sub->add_option("--agent", f->agent, "agent directory (default: $SPARE_AGENT)");
-  sub->add_option("--id", f->id, "instance id")->required();
+  auto* positional = sub->add_option("id", f->id, "instance id (or --id)");
+  sub->add_option("--id", f->id, "instance id")->excludes(positional);
+  sub->callback([sub] {
+    if (sub->count("id") + sub->count("--id") == 0)
+      throw CLI::RequiredError("an instance id (spare failover ID, or --id ID)");
+  });
   sub->add_option("--reason", f->reason, "why, for the logs and the instance's status");
   sub->add_option("--timeout-ms", f->timeout_ms, "how long to wait for the move")
       ->capture_default_str()
       ->check(CLI::Range(100, 600000));
-  sub->footer("Example:\n  spare failover --agent /run/spare --id kv1 --reason \"kernel upgrade\"");
+  sub->footer("Example:\n  spare failover kv1 --agent /run/spare --reason \"kernel upgrade\"");
   return {sub, [f] { return RunFailover(*f); }};
 }
 

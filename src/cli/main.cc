@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
       spare::cli::AddAgentCommand(app),   spare::cli::AddRunCommand(app),
       spare::cli::AddStatusCommand(app),  spare::cli::AddStopCommand(app),
       spare::cli::AddMetricsCommand(app), spare::cli::AddStandbyCommand(app),
-      spare::cli::AddFailoverCommand(app),
+      spare::cli::AddFailoverCommand(app), spare::cli::AddWhereCommand(app),
   };
   commands.push_back(spare::cli::AddDemoCommand(app));
 
