@@ -374,8 +374,10 @@ class Agent:
     """
 
     def __init__(self, build: Path, env: dict | None = None, keep_dir: bool = False,
-                 dir_prefix: str = "spare-bench-", base: str | None = None):
+                 dir_prefix: str = "spare-bench-", base: str | None = None,
+                 args: list[str] | None = None):
         self.build = Path(build)
+        self.args = list(args or [])  # more `spare agent` flags, e.g. --standby H:P
         self.spare = binary(build, "spare")
         self.env = dict(os.environ)
         if env:
@@ -392,7 +394,7 @@ class Agent:
 
     def __enter__(self):
         log = open(self.dir / "agent.log", "wb")
-        self.proc = subprocess.Popen([str(self.spare), "agent", "--dir", str(self.dir)],
+        self.proc = subprocess.Popen([str(self.spare), "agent", "--dir", str(self.dir), *self.args],
                                      stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
         sock = self.dir / "agent.sock"
