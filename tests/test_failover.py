@@ -111,9 +111,9 @@ class Setup:
                                    what="protected by the standby")
         return port
 
-    def load(self, instance_id):
+    def load(self, instance_id, value_len=48):
         load = PipelinedLoad(self.ports[instance_id], host=self.ip("pri"), conns=3, batch=16,
-                             prefix=instance_id, seed=self.rng.random(), value_len=48)
+                             prefix=instance_id, seed=self.rng.random(), value_len=value_len)
         self.test.addCleanup(load.stop)
         return load
 

@@ -14,6 +14,7 @@
 #include "agent/agent.h"
 #include "agent/hot_link.h"
 #include "agent/process.h"
+#include "common/fault.h"
 #include "hot/wire.h"
 #include "ipc/body.h"
 
@@ -65,14 +66,15 @@ Status Agent::ConnectStandby() {
   ArmStandbyTimer(hot_->heartbeat_ms);
   hot_->last_heard = hot_->connected_at = std::chrono::steady_clock::now();
   SPARE_ASSIGN_OR_RETURN(hot_->ep,
-                         hot_->worker->Connect(hot_->host, hot_->port, net::ErrorMode::kNone));
+                         hot_->worker->Connect(hot_->host, hot_->port, options_.standby_error_mode));
   hot_->ep->set_on_error([this](const Status& st) {
     spdlog::error("standby {}:{}: {}; hot instances {} until it is back", hot_->host, hot_->port,
                   st.ToString(), LossPolicyText());
   });
   SendToStandby(static_cast<uint8_t>(hot::Type::kHello), 0, 0, hot_->next_seq++,
                 hot::Body(hot::Hello{"agent:" + options_.dir}));
-  spdlog::info("agent: standby {}:{}, connecting", hot_->host, hot_->port);
+  spdlog::info("agent: standby {}:{}, connecting (UCX error handling {})", hot_->host, hot_->port,
+               net::ErrorModeName(hot_->ep->error_mode()));
   ProgressStandby();
   return Status::Ok();
 }
@@ -323,6 +325,7 @@ void Agent::ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint3
                     flushed.ToString());
       return;
     }
+    fault::At("agent-before-commit");
     SendToStandby(static_cast<uint8_t>(hot::Type::kCommit), handle, generation, epoch,
                   hot::Body(hot::Commit{first_slot, parts}));
   });

@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "epoch/staging.h"
+#include "net/transport.h"
 #include "spare/status.h"
 
 namespace spare::agent {
@@ -42,6 +43,9 @@ struct AgentOptions {
   // standby is back and a full copy has made them protected again (true:
   // --on-standby-loss=continue).
   bool continue_on_standby_loss = false;
+  // UCX error handling of the connection to the standby (it must agree with
+  // the standby's --error-mode; net/transport.h says what auto picks).
+  net::ErrorMode standby_error_mode = net::ErrorMode::kAuto;
   bool handle_signals = true;  // SIGTERM/SIGINT end Run(); off in unit tests
   // Test seam: how the apply worker writes epochs into region memfds
   // (a fault injector); empty: pwrite(2). Never set from configuration.

@@ -91,8 +91,14 @@ void Agent::OnPidfdReadable(const std::string& id) {
   // over, and an Applied may already have released their outputs' peers.
   if (Conn* c = ConnOf(inst->conn)) ReadConn(c->fd.get(), SIZE_MAX);
   // A full copy in progress ends: its held epochs are applied before any
-  // relaunch, as every epoch handed over is.
+  // relaunch, as every epoch handed over is. The replica it was filling is
+  // no epoch at all: the next generation reserves afresh and copies again.
+  const bool copying = inst->copy != nullptr;
   EndFullCopy(*inst, /*done=*/false);
+  if (copying) {
+    inst->standby_handle = 0;
+    inst->standby_key.reset();
+  }
   ExitInfo exit = ReapPidfd(inst->pidfd.get(), inst->is_child);
   ForgetProcess(*inst);
   OnProcessGone(*inst, exit);
@@ -186,9 +192,12 @@ void Agent::OnCrash(Instance& inst, bool relaunch_possible) {
 
 bool Agent::RelaunchMustWait(const Instance& inst) const {
   if (inst.applies_in_flight > 0) return true;
-  // Waiting for the standby makes sense only while it answers.
+  // Waiting for the standby makes sense only while it answers, and only for
+  // epochs it was sent: after a full copy the crash cut short, they wait in
+  // to_ship for a copy the next generation makes anyway.
   return inst.rec.spec.policy == "hot" && hot_ && hot_->welcomed && !hot_->suspected &&
-         inst.standby_handle != 0 && !inst.copy && !inst.unacked.empty();
+         inst.standby_handle != 0 && !inst.copy && !inst.unacked.empty() &&
+         inst.to_ship.empty();
 }
 
 void Agent::MaybeRelaunch(Instance& inst) {

@@ -19,6 +19,7 @@ struct AgentFlags {
   std::string metrics;    // HOST:PORT; empty: from the config
   std::string standby;    // HOST:PORT of the standby (policy hot)
   std::string on_standby_loss = "hold";
+  std::string standby_error_mode = "auto";
 };
 
 int RunAgent(const AgentFlags& flags) {
@@ -43,6 +44,9 @@ int RunAgent(const AgentFlags& flags) {
   if (flags.metrics_port >= 0) options.metrics_port = static_cast<uint16_t>(flags.metrics_port);
   if (!flags.standby.empty()) options.standby = flags.standby;
   options.continue_on_standby_loss = flags.on_standby_loss == "continue";
+  options.standby_error_mode = flags.standby_error_mode == "none"   ? net::ErrorMode::kNone
+                               : flags.standby_error_mode == "peer" ? net::ErrorMode::kPeer
+                                                                    : net::ErrorMode::kAuto;
   spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   auto agent = agent::Agent::Create(std::move(options));
   if (!agent.ok()) {
@@ -91,6 +95,12 @@ Command AddAgentCommand(CLI::App& app) {
                   "returns and a full copy")
       ->check(CLI::IsMember({"hold", "continue"}))
       ->default_str("hold");
+  sub->add_option("--standby-error-mode", flags->standby_error_mode,
+                  "UCX error handling of the connection to the standby; must agree with the "
+                  "standby's --error-mode (auto on both: NONE to a standby on this host when "
+                  "UCX_TLS allows shared memory, PEER otherwise)")
+      ->check(CLI::IsMember({"auto", "none", "peer"}))
+      ->capture_default_str();
   sub->footer(
       "Example:\n"
       "  spare agent --dir /run/spare --config /etc/spare/agent.toml --metrics 127.0.0.1:9464");

@@ -23,7 +23,7 @@ struct StandbyFlags {
   std::string agent;
   uint32_t heartbeat_ms = 10;
   uint32_t timeout_ms = 100;
-  bool peer_errors = false;
+  std::string error_mode = "auto";
 };
 
 int RunStandby(const StandbyFlags& flags) {
@@ -37,7 +37,9 @@ int RunStandby(const StandbyFlags& flags) {
   o.agent_dir = flags.agent;
   o.heartbeat_ms = flags.heartbeat_ms;
   o.timeout_ms = flags.timeout_ms;
-  o.error_mode = flags.peer_errors ? net::ErrorMode::kPeer : net::ErrorMode::kNone;
+  o.error_mode = flags.error_mode == "none"   ? net::ErrorMode::kNone
+                 : flags.error_mode == "peer" ? net::ErrorMode::kPeer
+                                              : net::ErrorMode::kAuto;
   // SIGTERM/SIGINT end the loop; blocked before any thread exists.
   sigset_t set;
   sigemptyset(&set);
@@ -114,9 +116,13 @@ Command AddStandbyCommand(CLI::App& app) {
                   "suspected and failed over; must exceed --heartbeat-ms")
       ->capture_default_str()
       ->check(CLI::Range(2, 600000));
-  sub->add_flag("--peer-errors", flags->peer_errors,
-                "accept agents with UCP_ERR_HANDLING_MODE_PEER (UCX reports a dead agent; "
-                "drops shared-memory transports)");
+  sub->add_option("--error-mode", flags->error_mode,
+                  "UCX error handling of agents' connections; the agents' --standby-error-mode "
+                  "must agree. auto: NONE for an agent on this host when UCX_TLS allows shared "
+                  "memory (PEER would drop it), PEER otherwise (over TCP, UCX aborts a NONE-mode "
+                  "process whose peer dies mid-put)")
+      ->check(CLI::IsMember({"auto", "none", "peer"}))
+      ->capture_default_str();
   sub->footer(
       "Example:\n"
       "  spare agent --dir /run/spare-spare &     # the spare host's own agent\n"

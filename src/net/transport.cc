@@ -3,6 +3,7 @@
 #include "net/transport.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
 #include <netdb.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -35,6 +36,47 @@ Status FromUcs(ucs_status_t st, const std::string& what) {
               : st == UCS_ERR_CANCELED           ? Code::kUnavailable
                                                  : Code::kInternal;
   return Status(code, what + ": " + ucs_status_string(st));
+}
+
+bool SameAddress(const sockaddr* a, const sockaddr* b) {
+  if (a->sa_family != b->sa_family) return false;
+  if (a->sa_family == AF_INET)
+    return reinterpret_cast<const sockaddr_in*>(a)->sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in*>(b)->sin_addr.s_addr;
+  if (a->sa_family == AF_INET6)
+    return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr,
+                       &reinterpret_cast<const sockaddr_in6*>(b)->sin6_addr, 16) == 0;
+  return false;
+}
+
+// One of this host's (this network namespace's) addresses, loopback included.
+bool IsLocal(const sockaddr* addr) {
+  if (addr->sa_family == AF_INET &&
+      ntohl(reinterpret_cast<const sockaddr_in*>(addr)->sin_addr.s_addr) >> 24 == 127)
+    return true;
+  if (addr->sa_family == AF_INET6 &&
+      IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(addr)->sin6_addr))
+    return true;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return false;
+  bool local = false;
+  for (ifaddrs* a = list; a && !local; a = a->ifa_next)
+    local = a->ifa_addr && SameAddress(a->ifa_addr, addr);
+  ::freeifaddrs(list);
+  return local;
+}
+
+// Whether UCX_TLS lets UCX use shared memory ("shm", one of its parts, or
+// "all"; unset and "^..." lists allow it unless they exclude it).
+bool TlsAllowsSharedMemory() {
+  const char* v = std::getenv("UCX_TLS");
+  if (!v || !*v) return true;
+  std::string tls(v);
+  const bool negated = tls[0] == '^';
+  bool named = false;
+  for (const char* t : {"shm", "posix", "sysv", "cma", "xpmem", "knem", "all"})
+    named = named || tls.find(t) != std::string::npos;
+  return negated ? !named : named;
 }
 
 ucp_err_handling_mode_t ModeOf(ErrorMode m) {
@@ -93,7 +135,13 @@ Result<Address> ParseAddress(std::string_view text, std::string_view flag, bool 
   return Address{std::string(text.substr(0, colon)), static_cast<uint16_t>(n)};
 }
 
-const char* ErrorModeName(ErrorMode m) { return m == ErrorMode::kPeer ? "peer" : "none"; }
+const char* ErrorModeName(ErrorMode m) {
+  return m == ErrorMode::kPeer ? "peer" : m == ErrorMode::kAuto ? "auto" : "none";
+}
+
+ErrorMode AutoErrorMode(const sockaddr* addr) {
+  return IsLocal(addr) && TlsAllowsSharedMemory() ? ErrorMode::kNone : ErrorMode::kPeer;
+}
 
 // An operation in flight: what to call when it ends, and (for an active
 // message) the copy of its bytes UCX reads until then.
@@ -169,7 +217,9 @@ RemoteKey::~RemoteKey() {
 Endpoint::~Endpoint() {
   if (!ep_) return;
   worker_->eps_.erase(ep_);
-  worker_->CloseEp(ep_, failed());
+  // Forced only where UCX defines it: a failed endpoint, unless it is a
+  // NONE-mode one its owner gave up while UCX still had it working.
+  worker_->CloseEp(ep_, failed() && !(abandoned_ && mode_ == ErrorMode::kNone));
 }
 
 void Endpoint::Fail(const Status& st) {
@@ -356,7 +406,7 @@ Result<std::unique_ptr<Endpoint>> Worker::Connect(const std::string& host, uint1
   SPARE_RETURN_IF_ERROR(Resolve(host, port, /*passive=*/false, &ss, &len));
   std::unique_ptr<Endpoint> e(new Endpoint());
   e->worker_ = this;
-  e->mode_ = mode;
+  e->mode_ = mode == ErrorMode::kAuto ? AutoErrorMode(reinterpret_cast<const sockaddr*>(&ss)) : mode;
   e->peer_ = host + ":" + std::to_string(port);
   ucp_ep_params_t ep{};
   ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
@@ -364,7 +414,7 @@ Result<std::unique_ptr<Endpoint>> Worker::Connect(const std::string& host, uint1
   ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
   ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&ss);
   ep.sockaddr.addrlen = len;
-  ep.err_mode = ModeOf(mode);
+  ep.err_mode = ModeOf(e->mode_);
   ep.err_handler.cb = Internal::OnEpError;
   ep.err_handler.arg = e.get();
   ucp_ep_h h = nullptr;
@@ -381,19 +431,25 @@ void Internal::Accept(Worker* w, ucp_conn_request_h req) {
   e->mode_ = w->listen_mode_;
   ucp_conn_request_attr_t attr{};
   attr.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
-  e->peer_ = ucp_conn_request_query(req, &attr) == UCS_OK
-                 ? Describe(reinterpret_cast<const sockaddr*>(&attr.client_address))
-                 : "?";
+  const bool known = ucp_conn_request_query(req, &attr) == UCS_OK;
+  const auto* client = reinterpret_cast<const sockaddr*>(&attr.client_address);
+  e->peer_ = known ? Describe(client) : "?";
+  if (e->mode_ == ErrorMode::kAuto)
+    e->mode_ = known ? AutoErrorMode(client) : ErrorMode::kPeer;
   ucp_ep_params_t ep{};
   ep.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLER |
                   UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
   ep.conn_request = req;
-  ep.err_mode = ModeOf(w->listen_mode_);
+  ep.err_mode = ModeOf(e->mode_);
   ep.err_handler.cb = Internal::OnEpError;
   ep.err_handler.arg = e.get();
   ucp_ep_h h = nullptr;
-  if (ucp_ep_create(WK(w->worker_), &ep, &h) != UCS_OK) {
-    ucp_listener_reject(static_cast<ucp_listener_h>(w->listener_), req);
+  if (ucs_status_t st = ucp_ep_create(WK(w->worker_), &ep, &h); st != UCS_OK) {
+    // Not rejected here: a failed ucp_ep_create has already rejected (and
+    // freed) the request on its error paths (a second reject crashed).
+    std::fprintf(stderr, "spare: a connection from %s was refused: %s (error mode %s; both "
+                 "ends must use the same one)\n",
+                 e->peer_.c_str(), ucs_status_string(st), ErrorModeName(e->mode_));
     return;
   }
   e->ep_ = h;

@@ -47,6 +47,8 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <sys/socket.h>
+
 #include <unordered_map>
 #include <vector>
 
@@ -55,7 +57,16 @@
 
 namespace spare::net {
 
-enum class ErrorMode { kNone, kPeer };
+// UCP error handling of an endpoint. Both ends of a connection must use the
+// same one. kAuto picks per connection: kNone when the peer is on this host
+// and UCX_TLS allows shared memory (PEER would drop the shared-memory lanes),
+// kPeer otherwise: over TCP, UCX 1.13 emulates puts with messages whose
+// completion, in NONE mode, aborts the process when the peer died mid-put
+// (ucp_put_handler "unexpected error": seen killing a standby when an agent
+// was killed during a full copy).
+enum class ErrorMode { kNone, kPeer, kAuto };
+// What kAuto picks for a peer at `addr` (the sockaddr of the other end).
+ErrorMode AutoErrorMode(const sockaddr* addr);
 
 struct Address {
   std::string host;
@@ -138,7 +149,10 @@ class Endpoint {
   // Gives the endpoint up as failed with `why` (e.g. the peer came back on
   // a new connection): nothing more is sent on it, on_error runs from the
   // next Progress, and destroying it closes it by force.
-  void Abandon(const Status& why) { Fail(why); }
+  void Abandon(const Status& why) {
+    abandoned_ = true;
+    Fail(why);
+  }
   ErrorMode error_mode() const { return mode_; }
   // "host:port" of the peer as given to Connect, or what the listener saw.
   const std::string& peer() const { return peer_; }
@@ -153,7 +167,8 @@ class Endpoint {
 
   Worker* worker_ = nullptr;
   void* ep_ = nullptr;  // ucp_ep_h
-  ErrorMode mode_ = ErrorMode::kNone;
+  ErrorMode mode_ = ErrorMode::kNone;  // never kAuto: what was chosen
+  bool abandoned_ = false;  // failed by its owner, not by UCX
   std::string peer_;
   Status error_;
   std::function<void(const Status&)> on_error_;

@@ -4,7 +4,9 @@
 // reported in UCP_ERR_HANDLING_MODE_PEER, and bad arguments refused.
 #include "net/transport.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -238,6 +240,81 @@ INSTANTIATE_TEST_SUITE_P(Transports, NetTest, ::testing::Values("tcp", "shm,tcp"
                              if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
                            return name;
                          });
+
+}  // namespace
+}  // namespace spare::net
+
+namespace spare::net {
+namespace {
+
+sockaddr_in V4(const char* ip) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  ::inet_pton(AF_INET, ip, &a.sin_addr);
+  return a;
+}
+
+// auto: NONE only for a peer on this host with shared memory allowed.
+TEST(AutoErrorModeTest, NoneOnlyForALocalPeerThatMayUseSharedMemory) {
+  const sockaddr_in loop = V4("127.0.0.1"), far = V4("203.0.113.7");
+  const auto* l = reinterpret_cast<const sockaddr*>(&loop);
+  const auto* f = reinterpret_cast<const sockaddr*>(&far);
+  const char* old = std::getenv("UCX_TLS");
+  const std::string saved = old ? old : "";
+  ::setenv("UCX_TLS", "tcp", 1);
+  EXPECT_EQ(AutoErrorMode(l), ErrorMode::kPeer) << "TCP puts need PEER";
+  ::setenv("UCX_TLS", "shm,tcp", 1);
+  EXPECT_EQ(AutoErrorMode(l), ErrorMode::kNone);
+  EXPECT_EQ(AutoErrorMode(f), ErrorMode::kPeer) << "another host never shares memory";
+  ::setenv("UCX_TLS", "^shm", 1);
+  EXPECT_EQ(AutoErrorMode(l), ErrorMode::kPeer);
+  ::unsetenv("UCX_TLS");
+  EXPECT_EQ(AutoErrorMode(l), ErrorMode::kNone);
+  if (old) ::setenv("UCX_TLS", saved.c_str(), 1);
+}
+
+// Ends that disagree get no connection, and the listener goes on: the one
+// that agrees is accepted (a refused request once crashed the listener).
+TEST(AutoErrorModeTest, AMismatchedPeerIsRefusedAndTheListenerGoesOn) {
+  ::setenv("UCX_TLS", "tcp", 1);
+  auto server = Worker::Create();
+  auto wrong = Worker::Create();
+  auto right = Worker::Create();
+  ASSERT_TRUE(server.ok() && wrong.ok() && right.ok());
+  int accepted = 0;
+  std::vector<std::unique_ptr<Endpoint>> eps;
+  auto port = (*server)->Listen("127.0.0.1", 0, ErrorMode::kPeer, [&](std::unique_ptr<Endpoint> e) {
+    ++accepted;
+    eps.push_back(std::move(e));
+  });
+  ASSERT_TRUE(port.ok()) << port.status().ToString();
+  int heard = 0;
+  ASSERT_TRUE((*server)->SetAmHandler(1, [&](Endpoint*, std::span<const std::byte>) { ++heard; }).ok());
+  auto pump = [&](int ms, const std::function<bool()>& pred) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (std::chrono::steady_clock::now() < end && !pred()) {
+      for (auto* w : {server->get(), wrong->get(), right->get()}) w->Progress();
+      ::usleep(1000);
+    }
+    return pred();
+  };
+  auto bad = (*wrong)->Connect("127.0.0.1", *port, ErrorMode::kNone);
+  ASSERT_TRUE(bad.ok());
+  (void)(*bad)->SendAm(1, Bytes("mismatched"));
+  pump(500, [&] { return heard > 0; });
+  EXPECT_EQ(heard, 0) << "a mismatched peer's message arrived";
+  auto good = (*right)->Connect("127.0.0.1", *port, ErrorMode::kPeer);
+  ASSERT_TRUE(good.ok());
+  ASSERT_TRUE((*good)->SendAm(1, Bytes("agreed")).ok());
+  EXPECT_TRUE(pump(5000, [&] { return heard == 1; })) << "the listener stopped accepting";
+  good->reset();
+  bad->reset();
+  eps.clear();
+  pump(3000, [&] {
+    return (*server)->closing() == 0 && (*wrong)->closing() == 0 && (*right)->closing() == 0;
+  });
+  ::unsetenv("UCX_TLS");
+}
 
 }  // namespace
 }  // namespace spare::net

@@ -15,11 +15,26 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/fault.h"
 #include "common/hex.h"
 #include "ipc/wire.h"
 #include "region/mapping.h"
 
 namespace spare::standby {
+
+namespace {
+// SPARE_FAULT=standby-mid-apply:N (common/fault.h): the standby is killed
+// right after its Nth write into a replica, with the rest of that epoch
+// (when it has more writes) not written.
+const epoch::WriteFn* MidApplyFault() {
+  static const epoch::WriteFn fn = [](int fd, const void* buf, size_t n, off_t at) {
+    const ssize_t w = ::pwrite(fd, buf, n, at);
+    fault::At("standby-mid-apply");
+    return w;
+  };
+  return fault::Armed("standby-mid-apply") ? &fn : nullptr;
+}
+}  // namespace
 
 using hot::kAmId;
 
@@ -74,6 +89,7 @@ struct Standby::Area {
   // epoch, takes no Commit and cannot be handed over; the replica regions
   // are registered for the agent's puts meanwhile.
   bool copying = false;
+  bool said_unreplaceable = false;  // its owner's silence was logged once
   uint64_t copy_epoch = 0;
   std::chrono::steady_clock::time_point copy_started{};
   std::vector<std::unique_ptr<net::Memory>> copy_mems;
@@ -223,7 +239,20 @@ void Standby::OnTimer() {
     auto heard = a->owner ? a->owner->last_heard : a->orphan_heard;
     heard = std::max(heard, a->grace_until);  // silence counts from the grace's end
     if (a->owner && now <= a->owner->quiet_until) continue;
-    if (now - heard > timeout) due.emplace_back(a.get(), heard);
+    if (now - heard <= timeout) continue;
+    if (a->copying || a->torn) {
+      // Nothing to fail over to: fencing would only stop the owner, who may
+      // be alive (an agent restarting, a partition) and is the one copy of
+      // the instance. It holds its outputs anyway until the replica is whole.
+      if (!std::exchange(a->said_unreplaceable, true))
+        spdlog::error("standby: agent {} silent for {} ms, but instance {} is not failed over: "
+                      "its replica is {}; its owner is not fenced",
+                      a->owner_agent, static_cast<int64_t>(MsBetween(heard, now)), a->id,
+                      a->torn ? "torn (an apply failed midway)"
+                              : "incomplete (a full copy is in progress)");
+      continue;
+    }
+    due.emplace_back(a.get(), heard);
   }
   for (auto& [a, heard] : due)
     FailOver(*a, heard,
@@ -422,6 +451,8 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
       if (!m.ok()) return Refuse(from, h, m.status());
       p->agent = m->agent;
       p->hello = true;
+      spdlog::info("standby: agent {} connected from {} (UCX error handling {})", p->agent,
+                   from->peer(), net::ErrorModeName(from->error_mode()));
       // The same agent on a new connection (it reconnected): its areas are
       // its own again, and their silence is judged on this connection.
       for (auto& [handle, a] : areas_)
@@ -656,7 +687,7 @@ Status Standby::OnCommit(Peer& p, const hot::Header& h, std::span<const std::byt
                                              rep->targets);
                !v.ok()) {
       out->status = v.status();
-    } else if (Status w = epoch::WriteEpoch(*v, rep->targets); !w.ok()) {
+    } else if (Status w = epoch::WriteEpoch(*v, rep->targets, MidApplyFault()); !w.ok()) {
       // The replica is between epochs now: never acknowledged, never handed
       // over as an epoch (the area is dropped on the loop).
       out->status = w.With("applying to the replica of " + id);
@@ -729,6 +760,7 @@ Status Standby::OnCopy(Peer& p, const hot::Header& h, std::span<const std::byte>
     a->copy_mems.push_back(std::move(mem));
   }
   a->copying = true;
+  a->said_unreplaceable = false;
   a->copy_epoch = m.epoch;
   a->copy_started = std::chrono::steady_clock::now();
   a->epoch = a->queued = 0;
