@@ -234,7 +234,9 @@ class Agent {
   void ArmStandbyTimer(uint32_t period_ms);
   void ReconnectStandby(const std::string& why);
   void GoUnprotected(Instance& inst, const std::string& why);
-  const char* LossPolicyText() const;  // what hot instances do without a standby
+  const char* LossPolicyText() const;
+  Status SendData(uint64_t handle, uint64_t generation, uint64_t seq, uint32_t space,
+                  uint64_t offset, const std::byte* src, uint64_t len);  // what hot instances do without a standby
   void AnnounceToStandby(uint64_t bytes);
   void LeaveStandby();
 

@@ -127,8 +127,11 @@ void Agent::ContinueFullCopy(Instance& inst) {
         const auto& e = c->extents[c->next];
         const uint64_t n = std::min(kChunk, e.length - c->next_off);
         const uint64_t off = e.offset + c->next_off;
-        Status st = hot_->ep->Put(c->maps[e.region].first + off, n, c->remote[e.region] + off,
-                                  *c->keys[e.region]);
+        Status st = hot_->data_by_message
+                        ? SendData(inst.standby_handle, inst.rec.generation, c->seq, 1 + e.region,
+                                   off, c->maps[e.region].first + off, n)
+                        : hot_->ep->Put(c->maps[e.region].first + off, n,
+                                        c->remote[e.region] + off, *c->keys[e.region]);
         if (!st.ok()) return abort(st);
         c->in_window += n;
         c->next_off += n;

@@ -304,8 +304,11 @@ void Agent::ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint3
     epoch::SlotHeader h;
     std::memcpy(&h, src, sizeof(h));
     const uint64_t used = std::min<uint64_t>(std::max<uint64_t>(h.used, sizeof(h)), view.slot_size);
-    const uint64_t remote = inst.standby_staging + epoch::kSlotBase + uint64_t{slot} * view.slot_size;
-    Status st = hot_->ep->Put(src, used, remote, *key);
+    const uint64_t offset = epoch::kSlotBase + uint64_t{slot} * view.slot_size;
+    Status st = hot_->data_by_message
+                    ? SendData(inst.standby_handle, inst.rec.generation, epoch, hot::kStagingSpace,
+                               offset, src, used)
+                    : hot_->ep->Put(src, used, inst.standby_staging + offset, *key);
     if (!st.ok()) {
       inst.ship_errors++;
       spdlog::error("instance {}: epoch {} not shipped to the standby: {}; its outputs stay held",
@@ -330,6 +333,18 @@ void Agent::ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint3
                   hot::Body(hot::Commit{first_slot, parts}));
   });
   if (!st.ok()) inst.ship_errors++;
+}
+
+// The bytes a put would write, as Data messages of at most hot::kMaxData.
+Status Agent::SendData(uint64_t handle, uint64_t generation, uint64_t seq, uint32_t space,
+                       uint64_t offset, const std::byte* src, uint64_t len) {
+  for (uint64_t at = 0; at < len; at += hot::kMaxData) {
+    const uint64_t n = std::min<uint64_t>(hot::kMaxData, len - at);
+    auto frame = hot::EncodeData(hot::Header{hot::Type::kData, 0, handle, generation, seq}, space,
+                                 offset + at, std::span(src + at, n));
+    SPARE_RETURN_IF_ERROR(hot_->ep->SendAm(kAmId, frame));
+  }
+  return Status::Ok();
 }
 
 void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
@@ -360,8 +375,14 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       hot_->heartbeat_ms = m->heartbeat_ms;
       hot_->timeout_ms = m->timeout_ms;
       ArmStandbyTimer(m->heartbeat_ms);
-      spdlog::info("agent: standby {} at {}:{} answered (heartbeat {} ms, timeout {} ms)",
-                   m->standby, hot_->host, hot_->port, m->heartbeat_ms, m->timeout_ms);
+      {
+        const std::string lanes = hot_->worker->TransportsOf(*hot_->ep);
+        hot_->data_by_message = lanes.find("tcp") != std::string::npos;
+        spdlog::info("agent: standby {} at {}:{} answered (heartbeat {} ms, timeout {} ms; "
+                     "lanes {}, data by {})",
+                     m->standby, hot_->host, hot_->port, m->heartbeat_ms, m->timeout_ms, lanes,
+                     hot_->data_by_message ? "Data messages" : "put");
+      }
       // Every hot instance with an image is protected again (or for the
       // first time): a replica that lacks epochs gets a full copy.
       for (auto& [id, inst] : instances_)

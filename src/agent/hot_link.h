@@ -75,6 +75,10 @@ struct Agent::HotLink {
   bool suspected = false;
   uint64_t heartbeats_sent = 0, suspicions = 0, reconnects = 0;
   uint32_t backoff_ms = 100;  // before reconnecting a failed endpoint
+  // The connection's lanes include TCP: bulk bytes go in Data messages, not
+  // puts (UCX 1.13's emulated puts over TCP abort the standby when this
+  // agent dies mid-put: hot/wire.h). Decided at Welcome, once wired.
+  bool data_by_message = false;
 };
 
 }  // namespace spare::agent

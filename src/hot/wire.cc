@@ -53,6 +53,7 @@ const char* TypeName(Type t) {
     case Type::kCopyDone: return "CopyDone";
     case Type::kLeaving: return "Leaving";
     case Type::kMove: return "Move";
+    case Type::kData: return "Data";
   }
   return "?";
 }
@@ -136,6 +137,18 @@ std::vector<std::byte> Encode(const Header& h, std::span<const std::byte> body) 
   return out;
 }
 
+std::vector<std::byte> EncodeData(Header h, uint32_t space, uint64_t offset,
+                                  std::span<const std::byte> bytes) {
+  h.type = Type::kData;
+  std::vector<std::byte> body;
+  body.reserve(kDataPrefix + bytes.size());
+  Put(&body, space);
+  Put(&body, static_cast<uint32_t>(bytes.size()));
+  Put(&body, offset);
+  body.insert(body.end(), bytes.begin(), bytes.end());
+  return Encode(h, body);
+}
+
 Result<Frame> Decode(std::span<const std::byte> bytes) {
   if (bytes.size() < kHeaderSize)
     return Bad("frame of " + std::to_string(bytes.size()) + " bytes is shorter than the " +
@@ -150,9 +163,11 @@ Result<Frame> Decode(std::span<const std::byte> bytes) {
   if (type == 0 || type > kMaxType || (type > 3 && type < 10))
     return Bad("unknown message type " + std::to_string(type));
   const uint32_t body_len = Get<uint32_t>(p + 8);
-  if (body_len > kMaxBody)
+  const size_t limit =
+      type == static_cast<uint16_t>(Type::kData) ? kDataPrefix + kMaxData : kMaxBody;
+  if (body_len > limit)
     return Bad("body_len " + std::to_string(body_len) + " exceeds the limit of " +
-               std::to_string(kMaxBody));
+               std::to_string(limit));
   if (body_len != bytes.size() - kHeaderSize)
     return Bad("body_len " + std::to_string(body_len) + " but " +
                std::to_string(bytes.size() - kHeaderSize) + " body bytes arrived");
@@ -373,6 +388,23 @@ Result<Move> ParseMove(std::span<const std::byte> body) {
   Move m;
   SPARE_ASSIGN_OR_RETURN(m.reason, r.Str("reason", kMaxName));
   SPARE_RETURN_IF_ERROR(r.End());
+  return m;
+}
+
+Result<Data> ParseData(std::span<const std::byte> body) {
+  Reader r(body, "Data");
+  Data m;
+  SPARE_ASSIGN_OR_RETURN(m.space, r.U32("space"));
+  SPARE_ASSIGN_OR_RETURN(uint32_t n, r.U32("length"));
+  SPARE_ASSIGN_OR_RETURN(m.offset, r.U64("offset"));
+  if (n > kMaxData)
+    return Bad("Data.length " + std::to_string(n) + " exceeds the limit of " +
+               std::to_string(kMaxData));
+  if (body.size() - kDataPrefix != n)
+    return Bad("Data.length " + std::to_string(n) + " but " +
+               std::to_string(body.size() - kDataPrefix) + " bytes follow");
+  if (m.offset > UINT64_MAX - n) return Bad("Data.offset " + std::to_string(m.offset) + " + length overflows");
+  m.bytes = body.subspan(kDataPrefix, n);
   return m;
 }
 

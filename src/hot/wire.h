@@ -1,8 +1,10 @@
 // hot/wire.h — the agent ↔ standby protocol (hot protection), as bytes.
 //
-// Control messages travel as UCX active messages (net/transport.h); bulk
-// epoch data goes by put into the standby's registered staging area, and a
-// Commit names what was put. Byte layout and every message in docs/WIRE.md
+// Control messages travel as UCX active messages (net/transport.h). Bulk
+// epoch data goes by put into the standby's registered staging area (or,
+// where the connection runs over TCP, in Data messages: UCX 1.13 emulates
+// puts over TCP with messages whose completion aborts the target process
+// when the initiator died mid-put), and a Commit names what was put. Byte layout and every message in docs/WIRE.md
 // section 4. Independent of UCX, so decoders can be unit-tested and fuzzed.
 //
 // Frame (little endian), 48-byte header then the body:
@@ -68,8 +70,12 @@ enum class Type : uint16_t {
   kCopyDone = 19,   // agent → standby: the image of epoch `seq` is all put
   kLeaving = 20,    // agent → standby: restarting; do not suspect me for grace_ms
   kMove = 21,       // agent → standby: planned failover; the replica has everything
+  kData = 22,       // agent → standby: bytes for the staging area or, in a full copy, a region
 };
-inline constexpr uint16_t kMaxType = 21;
+inline constexpr uint16_t kMaxType = 22;
+// Bytes one Data frame carries at most (its body is kDataPrefix more).
+inline constexpr size_t kMaxData = 1 << 20;
+inline constexpr size_t kDataPrefix = 16;
 const char* TypeName(Type t);
 
 struct Header {
@@ -121,6 +127,11 @@ class Reader {
 
 // A whole frame. REQUIRES: body.size() <= kMaxBody.
 std::vector<std::byte> Encode(const Header& h, std::span<const std::byte> body);
+// A whole Data frame (h.type is set to kData): `bytes` go to offset
+// `offset` of `space` (kStagingSpace, or 1 + a region index).
+// REQUIRES: bytes.size() <= kMaxData.
+std::vector<std::byte> EncodeData(Header h, uint32_t space, uint64_t offset,
+                                  std::span<const std::byte> bytes);
 Result<Frame> Decode(std::span<const std::byte> bytes);
 
 // --- messages (body layouts in docs/WIRE.md) ---
@@ -128,6 +139,14 @@ Result<Frame> Decode(std::span<const std::byte> bytes);
 struct Hello {
   std::string agent;  // the agent's name (its host, by default)
 };
+// Data body: u32 space | u32 length | u64 offset | length bytes.
+inline constexpr uint32_t kStagingSpace = 0;  // offsets from the staging area's start
+struct Data {
+  uint32_t space = kStagingSpace;  // 0: staging; 1 + i: replica region i (full copy)
+  uint64_t offset = 0;
+  std::span<const std::byte> bytes;  // a view into the frame
+};
+Result<Data> ParseData(std::span<const std::byte> body);
 struct Welcome {
   std::string standby;
   uint32_t heartbeat_ms = 0;  // how often the standby sends heartbeats

@@ -174,7 +174,7 @@ TEST(HotWire, HeaderFieldsAreNamed) {
   ExpectBad(Decode(with(4, 9, 2)).status(), "version 9");
   ExpectBad(Decode(with(6, 5, 2)).status(), "unknown message type 5");
   ExpectBad(Decode(with(6, 0, 2)).status(), "unknown message type 0");
-  ExpectBad(Decode(with(6, 22, 2)).status(), "unknown message type 22");
+  ExpectBad(Decode(with(6, 23, 2)).status(), "unknown message type 23");
   ExpectBad(Decode(with(8, 9, 4)).status(), "body_len 9 but 16 body bytes arrived");
   ExpectBad(Decode(with(8, 1 << 20, 4)).status(), "exceeds the limit");
   ExpectBad(Decode(with(12, 1, 4)).status(), "flags");
@@ -224,6 +224,44 @@ TEST(HotWire, BodiesNeverTrustTheirLengths) {
   ExpectBad(ParseError(Writer().U16(200).Str("x").bytes()).status(), "Error.code 200");
   ExpectBad(ParseWelcome(Body(Welcome{"s", 50, 50})).status(), "need 0 < heartbeat < timeout");
   ExpectBad(ParseWelcome(Body(Welcome{"s", 0, 50})).status(), "need 0 < heartbeat < timeout");
+}
+
+// Data: the bytes a put would write. Its frame may be larger than any
+// control frame, up to kMaxData bytes of payload, and no larger.
+TEST(HotWire, DataCarriesBytesAndNeverTrustsItsLength) {
+  std::vector<std::byte> bytes(kMaxData);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::byte>(i * 7);
+  auto frame = EncodeData(Header{Type::kHello, 0, 3, 2, 9}, 1, 4096, bytes);
+  auto f = Decode(frame);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(f->header.type, Type::kData);
+  EXPECT_EQ(f->header.instance, 3u);
+  auto m = ParseData(f->body);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->space, 1u);
+  EXPECT_EQ(m->offset, 4096u);
+  ASSERT_EQ(m->bytes.size(), bytes.size());
+  EXPECT_EQ(std::memcmp(m->bytes.data(), bytes.data(), bytes.size()), 0);
+  // One byte more than kMaxData: the frame itself is refused.
+  bytes.push_back(std::byte{1});
+  std::vector<std::byte> body = Writer().U32(0).U32(static_cast<uint32_t>(bytes.size())).U64(0).bytes();
+  body.insert(body.end(), bytes.begin(), bytes.end());
+  ExpectBad(Decode(Encode(Header{Type::kData, 0, 3, 2, 9}, body)).status(),
+            "exceeds the limit of 1048592");
+  // A control frame may not use Data's limit.
+  std::vector<std::byte> fat(kMaxBody + 1);
+  ExpectBad(Decode(Encode(Header{Type::kCommit, 0, 3, 2, 9}, fat)).status(),
+            "exceeds the limit of 73728");
+  // A length that lies, one over the limit, an offset that overflows.
+  auto lies = Writer().U32(0).U32(10).U64(0).bytes();
+  lies.resize(lies.size() + 4);
+  ExpectBad(ParseData(lies).status(), "Data.length 10 but 4 bytes follow");
+  ExpectBad(ParseData(Writer().U32(0).U32(kMaxData + 1).U64(0).bytes()).status(),
+            "Data.length 1048577 exceeds the limit");
+  auto wraps = Writer().U32(0).U32(2).U64(~0ull).bytes();
+  wraps.resize(wraps.size() + 2);
+  ExpectBad(ParseData(wraps).status(), "overflows");
+  ExpectBad(ParseData(Writer().U32(0).bytes()).status(), "Data.length: needs 4 bytes");
 }
 
 }  // namespace

@@ -478,6 +478,9 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
     case hot::Type::kCommit:
       st = OnCommit(*p, h, frame->body);
       break;
+    case hot::Type::kData:
+      st = OnData(*p, h, frame->body);
+      break;
     case hot::Type::kRetire:
       st = OnRetire(*p, h);
       break;
@@ -639,6 +642,45 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
   Send(p.ep.get(), hot::Type::kReserved, a->handle, a->generation, h.seq,
        hot::Body(hot::Reserved{reinterpret_cast<uint64_t>(a->rep->view.base), a->rep->view.size,
                                a->mem->packed_key(), a->epoch}));
+  return Status::Ok();
+}
+
+// Bytes that a put would have written (the connection runs over TCP, where
+// the agent sends them instead: hot/wire.h): into the staging area outside a
+// full copy, into a replica region during one. Bounds are the area's.
+Status Standby::OnData(Peer& p, const hot::Header& h, std::span<const std::byte> body) {
+  SPARE_ASSIGN_OR_RETURN(hot::Data m, hot::ParseData(body));
+  SPARE_ASSIGN_OR_RETURN(Area * a, OwnedArea(p, h));
+  const uint64_t end = m.offset + m.bytes.size();
+  std::byte* dst = nullptr;
+  if (m.space == hot::kStagingSpace) {
+    if (a->copying)
+      return Status(Code::kFailedPrecondition,
+                    "Data for the staging area of " + a->id + " during its full copy");
+    const epoch::StagingView& view = a->rep->view;
+    if (m.offset < epoch::kSlotBase || end > view.size)
+      return Status(Code::kOutOfBounds,
+                    "Data at " + std::to_string(m.offset) + "+" + std::to_string(m.bytes.size()) +
+                        " outside the slots of the staging area of " + a->id + " (" +
+                        std::to_string(epoch::kSlotBase) + ".." + std::to_string(view.size) + ")");
+    dst = view.base + m.offset;
+  } else {
+    if (!a->copying)
+      return Status(Code::kFailedPrecondition, "Data for a region of " + a->id +
+                                                   " outside a full copy (Copy first)");
+    if (m.space - 1 >= a->rep->targets.size())
+      return Status(Code::kOutOfBounds, "Data for region " + std::to_string(m.space - 1) +
+                                            " of " + a->id + ", which has " +
+                                            std::to_string(a->rep->targets.size()));
+    const auto& t = a->rep->targets[m.space - 1];
+    if (end > t.size || !t.map)
+      return Status(Code::kOutOfBounds, "Data at " + std::to_string(m.offset) + "+" +
+                                            std::to_string(m.bytes.size()) + " past region " +
+                                            std::to_string(m.space - 1) + " of " + a->id +
+                                            " (" + std::to_string(t.size) + " bytes)");
+    dst = static_cast<std::byte*>(t.map) + m.offset;
+  }
+  std::memcpy(dst, m.bytes.data(), m.bytes.size());
   return Status::Ok();
 }
 

@@ -137,6 +137,7 @@ class Standby {
   void OnAccept(std::unique_ptr<net::Endpoint> ep);
   void OnMessage(net::Endpoint* from, std::span<const std::byte> bytes);
   Status OnReserve(Peer& p, const hot::Header& h, std::span<const std::byte> body);
+  Status OnData(Peer& p, const hot::Header& h, std::span<const std::byte> body);
   Status OnCommit(Peer& p, const hot::Header& h, std::span<const std::byte> body);
   Status OnRetire(Peer& p, const hot::Header& h);
   Status OnCopy(Peer& p, const hot::Header& h, std::span<const std::byte> body);

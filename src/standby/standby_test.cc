@@ -131,6 +131,7 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
     auto k = ep_->UnpackKey(std::as_bytes(std::span(r->key.data(), r->key.size())));
     EXPECT_TRUE(k.ok()) << k.status().ToString();
     if (k.ok()) key_ = std::move(k).value();
+    handle_ = f.header.instance;
     return f.header.instance;
   }
   // Fills slot `slot` with epoch `e` (generation `gen`): `fill` at page
@@ -160,6 +161,22 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
     ASSERT_TRUE(ep_->Flush([&](const Status& st) { flushed = st.ok(); }).ok());
     ASSERT_TRUE(Pump([&] { return flushed; }));
   }
+  // Stage, but the slot goes as Data messages (what an agent sends over TCP).
+  void StageByData(uint32_t slot, uint64_t gen, uint64_t e, uint64_t page, char fill) {
+    page_.assign(4096, fill);
+    std::vector<epoch::DirtyRun> runs{
+        {0, reinterpret_cast<const std::byte*>(page_.data()), page * 4096, 4096}};
+    std::string record = "rec-" + std::to_string(e);
+    auto plan = epoch::PlanEpoch(view_, runs, record.size());
+    ASSERT_EQ(plan.parts, 1u);
+    epoch::FillEpoch(view_, gen, e, slot, plan, runs,
+                     std::as_bytes(std::span(record.data(), record.size())));
+    const uint64_t offset = epoch::kSlotBase + uint64_t{slot} * kSlotSize;
+    ASSERT_TRUE(ep_->SendAm(1, hot::EncodeData(hot::Header{hot::Type::kData, 0, handle_, gen, e},
+                                               hot::kStagingSpace, offset,
+                                               std::span(view_.slot(slot), kSlotSize)))
+                    .ok());
+  }
   char ReplicaAt(uint64_t page) {
     auto areas = standby_->Areas();
     EXPECT_EQ(areas.size(), 1u);
@@ -184,6 +201,7 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
   std::unique_ptr<net::Worker> agent_;
   std::unique_ptr<net::Endpoint> ep_, extra_;
   std::unique_ptr<net::RemoteKey> key_;
+  uint64_t handle_ = 0;  // of the last Reserve
   std::deque<std::vector<std::byte>> inbox_;
   std::vector<std::byte> last_;
   std::vector<std::byte> staging_;
@@ -321,6 +339,38 @@ TEST_P(StandbyTest, BadRequestsAreRefusedAndChangeNothing) {
   ExpectError(Ask(extra_.get(), hot::Type::kCommit, handle, 2, 3, hot::Body(hot::Commit{2, 1})),
               Code::kFailedPrecondition, "reserved on another connection");
   extra_ = std::move(again);
+}
+
+// Data messages stage an epoch exactly as puts do, and are refused, changing
+// nothing, outside the area's slots, outside a full copy for a region, or
+// from another connection.
+TEST_P(StandbyTest, DataMessagesStageLikePutsWithinTheirBounds) {
+  Hello(ep_.get());
+  const uint64_t handle = Reserve(1);
+  StageByData(0, 1, 1, 6, 'd');
+  ASSERT_EQ(Ask(ep_.get(), hot::Type::kCommit, handle, 1, 1, hot::Body(hot::Commit{0, 1}))
+                .header.type,
+            hot::Type::kAck);
+  EXPECT_EQ(ReplicaAt(6), 'd');
+  const std::vector<std::byte> four(4096, std::byte{'z'});
+  auto send = [&](net::Endpoint* ep, uint32_t space, uint64_t offset) {
+    return AskRaw(ep, hot::EncodeData(hot::Header{hot::Type::kData, 0, handle, 1, 2}, space,
+                                      offset, four));
+  };
+  ExpectError(send(ep_.get(), hot::kStagingSpace, 0), Code::kOutOfBounds, "outside the slots");
+  ExpectError(send(ep_.get(), hot::kStagingSpace, epoch::StagingBytes(kSlots, kSlotSize) - 100),
+              Code::kOutOfBounds, "outside the slots");
+  ExpectError(send(ep_.get(), 1, 0), Code::kFailedPrecondition, "outside a full copy");
+  extra_ = Connect();
+  auto hello = Ask(extra_.get(), hot::Type::kHello, 0, 0, 1, hot::Body(hot::Hello{"host-c"}));
+  ASSERT_EQ(hello.header.type, hot::Type::kWelcome);
+  ExpectError(send(extra_.get(), hot::kStagingSpace, epoch::kSlotBase), Code::kFailedPrecondition,
+              "reserved on another connection");
+  // Nothing changed: the replica is still epoch 1, and the slot still holds
+  // epoch 1 (re-committing it is answered as already applied).
+  EXPECT_EQ(ReplicaAt(6), 'd');
+  EXPECT_EQ(ReplicaEpoch(), 1u);
+  EXPECT_GE(standby_->refused().at("OutOfBounds"), 2u);
 }
 
 // Its own owner reserving with a new geometry (a region added after the
