@@ -342,7 +342,7 @@ Status Agent::SendData(uint64_t handle, uint64_t generation, uint64_t seq, uint3
     const uint64_t n = std::min<uint64_t>(hot::kMaxData, len - at);
     auto frame = hot::EncodeData(hot::Header{hot::Type::kData, 0, handle, generation, seq}, space,
                                  offset + at, std::span(src + at, n));
-    SPARE_RETURN_IF_ERROR(hot_->ep->SendAm(kAmId, frame));
+    SPARE_RETURN_IF_ERROR(hot_->ep->SendAm(kAmId, std::move(frame)));
   }
   return Status::Ok();
 }

@@ -139,14 +139,27 @@ std::vector<std::byte> Encode(const Header& h, std::span<const std::byte> body) 
 
 std::vector<std::byte> EncodeData(Header h, uint32_t space, uint64_t offset,
                                   std::span<const std::byte> bytes) {
+  // Built in place (one copy of the bytes): Encode's layout, then the body.
   h.type = Type::kData;
-  std::vector<std::byte> body;
-  body.reserve(kDataPrefix + bytes.size());
-  Put(&body, space);
-  Put(&body, static_cast<uint32_t>(bytes.size()));
-  Put(&body, offset);
-  body.insert(body.end(), bytes.begin(), bytes.end());
-  return Encode(h, body);
+  std::vector<std::byte> out;
+  out.reserve(kHeaderSize + kDataPrefix + bytes.size());
+  Put(&out, kMagic);
+  Put(&out, kVersion);
+  Put(&out, static_cast<uint16_t>(h.type));
+  Put(&out, static_cast<uint32_t>(kDataPrefix + bytes.size()));
+  Put(&out, uint32_t{0});  // flags
+  Put(&out, h.instance);
+  Put(&out, h.generation);
+  Put(&out, h.seq);
+  Put(&out, uint64_t{0});  // checksum, below
+  Put(&out, space);
+  Put(&out, static_cast<uint32_t>(bytes.size()));
+  Put(&out, offset);
+  out.insert(out.end(), bytes.begin(), bytes.end());
+  const uint64_t sum = Checksum(std::span(out).first(kHeaderSize), std::span(out).subspan(kHeaderSize));
+  for (size_t i = 0; i < 8; ++i)
+    out[kChecksumAt + i] = static_cast<std::byte>((sum >> (8 * i)) & 0xff);
+  return out;
 }
 
 Result<Frame> Decode(std::span<const std::byte> bytes) {

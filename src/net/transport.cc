@@ -238,8 +238,12 @@ void Endpoint::Fail(const Status& st) {
 }
 
 Status Endpoint::SendAm(uint16_t id, std::span<const std::byte> bytes, Done done) {
+  return SendAm(id, std::vector<std::byte>(bytes.begin(), bytes.end()), std::move(done));
+}
+
+Status Endpoint::SendAm(uint16_t id, std::vector<std::byte>&& bytes, Done done) {
   if (failed()) return error_;
-  auto* op = new Worker::Pending{worker_, std::move(done), {bytes.begin(), bytes.end()}};
+  auto* op = new Worker::Pending{worker_, std::move(done), std::move(bytes)};
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_FLAGS;

@@ -132,6 +132,8 @@ class Endpoint {
   // Sends an active message with handler id `id`; `bytes` is copied. done
   // (optional) runs once UCX no longer needs it or the send failed.
   Status SendAm(uint16_t id, std::span<const std::byte> bytes, Done done = {});
+  // The same, taking the buffer instead of copying it.
+  Status SendAm(uint16_t id, std::vector<std::byte>&& bytes, Done done = {});
   // Writes `len` bytes at `local` to address `remote` of the peer's memory
   // that `key` unpacked. `local` must stay valid and unchanged until done.
   Status Put(const void* local, size_t len, uint64_t remote, const RemoteKey& key, Done done = {});
