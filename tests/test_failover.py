@@ -86,7 +86,8 @@ class Setup:
         """(Re)starts the standby on its address."""
         self.standby = self.spare.popen(
             [*self.wrap("spr"), SPARE, "standby", "--listen", self.standby_at, "--name",
-             "spare-host", "--agent", self.spare.dir], log=self.standby_log)
+             "spare-host", "--agent", self.spare.dir, "--dir",
+             os.path.join(self.spare.dir, "standby-state")], log=self.standby_log)
         deadline = time.monotonic() + 10
         while tail(self.standby_log, 400).count("listening on") < self.standby_starts + 1:
             self.test.assertIsNone(self.standby.poll(), "standby exited:\n" + tail(self.standby_log))

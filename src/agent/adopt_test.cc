@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "agent/agent.h"
-#include "agent/files.h"
+#include "common/files.h"
 #include "agent/state.h"
 #include "agent/test_dir.h"
 #include "epoch/staging.h"

@@ -13,7 +13,7 @@
 
 #include <cerrno>
 
-#include "agent/files.h"
+#include "common/files.h"
 #include "agent/hot_link.h"
 
 namespace spare::agent {

@@ -7,7 +7,7 @@
 #include <climits>
 #include <cstring>
 
-#include "agent/files.h"
+#include "common/files.h"
 
 namespace spare::agent {
 namespace {

@@ -7,7 +7,7 @@
 
 #include "agent/agent.h"
 #include "agent/checks.h"
-#include "agent/files.h"
+#include "common/files.h"
 #include "epoch/staging.h"
 #include "ipc/body.h"
 #include "region/mapping.h"

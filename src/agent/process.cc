@@ -12,7 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "agent/files.h"
+#include "common/files.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3

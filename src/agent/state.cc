@@ -1,7 +1,7 @@
 #include "agent/state.h"
 
 #include "agent/checks.h"
-#include "agent/files.h"
+#include "common/files.h"
 #include "ipc/body.h"
 
 namespace spare::agent {

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <vector>
 
-#include "agent/files.h"
+#include "common/files.h"
 #include "agent/test_dir.h"
 
 namespace spare::agent {

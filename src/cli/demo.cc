@@ -284,7 +284,8 @@ struct Demo {
     int out = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (in < 0 || out < 0) return Status::FromErrno("open " + log, errno);
     auto pid = Spawn({self, "standby", "--listen", "127.0.0.1:" + std::to_string(standby_port),
-                      "--name", "spare-host", "--agent", SpareDir()},
+                      "--name", "spare-host", "--agent", SpareDir(), "--dir",
+                      SpareDir() + "/standby-state"},
                      in, out, out, true);
     close(in), close(out);
     SPARE_ASSIGN_OR_RETURN(standby, std::move(pid));

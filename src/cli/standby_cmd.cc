@@ -24,6 +24,7 @@ struct StandbyFlags {
   uint32_t heartbeat_ms = 10;
   uint32_t timeout_ms = 100;
   std::string error_mode = "auto";
+  std::string dir;
 };
 
 int RunStandby(const StandbyFlags& flags) {
@@ -35,6 +36,7 @@ int RunStandby(const StandbyFlags& flags) {
   o.port = where->port;
   if (!flags.name.empty()) o.name = flags.name;
   o.agent_dir = flags.agent;
+  o.dir = flags.dir;
   o.heartbeat_ms = flags.heartbeat_ms;
   o.timeout_ms = flags.timeout_ms;
   o.error_mode = flags.error_mode == "none"   ? net::ErrorMode::kNone
@@ -116,6 +118,10 @@ Command AddStandbyCommand(CLI::App& app) {
                   "suspected and failed over; must exceed --heartbeat-ms")
       ->capture_default_str()
       ->check(CLI::Range(2, 600000));
+  sub->add_option("--dir", flags->dir,
+                  "where the standby keeps its state (DIR/standby.json, versioned): which owners "
+                  "it fenced, so they stay fenced after a restart. Replicas are not kept: after a "
+                  "restart each instance gets a full copy");
   sub->add_option("--error-mode", flags->error_mode,
                   "UCX error handling of agents' connections; the agents' --standby-error-mode "
                   "must agree. auto: NONE for an agent on this host when UCX_TLS allows shared "

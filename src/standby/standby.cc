@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/fault.h"
+#include "common/files.h"
 #include "common/hex.h"
 #include "ipc/wire.h"
 #include "region/mapping.h"
@@ -122,6 +123,58 @@ double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_cl
 }
 }  // namespace
 
+// DIR/standby.json: {"version": 1, "name": ..., "tombstones": [{"id",
+// "generation", "owner"}]}. Anything else is refused, by name, and the
+// standby does not start (a lost tombstone could let a fenced owner back).
+constexpr int kStateVersion = 1;
+
+Status Standby::LoadState() {
+  SPARE_RETURN_IF_ERROR(MakeDirs(options_.dir));
+  const std::string path = options_.dir + "/standby.json";
+  SPARE_ASSIGN_OR_RETURN(std::optional<std::string> text, ReadFile(path));
+  if (!text) return Status::Ok();
+  auto bad = [&](const std::string& what) {
+    return Status(Code::kBadMessage, path + ": " + what +
+                                         " (fix or remove it; removing it forgets which owners "
+                                         "were fenced)");
+  };
+  auto j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return bad("not a JSON object");
+  if (!j.contains("version") || !j["version"].is_number_integer())
+    return bad("no integer \"version\"");
+  if (j["version"] != kStateVersion)
+    return bad("version " + j["version"].dump() + "; this standby reads version " +
+               std::to_string(kStateVersion));
+  if (!j.contains("tombstones") || !j["tombstones"].is_array()) return bad("no \"tombstones\" array");
+  for (size_t i = 0; i < j["tombstones"].size(); ++i) {
+    const auto& t = j["tombstones"][i];
+    const std::string at = "tombstones[" + std::to_string(i) + "]";
+    if (!t.is_object() || !t.contains("id") || !t["id"].is_string() || t["id"].get<std::string>().empty() ||
+        !t.contains("generation") || !t["generation"].is_number_unsigned() ||
+        !t.contains("owner") || !t["owner"].is_string())
+      return bad(at + " needs a non-empty string id, an unsigned generation and a string owner");
+    tombstones_[t["id"].get<std::string>()] = {t["generation"].get<uint64_t>(),
+                                               t["owner"].get<std::string>()};
+  }
+  spdlog::info("standby: state from {}: {} fenced instance(s) stay fenced", path,
+               tombstones_.size());
+  return Status::Ok();
+}
+
+void Standby::SaveState() {
+  if (options_.dir.empty()) return;
+  nlohmann::json tombs = nlohmann::json::array();
+  for (const auto& [id, t] : tombstones_)
+    tombs.push_back({{"id", id}, {"generation", t.generation}, {"owner", t.owner}});
+  const nlohmann::json j = {{"version", kStateVersion}, {"name", options_.name}, {"tombstones", tombs}};
+  Status st = WriteFileAtomic(options_.dir + "/standby.json", j.dump(2) + "\n", 0644,
+                              Durability::kPowerLoss);
+  if (!st.ok())
+    spdlog::error("standby: saving its state failed: {}; a restart would forget which owners "
+                  "it fenced",
+                  st.ToString());
+}
+
 Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
   std::unique_ptr<Standby> s(new Standby());
   s->options_ = std::move(options);
@@ -130,6 +183,7 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
                   "heartbeat " + std::to_string(s->options_.heartbeat_ms) + " ms and timeout " +
                       std::to_string(s->options_.timeout_ms) +
                       " ms: need 0 < heartbeat < timeout");
+  if (!s->options_.dir.empty()) SPARE_RETURN_IF_ERROR(s->LoadState());
   // A restarted standby takes its address back at once, whatever
   // connections of its previous life linger in TIME_WAIT (unless the
   // operator set it otherwise).
@@ -273,6 +327,7 @@ void Standby::FailOver(Area& a, std::chrono::steady_clock::time_point last_heard
   // Fence first: from here on nothing from the old owner is acknowledged.
   a.fenced = true;
   tombstones_[a.id] = {f.generation, a.owner_agent};
+  SaveState();  // on disk before anything else happens: a restart keeps the fence
   fenced_handles_[a.handle] = a.id;
   if (a.owner)
     SendFenced(a.owner->ep.get(), hot::Header{hot::Type::kFenced, 0, a.handle, a.generation, 0},
@@ -575,7 +630,7 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
     return Status(Code::kFailedPrecondition,
                   "instance " + m.id + " is being failed over; reserve it again once its "
                                        "replacement runs");
-  tombstones_.erase(m.id);  // a newer owner protects it again
+  if (tombstones_.erase(m.id) > 0) SaveState();  // a newer owner protects it again
   if (a) {
     if (h.generation < a->generation)
       return Status(Code::kStaleGeneration,

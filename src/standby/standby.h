@@ -70,6 +70,11 @@ struct StandbyOptions {
   // The spare host's agent (its DIR), which launches replacements. Empty:
   // a suspected owner is still fenced, but nothing is launched (logged).
   std::string agent_dir;
+  // Where the standby keeps its state (DIR/standby.json, a versioned value):
+  // its tombstones, so that an owner it fenced stays fenced across a
+  // restart. Replicas are not kept: after a restart every instance gets a
+  // full copy. Empty: nothing is kept.
+  std::string dir;
 };
 
 class Standby {
@@ -134,6 +139,8 @@ class Standby {
     std::string owner;        // the fenced owner's agent name: fenced at any generation
   };
   Standby() = default;
+  Status LoadState();
+  void SaveState();
   void OnAccept(std::unique_ptr<net::Endpoint> ep);
   void OnMessage(net::Endpoint* from, std::span<const std::byte> bytes);
   Status OnReserve(Peer& p, const hot::Header& h, std::span<const std::byte> body);

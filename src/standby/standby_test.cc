@@ -479,6 +479,7 @@ class StandbyFailoverTest : public StandbyTest {
     if (l.ok()) listen_ = std::move(l).value();
     auto o = StandbyTest::Options();
     o.agent_dir = dir_;
+    o.dir = dir_ + "/state";
     return o;
   }
   void TearDown() override {
@@ -546,6 +547,49 @@ TEST_P(StandbyFailoverTest, ASilentOwnerIsFencedAndItsReplicaHandedOver) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->replica_epoch, 0u);
   EXPECT_GE(standby_->refused().at("Fenced"), 4u);
+}
+
+// The fence is on disk (DIR/standby.json): a restarted standby still
+// refuses the owner it fenced; a state file it cannot read stops it, named.
+TEST_P(StandbyFailoverTest, AFenceSurvivesARestart) {
+  FirstEpoch();
+  ASSERT_TRUE(Pump([&] { return !standby_->failovers().empty(); }));
+  ExpectFenced(Answer(), 2);
+  key_.reset();
+  ep_.reset();
+  Pump([&] { return agent_->closing() == 0; });
+  standby_.reset();
+  auto o = StandbyTest::Options();
+  o.agent_dir = dir_;
+  o.dir = dir_ + "/state";
+  auto s = Standby::Create(o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  standby_ = std::move(s).value();
+  ep_ = Connect();
+  Hello(ep_.get());
+  ExpectFenced(Ask(ep_.get(), hot::Type::kReserve, 0, 1, 2, hot::Body(Sample())), 2);
+  ExpectFenced(Ask(ep_.get(), hot::Type::kReserve, 0, 9, 3, hot::Body(Sample())), 2);
+  EXPECT_TRUE(standby_->Areas().empty());
+  // Unreadable state: refused by name, nothing started.
+  for (const auto& [text, needle] :
+       std::vector<std::pair<std::string, std::string>>{
+           {R"({"version": 2, "tombstones": []})", "version 2; this standby reads version 1"},
+           {"not json", "not a JSON object"},
+           {R"({"version": 1, "tombstones": [{"id": "", "generation": 1, "owner": "a"}]})",
+            "tombstones[0] needs a non-empty string id"}}) {
+    const std::string other = dir_ + "/bad";
+    std::filesystem::create_directories(other);
+    FILE* f = std::fopen((other + "/standby.json").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+    auto bad = StandbyTest::Options();
+    bad.dir = other;
+    auto r = Standby::Create(bad);
+    ASSERT_FALSE(r.ok()) << text;
+    EXPECT_EQ(r.status().code(), Code::kBadMessage);
+    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().ToString();
+  }
 }
 
 TEST_P(StandbyFailoverTest, WithoutAnAgentTheOwnerIsStillFenced) {

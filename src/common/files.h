@@ -1,4 +1,4 @@
-// agent/files.h — small file helpers the agent's persistence shares.
+// common/files.h — small file helpers for what the agent and the standby persist.
 #pragma once
 
 #include <optional>
@@ -7,7 +7,7 @@
 
 #include "spare/status.h"
 
-namespace spare::agent {
+namespace spare {
 
 // mkdir -p (std::filesystem::create_directories: mode 0777 & ~umask).
 Status MakeDirs(const std::string& path);
@@ -21,4 +21,4 @@ Status WriteFileAtomic(const std::string& path, std::string_view bytes, int mode
 // The whole file; nullopt when it does not exist.
 Result<std::optional<std::string>> ReadFile(const std::string& path);
 
-}  // namespace spare::agent
+}  // namespace spare

@@ -1,4 +1,4 @@
-#include "agent/files.h"
+#include "common/files.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,7 +10,7 @@
 
 #include "common/fd.h"
 
-namespace spare::agent {
+namespace spare {
 
 Status MakeDirs(const std::string& path) {
   std::error_code ec;
@@ -62,4 +62,4 @@ Result<std::optional<std::string>> ReadFile(const std::string& path) {
   return std::optional<std::string>(std::move(out));
 }
 
-}  // namespace spare::agent
+}  // namespace spare
