@@ -101,12 +101,12 @@ class Setup:
     def ip(self, host):
         return self.hosts.client_ip(host) if self.hosts else "127.0.0.1"
 
-    def run_kv(self, instance_id):
+    def run_kv(self, instance_id, extra=()):
         port = 7001 + len(self.ports) if self.hosts else free_port()
         self.ports[instance_id] = port
         bind = "0.0.0.0" if self.hosts else "127.0.0.1"
         self.primary.run(instance_id, [SPARE_KV, "--port", str(port), "--bind", bind,
-                                       "--region-size", "64M"], policy="hot")
+                                       "--region-size", "64M"], policy="hot", extra=extra)
         self.primary.wait_pong(port, host=self.ip("pri"))
         self.primary.wait_instance(instance_id, lambda i: i["standby"] == "protected",
                                    what="protected by the standby")

@@ -94,7 +94,8 @@ class KillCampaign(unittest.TestCase):
         """A new id on the current primary, protected, under load."""
         self.n += 1
         self.id = f"kv{self.n}"
-        self.s.run_kv(self.id)
+        # More kills than the default 5 restarts a minute can hit one id.
+        self.s.run_kv(self.id, extra=["--max-restarts", "100"])
         self.port = self.s.ports[self.id]
         # 400-byte values: a few seconds of load make an image whose full
         # copy takes long enough to be caught in progress.
@@ -125,9 +126,12 @@ class KillCampaign(unittest.TestCase):
         return self.s.primary.instance(self.id)["pid"]
 
     def protected_again(self, what, old_pid=None, timeout=30):
-        return self.s.primary.wait_instance(
+        inst = self.s.primary.wait_instance(
             self.id, lambda i: i["state"] == "running" and i["standby"] == "protected"
             and i["pid"] not in (0, old_pid), timeout=timeout, what=what)
+        # Attached before it listens: the clients reconnect meanwhile.
+        self.s.primary.wait_pong(self.port)
+        return inst
 
     def replaced(self, since):
         self.s.wait_replacement(self.id, since)
@@ -205,7 +209,8 @@ class KillCampaign(unittest.TestCase):
             self.s.primary.start_agent(extra=["--standby", self.s.standby_at])
         self.n += 1
         self.id = f"kv{self.n}"
-        self.s.run_kv(self.id)
+        # More kills than the default 5 restarts a minute can hit one id.
+        self.s.run_kv(self.id, extra=["--max-restarts", "100"])
         self.port = self.s.ports[self.id]
         pid = self.pid()
         self.load = self.s.load(self.id, value_len=400)
