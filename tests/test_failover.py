@@ -56,7 +56,7 @@ class Setup:
     """A spare host (agent + standby) and a primary host (agent), in two
     namespaces (two_hosts) or both on this host's loopback."""
 
-    def __init__(self, test, tls, two_hosts, seed, agent_extra=()):
+    def __init__(self, test, tls, two_hosts, seed, agent_extra=(), standby_extra=()):
         self.test = test
         self.rng = random.Random(seed)
         env = {"UCX_TLS": tls}
@@ -76,6 +76,7 @@ class Setup:
         self.standby_log = os.path.join(self.spare.dir, "standby.log")
         self.standby_at = f"{standby_ip}:{standby_port}"
         self.standby_starts = 0
+        self.standby_extra = list(standby_extra)
         self.start_standby()
         self.primary = Harness(test, name="fo-pri")
         self.primary.start_agent(extra=["--standby", f"{standby_ip}:{standby_port}",
@@ -87,7 +88,8 @@ class Setup:
         self.standby = self.spare.popen(
             [*self.wrap("spr"), SPARE, "standby", "--listen", self.standby_at, "--name",
              "spare-host", "--agent", self.spare.dir, "--dir",
-             os.path.join(self.spare.dir, "standby-state")], log=self.standby_log)
+             os.path.join(self.spare.dir, "standby-state"), *self.standby_extra],
+            log=self.standby_log)
         deadline = time.monotonic() + 10
         while tail(self.standby_log, 400).count("listening on") < self.standby_starts + 1:
             self.test.assertIsNone(self.standby.poll(), "standby exited:\n" + tail(self.standby_log))
