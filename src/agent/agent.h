@@ -235,6 +235,8 @@ class Agent {
   void ReconnectStandby(const std::string& why);
   void GoUnprotected(Instance& inst, const std::string& why);
   const char* LossPolicyText() const;
+  bool StandbyUnreachable(std::chrono::steady_clock::time_point now) const;
+  void BlockCopy(Instance& inst);  // a full copy failed: blocked, retried later
   Status SendData(uint64_t handle, uint64_t generation, uint64_t seq, uint32_t space,
                   uint64_t offset, const std::byte* src, uint64_t len);  // what hot instances do without a standby
   void AnnounceToStandby(uint64_t bytes);

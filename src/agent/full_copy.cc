@@ -61,6 +61,19 @@ Instance::FullCopy::~FullCopy() {
   for (auto& [p, n] : maps) ::munmap(p, n);
 }
 
+// A refused or failed copy (the standby busy applying, a flush that failed)
+// is tried again from a fresh Reserve after a wait that doubles, 200 ms to
+// 5 s, until one succeeds; a reconnect retries at once.
+void Agent::BlockCopy(Instance& inst) {
+  inst.standby_blocked = true;
+  const uint32_t ms = std::min<uint32_t>(5000, 200u << std::min<uint32_t>(inst.copy_failures, 5));
+  inst.copy_failures++;
+  inst.copy_retry_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  spdlog::warn("instance {}: full copy to the standby is tried again in {} ms (failure {} in a "
+               "row); its outputs stay held",
+               inst.rec.spec.id, ms, inst.copy_failures);
+}
+
 bool Agent::CopyShipped(const Instance& inst) {
   return inst.copy && inst.copy->phase == Instance::FullCopy::Phase::kDone;
 }
@@ -87,7 +100,7 @@ void Agent::ContinueFullCopy(Instance& inst) {
                   "the copy starts again on the next connection to the standby",
                   id, st.ToString());
     EndFullCopy(inst, /*done=*/false);
-    inst.standby_blocked = true;
+    BlockCopy(inst);
   };
   switch (c->phase) {
     case Instance::FullCopy::Phase::kQuiescing: {
@@ -149,7 +162,7 @@ void Agent::ContinueFullCopy(Instance& inst) {
           in->ship_errors++;
           spdlog::error("instance {}: full copy: flush failed: {}", id, flushed.ToString());
           EndFullCopy(*in, false);
-          in->standby_blocked = true;
+          BlockCopy(*in);
           return;
         }
         c->done += window;
@@ -201,7 +214,7 @@ void Agent::OnCopyKeys(Instance& inst, std::span<const std::byte> body) {
     inst.ship_errors++;
     spdlog::error("instance {}: full copy: {}", inst.rec.spec.id, st.ToString());
     EndFullCopy(inst, false);
-    inst.standby_blocked = true;
+    BlockCopy(inst);
     return;
   }
   c->phase = Instance::FullCopy::Phase::kPutting;
@@ -216,6 +229,7 @@ void Agent::EndFullCopy(Instance& inst, bool done) {
   auto c = std::move(inst.copy);
   if (!c) return;
   if (done) {
+    inst.copy_failures = 0;
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - c->started).count();
     inst.full_copies++;

@@ -79,6 +79,16 @@ Status Agent::ConnectStandby() {
   return Status::Ok();
 }
 
+// Suspected, its endpoint failed, reconnecting after a loss, or not
+// answering a first connection for longer than the timeout.
+bool Agent::StandbyUnreachable(std::chrono::steady_clock::time_point now) const {
+  if (!hot_) return false;
+  if (hot_->suspected || hot_->ep->failed()) return true;
+  if (hot_->welcomed) return false;
+  return hot_->reconnects > 0 ||
+         now - hot_->connected_at > std::chrono::milliseconds(hot_->timeout_ms);
+}
+
 const char* Agent::LossPolicyText() const {
   return options_.continue_on_standby_loss ? "go on UNPROTECTED (--on-standby-loss=continue)"
                                            : "hold their outputs";
@@ -131,10 +141,18 @@ void Agent::OnStandbyTimer() {
         std::chrono::duration_cast<std::chrono::milliseconds>(silent).count(), hot_->timeout_ms,
         LossPolicyText());
   }
-  const bool lost =
-      hot_->suspected || (hot_->ep->failed() && hot_->welcomed) ||
-      (!hot_->welcomed && now - hot_->connected_at > std::chrono::milliseconds(hot_->timeout_ms));
-  if (lost && options_.continue_on_standby_loss) {
+  if (hot_->welcomed && !hot_->suspected)
+    for (auto& [id, inst] : instances_)
+      if (inst->standby_blocked && inst->copy_retry_at != std::chrono::steady_clock::time_point{} &&
+          now >= inst->copy_retry_at && inst->rec.state == InstanceState::kRunning) {
+        inst->standby_blocked = false;
+        inst->copy_retry_at = {};
+        inst->standby_handle = 0;  // reserve afresh: the Reserved decides the copy again
+        inst->standby_key.reset();
+        inst->to_ship.assign(inst->unacked.begin(), inst->unacked.end());
+        ReserveOnStandby(*inst);
+      }
+  if (StandbyUnreachable(now) && options_.continue_on_standby_loss) {
     const std::string why = hot_->ep->failed() ? hot_->ep->error().ToString()
                             : hot_->welcomed   ? "silent past its timeout"
                                                : "not answering";
@@ -496,7 +514,7 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
           inst->ship_errors++;
           if (inst->copy && (h.seq == inst->copy->seq || h.seq == inst->copy->epoch)) {
             EndFullCopy(*inst, false);
-            inst->standby_blocked = true;
+            BlockCopy(*inst);
           }
         }
         if (auto it = hot_->reserving.find(h.seq); it != hot_->reserving.end() && it->second == id) {

@@ -124,7 +124,11 @@ struct Instance {
   uint64_t standby_handle = 0;         // 0: not reserved (yet)
   bool standby_reserving = false;      // a Reserve is in flight
   bool standby_reserve_again = false;  // a region was added while it was in flight
-  bool standby_blocked = false;        // cannot ship (a full copy failed; retried on reconnect)
+  bool standby_blocked = false;        // cannot ship: a full copy failed (retried, below)
+  // When the failed copy is tried again (reserve afresh, copy again), and
+  // how often it failed in a row (the wait doubles, 200 ms .. 5 s).
+  std::chrono::steady_clock::time_point copy_retry_at{};
+  uint32_t copy_failures = 0;
   uint64_t standby_staging = 0;        // the standby's staging address
   std::shared_ptr<void> standby_key;   // net::RemoteKey, on the agent's standby endpoint
   std::deque<Ship> to_ship;            // epochs waiting for the area (or a full copy)

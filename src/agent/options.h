@@ -45,7 +45,7 @@ struct AgentOptions {
   bool continue_on_standby_loss = false;
   // UCX error handling of the connection to the standby (it must agree with
   // the standby's --error-mode; net/transport.h says what auto picks).
-  net::ErrorMode standby_error_mode = net::ErrorMode::kAuto;
+  net::ErrorMode standby_error_mode = net::ErrorMode::kNone;
   bool handle_signals = true;  // SIGTERM/SIGINT end Run(); off in unit tests
   // Test seam: how the apply worker writes epochs into region memfds
   // (a fault injector); empty: pwrite(2). Never set from configuration.

@@ -195,7 +195,7 @@ nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) 
                       : inst.unprotected     ? "UNPROTECTED (standby lost; continuing)"
                       : standby_suspected    ? "standby unreachable (outputs held)"
                       : inst.copy            ? CopyProgress(*inst.copy)
-                      : inst.standby_blocked ? "blocked (full copy failed; retried on reconnect)"
+                      : inst.standby_blocked ? "blocked (full copy failed; tried again shortly)"
                       : inst.standby_handle != 0 ? "protected"
                                                  : "waiting for the standby"},
           {"full_copies", inst.full_copies},
@@ -258,12 +258,7 @@ static std::vector<std::string> HostAddresses() {
 nlohmann::json Agent::StatusJson() const {
   nlohmann::json instances = nlohmann::json::array();
   const auto now = std::chrono::steady_clock::now();
-  // Unreachable: suspected, or not answering a (re)connection for longer
-  // than the timeout.
-  const bool suspected =
-      hot_ && (hot_->suspected ||
-               (!hot_->welcomed &&
-                now - hot_->connected_at > std::chrono::milliseconds(hot_->timeout_ms)));
+  const bool suspected = hot_ && StandbyUnreachable(now);
   for (const auto& [id, inst] : instances_)
     instances.push_back(InstanceStatusJson(*inst, suspected));
   double uptime = std::chrono::duration<double>(now - started_at_).count();

@@ -19,7 +19,7 @@ struct AgentFlags {
   std::string metrics;    // HOST:PORT; empty: from the config
   std::string standby;    // HOST:PORT of the standby (policy hot)
   std::string on_standby_loss = "hold";
-  std::string standby_error_mode = "auto";
+  std::string standby_error_mode = "none";
 };
 
 int RunAgent(const AgentFlags& flags) {
@@ -97,8 +97,8 @@ Command AddAgentCommand(CLI::App& app) {
       ->default_str("hold");
   sub->add_option("--standby-error-mode", flags->standby_error_mode,
                   "UCX error handling of the connection to the standby; must agree with the "
-                  "standby's --error-mode (auto on both: NONE to a standby on this host when "
-                  "UCX_TLS allows shared memory, PEER otherwise)")
+                  "standby's --error-mode (none, the default; peer; auto: NONE to a standby on "
+                  "this host when UCX_TLS allows shared memory, PEER otherwise)")
       ->check(CLI::IsMember({"auto", "none", "peer"}))
       ->capture_default_str();
   sub->footer(

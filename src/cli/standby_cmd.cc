@@ -23,7 +23,7 @@ struct StandbyFlags {
   std::string agent;
   uint32_t heartbeat_ms = 10;
   uint32_t timeout_ms = 100;
-  std::string error_mode = "auto";
+  std::string error_mode = "none";
   std::string dir;
 };
 
@@ -124,9 +124,9 @@ Command AddStandbyCommand(CLI::App& app) {
                   "restart each instance gets a full copy");
   sub->add_option("--error-mode", flags->error_mode,
                   "UCX error handling of agents' connections; the agents' --standby-error-mode "
-                  "must agree. auto: NONE for an agent on this host when UCX_TLS allows shared "
-                  "memory (PEER would drop it), PEER otherwise (over TCP, UCX aborts a NONE-mode "
-                  "process whose peer dies mid-put)")
+                  "must agree. none (default): spare's heartbeats alone judge peers. peer: UCX "
+                  "also reports a dead peer (drops shared-memory lanes). auto: NONE for an agent "
+                  "on this host when UCX_TLS allows shared memory, PEER otherwise")
       ->check(CLI::IsMember({"auto", "none", "peer"}))
       ->capture_default_str();
   sub->footer(

@@ -61,7 +61,7 @@ struct StandbyOptions {
   std::string name = "standby";  // in Welcome and logs
   std::string host = "127.0.0.1";
   uint16_t port = 0;  // 0: any free port (port() says which)
-  net::ErrorMode error_mode = net::ErrorMode::kAuto;  // per connection (net/transport.h)
+  net::ErrorMode error_mode = net::ErrorMode::kNone;  // kAuto: per connection (net/transport.h)
   // Heartbeats to every agent every heartbeat_ms; an agent silent for
   // timeout_ms (no message of any kind) is suspected.
   uint32_t heartbeat_ms = 10;

@@ -61,7 +61,7 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
   }
 
   std::unique_ptr<net::Endpoint> Connect() {
-    auto ep = agent_->Connect("127.0.0.1", standby_->port(), net::ErrorMode::kAuto);
+    auto ep = agent_->Connect("127.0.0.1", standby_->port(), net::ErrorMode::kNone);
     EXPECT_TRUE(ep.ok()) << ep.status().ToString();
     return ep.ok() ? std::move(ep).value() : nullptr;
   }
