@@ -354,6 +354,24 @@ def free_port() -> int:
 
 # --------------------------------------------------------------- agent ----
 
+def kill_by_agent_env(prefix: str) -> None:
+    """SIGKILL every process whose SPARE_AGENT starts with `prefix` (the
+    instances an agent under a bench's directory launched; they outlive it)."""
+    needle = f"SPARE_AGENT={prefix}".encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read()
+        except OSError:
+            continue
+        if needle in env:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def proc_rss_kib(pid: int) -> dict:
     """RSS split of a process (KiB): anon = private copies, shmem = mapped memfd pages."""
     out = {}

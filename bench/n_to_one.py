@@ -241,18 +241,7 @@ def main():
                 p.send_signal(signal.SIGKILL)
         for p in procs:
             p.wait(timeout=10)
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                e = open(f"/proc/{pid}/environ", "rb").read()
-            except OSError:
-                continue
-            if f"SPARE_AGENT={d}/".encode() in e:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        benchlib.kill_by_agent_env(f"{d}/")
         if not a.keep:
             subprocess.run(["rm", "-rf", d], check=False)
 

@@ -135,19 +135,8 @@ class Run:
                 p.send_signal(signal.SIGKILL)
         for p in self.procs:
             p.wait(timeout=10)
-        subprocess.run(["pkill", "-9", "-f", f"SPARE_AGENT={self.agent_dir}"], check=False)
         # The instance runs on without its agent: kill it by its environment.
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    env = open(f"/proc/{pid}/environ", "rb").read()
-                except OSError:
-                    continue
-                if f"SPARE_AGENT={self.agent_dir}".encode() in env:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+        benchlib.kill_by_agent_env(self.agent_dir)
         if not self.keep:
             subprocess.run(["rm", "-rf", self.dir], check=False)
 

@@ -136,8 +136,9 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
   }
   // Fills slot `slot` with epoch `e` (generation `gen`): `fill` at page
   // `page` of region 0, then puts the whole slot and flushes.
-  void Stage(uint32_t slot, uint64_t gen, uint64_t e, uint64_t page, char fill,
-             bool corrupt = false) {
+  // Fills slot `slot` of the test's staging with epoch `e`: `fill` at page
+  // `page` of region 0, record "rec-E".
+  void Fill(uint32_t slot, uint64_t gen, uint64_t e, uint64_t page, char fill) {
     page_.assign(4096, fill);
     std::vector<epoch::DirtyRun> runs{
         {0, reinterpret_cast<const std::byte*>(page_.data()), page * 4096, 4096}};
@@ -146,6 +147,10 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
     ASSERT_EQ(plan.parts, 1u);
     epoch::FillEpoch(view_, gen, e, slot, plan, runs,
                      std::as_bytes(std::span(record.data(), record.size())));
+  }
+  void Stage(uint32_t slot, uint64_t gen, uint64_t e, uint64_t page, char fill,
+             bool corrupt = false) {
+    Fill(slot, gen, e, page, fill);
     if (corrupt) {
       // Flip a byte of the page data: the slot's data hash no longer matches.
       std::byte* s = view_.slot(slot);
@@ -163,14 +168,7 @@ class StandbyTest : public ::testing::TestWithParam<const char*> {
   }
   // Stage, but the slot goes as Data messages (what an agent sends over TCP).
   void StageByData(uint32_t slot, uint64_t gen, uint64_t e, uint64_t page, char fill) {
-    page_.assign(4096, fill);
-    std::vector<epoch::DirtyRun> runs{
-        {0, reinterpret_cast<const std::byte*>(page_.data()), page * 4096, 4096}};
-    std::string record = "rec-" + std::to_string(e);
-    auto plan = epoch::PlanEpoch(view_, runs, record.size());
-    ASSERT_EQ(plan.parts, 1u);
-    epoch::FillEpoch(view_, gen, e, slot, plan, runs,
-                     std::as_bytes(std::span(record.data(), record.size())));
+    Fill(slot, gen, e, page, fill);
     const uint64_t offset = epoch::kSlotBase + uint64_t{slot} * kSlotSize;
     ASSERT_TRUE(ep_->SendAm(1, hot::EncodeData(hot::Header{hot::Type::kData, 0, handle_, gen, e},
                                                hot::kStagingSpace, offset,
