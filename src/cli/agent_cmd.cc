@@ -91,7 +91,7 @@ Command AddAgentCommand(CLI::App& app) {
                   "timeout): hold = keep every output until it is back (nothing a client saw "
                   "can be lost); continue = release outputs after the local apply alone, "
                   "UNPROTECTED against this host's failure (said in `spare status` and the "
-                  "spare_instance_unprotected metric), protected again after the standby "
+                  "spare_instance_unprotected_seconds metric), protected again after the standby "
                   "returns and a full copy")
       ->check(CLI::IsMember({"hold", "continue"}))
       ->default_str("hold");

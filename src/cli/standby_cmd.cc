@@ -132,7 +132,8 @@ Command AddStandbyCommand(CLI::App& app) {
   sub->footer(
       "Example:\n"
       "  spare agent --dir /run/spare-spare &     # the spare host's own agent\n"
-      "  UCX_TLS=tcp spare standby --listen 0.0.0.0:7700 --agent /run/spare-spare &\n"
+      "  UCX_TLS=tcp spare standby --listen 0.0.0.0:7700 --agent /run/spare-spare \\\n"
+      "      --dir /var/lib/spare-standby &\n"
       "  # on each primary host:\n"
       "  spare agent --dir /run/spare --standby sparehost:7700 &\n"
       "  spare run --agent /run/spare --id kv1 --policy hot -- ./spare-kv --port 7001");
