@@ -28,6 +28,7 @@ Agent::~Agent() {
   // Remote keys live on the standby endpoint: drop them before it goes.
   for (auto& [id, inst] : instances_) inst->standby_key.reset();
   hot_.reset();
+  live_.reset();  // its close tells the standby this process is gone (unless it said Leaving)
   if (socket_owned_) ::unlink(socket_path().c_str());
 }
 
@@ -154,6 +155,7 @@ Status Agent::Run() {
 
 Status Agent::PollOnce(int timeout_ms) {
   epoll_event events[64];
+  pulse_.Tick();
   int n = ::epoll_wait(epoll_fd_.get(), events, 64, timeout_ms);
   if (n < 0) {
     if (errno == EINTR) return Status::Ok();

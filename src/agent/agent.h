@@ -41,6 +41,7 @@
 #include "agent/process.h"
 #include "common/worker.h"
 #include "common/fd.h"
+#include "hot/live.h"
 #include "ipc/wire.h"
 #include "spare/status.h"
 
@@ -263,6 +264,10 @@ class Agent {
   std::unordered_map<int, HttpConn> http_conns_;
   std::unordered_map<uint64_t, Watch> watches_;
   std::unique_ptr<HotLink> hot_;  // with options_.standby
+  // The liveness channel to the standby (hot/live.h), from its first
+  // Welcome on; it outlives reconnects of hot_ (a close would be a death).
+  hot::LoopPulse pulse_;  // ticked by PollOnce
+  std::unique_ptr<hot::LiveClient> live_;
 };
 
 }  // namespace spare::agent

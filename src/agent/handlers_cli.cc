@@ -157,6 +157,7 @@ Status Agent::TakeOver(Conn& conn, ipc::Message& msg) {
   SPARE_ASSIGN_OR_RETURN(std::string from, b.String("from", ""));
   SPARE_ASSIGN_OR_RETURN(std::string standby, b.String("standby", ""));
   SPARE_ASSIGN_OR_RETURN(double detection_ms, b.Number("detection_ms", 0));
+  SPARE_ASSIGN_OR_RETURN(std::string detected_by, b.String("detected_by", ""));
   SPARE_ASSIGN_OR_RETURN(double fencing_ms, b.Number("fencing_ms", 0));
   auto spec_json = msg.body.find("spec");
   if (spec_json == msg.body.end() || !spec_json->is_object())
@@ -234,7 +235,8 @@ Status Agent::TakeOver(Conn& conn, ipc::Message& msg) {
   inst->record = std::move(msg.blob);
   inst->last_restart_ms.reset();
   inst->crash_detected_at.reset();
-  inst->failover = Instance::Failover{from, standby, epoch, detection_ms, fencing_ms, received};
+  inst->failover = Instance::Failover{from,       standby,    epoch,   detection_ms,
+                                        detected_by, fencing_ms, received};
   Status st = EnsureStaging(*inst);
   if (st.ok()) st = Launch(*inst);
   if (!st.ok()) {

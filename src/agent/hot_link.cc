@@ -116,18 +116,22 @@ void Agent::OnStandbyTimer() {
                   hot::Body(hot::Heartbeat{static_cast<uint64_t>(
                       std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch())
                           .count())}));
-  const auto silent = now - hot_->last_heard;
+  // Suspicion counts either channel (a busy loop here or there is not the
+  // standby's silence); reconnecting looks at the UCX connection alone.
+  const auto silent_ucx = now - hot_->last_heard;
+  const auto silent =
+      live_ && live_->connected() ? std::min(silent_ucx, now - live_->last_heard()) : silent_ucx;
   // A standby silent this long (or never answering, or whose endpoint
   // failed) is reached again from scratch: a new connection, every hot
   // instance reserves again and ships what the replica lacks.
   const auto reconnect_after = std::chrono::milliseconds(std::max<uint32_t>(1000, 10 * hot_->timeout_ms));
   const bool failed_long_enough =
       hot_->ep->failed() && now - hot_->connected_at > std::chrono::milliseconds(hot_->backoff_ms);
-  if (failed_long_enough || silent > reconnect_after) {
+  if (failed_long_enough || silent_ucx > reconnect_after) {
     return ReconnectStandby(hot_->ep->failed() ? hot_->ep->error().ToString()
                             : hot_->welcomed
                                 ? "silent for " +
-                                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()) +
+                                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent_ucx).count()) +
                                       " ms"
                                 : "no answer to Hello");
   }
@@ -244,8 +248,12 @@ void Agent::LeaveStandby() {
     hot_->worker->Progress();
     if (!sent) ::usleep(1000);
   }
-  spdlog::info("agent: told standby {} it is restarting (grace {} ms){}", hot_->standby_name,
-               options_.standby_grace_ms, sent ? "" : " (not confirmed)");
+  // On the liveness channel too: its close, when this process ends, must
+  // not read as a death.
+  const bool live_told = live_ && live_->Leave(options_.standby_grace_ms, std::chrono::milliseconds(200));
+  spdlog::info("agent: told standby {} it is restarting (grace {} ms){}{}", hot_->standby_name,
+               options_.standby_grace_ms, sent ? "" : " (not confirmed)",
+               !live_ || live_told ? "" : " (not on the liveness channel)");
 }
 
 // Before a large burst of puts: the standby's silence allowance grows by
@@ -393,6 +401,21 @@ void Agent::OnStandbyMessage(std::span<const std::byte> bytes) {
       hot_->heartbeat_ms = m->heartbeat_ms;
       hot_->timeout_ms = m->timeout_ms;
       ArmStandbyTimer(m->heartbeat_ms);
+      if (m->live_port != 0) {
+        if (!live_) {
+          // A loop this late stops the beats: the standby then judges it silent.
+          auto live = hot::LiveClient::Create(
+              "agent:" + options_.dir,
+              std::chrono::milliseconds(std::max<uint32_t>(1000, 10 * m->timeout_ms)), &pulse_);
+          if (live.ok())
+            live_ = std::move(live).value();
+          else
+            spdlog::error("agent: no liveness channel to the standby: {}; it judges this agent "
+                          "by the UCX connection's heartbeats alone",
+                          live.status().ToString());
+        }
+        if (live_) live_->Target(hot_->host, m->live_port, m->heartbeat_ms);
+      }
       {
         const std::string lanes = hot_->worker->TransportsOf(*hot_->ep);
         hot_->data_by_message = lanes.find("tcp") != std::string::npos;

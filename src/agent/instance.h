@@ -162,7 +162,9 @@ struct Instance {
     std::string from;     // the fenced owner (its agent's name)
     std::string standby;  // who handed the replica over
     uint64_t epoch = 0;   // resumed at
-    double detection_ms = 0, fencing_ms = 0;
+    double detection_ms = 0;
+    std::string detected_by;  // "close" (the old agent's process was gone) or "silence"
+    double fencing_ms = 0;
     SteadyTime received{};
     double launch_ms = 0;
     std::optional<double> attach_ms;

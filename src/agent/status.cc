@@ -38,11 +38,12 @@ std::string Note(const Instance& inst) {
       if (!inst.conn.valid()) return "not connected to the agent";
       if (inst.failover && inst.failover->attach_ms) {
         const Instance::Failover& f = *inst.failover;
-        char buf[160];
+        char buf[224];
         std::snprintf(buf, sizeof(buf),
-                      "failed over from %s at epoch %llu: detection %.0f, fencing %.2f, launch "
-                      "%.1f, attach %.1f ms",
+                      "failed over from %s at epoch %llu: detection %.0f (%s), fencing %.2f, "
+                      "launch %.1f, attach %.1f ms",
                       f.from.c_str(), static_cast<unsigned long long>(f.epoch), f.detection_ms,
+                      f.detected_by.empty() ? "?" : f.detected_by.c_str(),
                       f.fencing_ms, f.launch_ms, *f.attach_ms);
         return buf;
       }
@@ -159,6 +160,7 @@ nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) 
                 {"standby", f.standby},
                 {"epoch", f.epoch},
                 {"detection_ms", f.detection_ms},
+                {"detected_by", f.detected_by},
                 {"fencing_ms", f.fencing_ms},
                 {"launch_ms", f.launch_ms},
                 {"attach_ms", f.attach_ms ? nlohmann::json(*f.attach_ms) : nlohmann::json()}};

@@ -242,9 +242,9 @@ void Agent::OnAttached(Instance& inst) {
                                                             inst.launched_at)
                       .count();
     spdlog::warn(
-        "instance {}: failed over from {}: detection {:.1f} ms, fencing {:.2f} ms, launch "
-        "{:.1f} ms, first attach {:.1f} ms; pid {} generation {} resumed at epoch {}",
-        r.spec.id, f.from, f.detection_ms, f.fencing_ms, f.launch_ms, *f.attach_ms, r.pid,
+        "instance {}: failed over from {}: detection {:.1f} ms (by {}), fencing {:.2f} ms, "
+        "launch {:.1f} ms, first attach {:.1f} ms; pid {} generation {} resumed at epoch {}",
+        r.spec.id, f.from, f.detection_ms, f.detected_by, f.fencing_ms, f.launch_ms, *f.attach_ms, r.pid,
         r.generation, r.epoch);
   } else if (inst.crash_detected_at) {
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -

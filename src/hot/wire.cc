@@ -162,11 +162,8 @@ std::vector<std::byte> EncodeData(Header h, uint32_t space, uint64_t offset,
   return out;
 }
 
-Result<Frame> Decode(std::span<const std::byte> bytes) {
-  if (bytes.size() < kHeaderSize)
-    return Bad("frame of " + std::to_string(bytes.size()) + " bytes is shorter than the " +
-               std::to_string(kHeaderSize) + "-byte header");
-  const std::byte* p = bytes.data();
+Result<size_t> FrameSize(std::span<const std::byte> header) {
+  const std::byte* p = header.data();
   if (uint32_t magic = Get<uint32_t>(p); magic != kMagic)
     return Bad("bad magic " + Hex(magic) + " (not a spare hot-protection frame)");
   if (uint16_t v = Get<uint16_t>(p + 4); v != kVersion)
@@ -181,6 +178,17 @@ Result<Frame> Decode(std::span<const std::byte> bytes) {
   if (body_len > limit)
     return Bad("body_len " + std::to_string(body_len) + " exceeds the limit of " +
                std::to_string(limit));
+  return kHeaderSize + body_len;
+}
+
+Result<Frame> Decode(std::span<const std::byte> bytes) {
+  if (bytes.size() < kHeaderSize)
+    return Bad("frame of " + std::to_string(bytes.size()) + " bytes is shorter than the " +
+               std::to_string(kHeaderSize) + "-byte header");
+  SPARE_RETURN_IF_ERROR(FrameSize(bytes).status());
+  const std::byte* p = bytes.data();
+  const uint16_t type = Get<uint16_t>(p + 6);
+  const uint32_t body_len = Get<uint32_t>(p + 8);
   if (body_len != bytes.size() - kHeaderSize)
     return Bad("body_len " + std::to_string(body_len) + " but " +
                std::to_string(bytes.size() - kHeaderSize) + " body bytes arrived");
@@ -202,7 +210,7 @@ Result<Frame> Decode(std::span<const std::byte> bytes) {
 
 std::vector<std::byte> Body(const Hello& m) { return Writer().Str(m.agent).bytes(); }
 std::vector<std::byte> Body(const Welcome& m) {
-  return Writer().Str(m.standby).U32(m.heartbeat_ms).U32(m.timeout_ms).bytes();
+  return Writer().Str(m.standby).U32(m.heartbeat_ms).U32(m.timeout_ms).U16(m.live_port).bytes();
 }
 std::vector<std::byte> Body(const ErrorMsg& m) {
   return Writer().U16(static_cast<uint16_t>(m.code)).Str(m.message).bytes();
@@ -250,6 +258,7 @@ Result<Welcome> ParseWelcome(std::span<const std::byte> body) {
   SPARE_ASSIGN_OR_RETURN(m.standby, r.Str("standby", kMaxName));
   SPARE_ASSIGN_OR_RETURN(m.heartbeat_ms, r.U32("heartbeat_ms"));
   SPARE_ASSIGN_OR_RETURN(m.timeout_ms, r.U32("timeout_ms"));
+  SPARE_ASSIGN_OR_RETURN(m.live_port, r.U16("live_port"));
   SPARE_RETURN_IF_ERROR(r.End());
   if (m.heartbeat_ms == 0 || m.timeout_ms <= m.heartbeat_ms)
     return Bad("Welcome: heartbeat_ms " + std::to_string(m.heartbeat_ms) + " and timeout_ms " +

@@ -38,7 +38,7 @@ namespace spare::hot {
 inline constexpr uint32_t kMagic = 0x54485053;  // "SPHT"
 // The UCX active-message id of this protocol, on agents and standbys alike.
 inline constexpr uint16_t kAmId = 1;
-inline constexpr uint16_t kVersion = 1;
+inline constexpr uint16_t kVersion = 2;  // 2: Welcome.live_port (hot/live.h)
 inline constexpr size_t kHeaderSize = 48;
 // Control only (data goes by put): room for a 64 KiB epoch record in CopyDone.
 inline constexpr size_t kMaxBody = 72 * 1024;
@@ -133,6 +133,10 @@ std::vector<std::byte> Encode(const Header& h, std::span<const std::byte> body);
 std::vector<std::byte> EncodeData(Header h, uint32_t space, uint64_t offset,
                                   std::span<const std::byte> bytes);
 Result<Frame> Decode(std::span<const std::byte> bytes);
+// For frames back to back on a stream (hot/live.h): the whole frame's size
+// from its first kHeaderSize bytes, once magic, version, type and body_len
+// (within its limit) check out. REQUIRES: header.size() >= kHeaderSize.
+Result<size_t> FrameSize(std::span<const std::byte> header);
 
 // --- messages (body layouts in docs/WIRE.md) ---
 
@@ -151,6 +155,7 @@ struct Welcome {
   std::string standby;
   uint32_t heartbeat_ms = 0;  // how often the standby sends heartbeats
   uint32_t timeout_ms = 0;    // silence after which it suspects the agent
+  uint16_t live_port = 0;     // its liveness port (hot/live.h) on the same host; 0: none
 };
 struct ErrorMsg {
   Code code = Code::kInternal;

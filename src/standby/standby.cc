@@ -48,6 +48,7 @@ struct Standby::Peer {
   // Not suspected before this: it announced bytes it is putting, and its
   // messages queue behind them (Heartbeat.inflight_bytes).
   std::chrono::steady_clock::time_point quiet_until{};
+  std::chrono::steady_clock::time_point hello_at{};  // its Hello arrived
   uint64_t heartbeats_sent = 0, heard = 0;
 };
 
@@ -82,6 +83,9 @@ struct Standby::Area {
   std::string spec;
   Peer* owner = nullptr;   // the connection that reserved it (null: gone)
   std::string owner_agent;  // its Hello name
+  // Since when owner_agent owns it (its Hello or Reserve): a death of that
+  // agent's liveness connection before this was an earlier process's.
+  std::chrono::steady_clock::time_point owner_since{};
   // When owner is null: when the owner was last heard (its silence counts on).
   std::chrono::steady_clock::time_point orphan_heard{};
   bool fenced = false;  // failed over: nothing about it is accepted any more
@@ -199,7 +203,15 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
   its.it_interval.tv_sec = s->options_.heartbeat_ms / 1000;
   its.it_value = its.it_interval;
   ::timerfd_settime(s->timer_.get(), 0, &its, nullptr);
-  for (int fd : {s->worker_->event_fd(), s->timer_.get(), s->applier_->notify_fd()}) {
+  hot::LiveServer::Options live;
+  live.host = s->options_.host;
+  live.heartbeat_ms = s->options_.heartbeat_ms;
+  // A loop this late stops the beats (agents see the standby silent).
+  live.stall = std::chrono::milliseconds(std::max<uint32_t>(1000, 10 * s->options_.timeout_ms));
+  live.max_connections = 8 * s->options_.max_instances;
+  SPARE_ASSIGN_OR_RETURN(s->live_, hot::LiveServer::Create(live, &s->pulse_));
+  for (int fd : {s->worker_->event_fd(), s->timer_.get(), s->applier_->notify_fd(),
+                 s->live_->event_fd()}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -218,6 +230,7 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
 }
 
 Standby::~Standby() {
+  live_.reset();  // its thread first: it reads pulse_
   handovers_.clear();
   applier_.reset();  // runs the jobs still queued; their completions are dropped
   areas_.clear();  // their registrations, before the worker goes
@@ -225,12 +238,17 @@ Standby::~Standby() {
 }
 
 void Standby::Progress() {
+  pulse_.Tick();
   worker_->Progress();  // what arrived first: a late heartbeat is not silence
   if (applier_->RunCompletions() > 0) worker_->Progress();  // the Acks out
   uint64_t ticks = 0;
   if (::read(timer_.get(), &ticks, sizeof(ticks)) == sizeof(ticks)) {
     OnTimer();
     worker_->Progress();  // the heartbeats out
+  }
+  if (uint64_t n; ::read(live_->event_fd(), &n, sizeof(n)) == sizeof(n)) {
+    OnTimer();  // an agent's process is gone: judge now, not at the next tick
+    worker_->Progress();
   }
   PollHandovers();
 }
@@ -273,7 +291,9 @@ void Standby::OnTimer() {
          hot::Body(hot::Heartbeat{static_cast<uint64_t>(
              std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch())
                  .count())}));
-    const bool silent = now - p->last_heard > timeout && now > p->quiet_until;
+    const bool died = DiedSince(p->agent, p->hello_at);
+    const bool silent =
+        died || (now - Heard(p->agent, p->last_heard) > timeout && now > p->quiet_until);
     if (silent && !p->suspected) {
       p->suspected = true;
       ++suspicions_;
@@ -282,18 +302,31 @@ void Standby::OnTimer() {
       std::string ids;
       for (const auto& [h, a] : areas_)
         if (a->owner == p.get()) ids += (ids.empty() ? "" : ", ") + a->id;
-      spdlog::warn("standby: agent {} silent for {} ms (timeout {} ms): suspected; its "
-                   "instances ({}) fail over",
-                   p->agent, ms, options_.timeout_ms, ids.empty() ? "none" : ids);
+      if (died)
+        spdlog::warn("standby: agent {}'s liveness connection closed: its process is gone; "
+                     "suspected; its instances ({}) fail over",
+                     p->agent, ids.empty() ? "none" : ids);
+      else
+        spdlog::warn("standby: agent {} silent for {} ms (timeout {} ms): suspected; its "
+                     "instances ({}) fail over",
+                     p->agent, ms, options_.timeout_ms, ids.empty() ? "none" : ids);
     }
   }
-  std::vector<std::pair<Area*, std::chrono::steady_clock::time_point>> due;
+  struct Due {
+    Area* area;
+    std::chrono::steady_clock::time_point heard;
+    bool died;
+  };
+  std::vector<Due> due;
   for (auto& [h, a] : areas_) {
     if (a->fenced || now < a->grace_until) continue;
-    auto heard = a->owner ? a->owner->last_heard : a->orphan_heard;
+    auto heard = Heard(a->owner_agent, a->owner ? a->owner->last_heard : a->orphan_heard);
+    const bool died = DiedSince(a->owner_agent, a->owner_since);
     heard = std::max(heard, a->grace_until);  // silence counts from the grace's end
-    if (a->owner && now <= a->owner->quiet_until) continue;
-    if (now - heard <= timeout) continue;
+    if (!died) {
+      if (a->owner && now <= a->owner->quiet_until) continue;
+      if (now - heard <= timeout) continue;
+    }
     if (a->copying || a->torn) {
       // Nothing to fail over to: fencing would only stop the owner, who may
       // be alive (an agent restarting, a partition) and is the one copy of
@@ -306,17 +339,32 @@ void Standby::OnTimer() {
                               : "incomplete (a full copy is in progress)");
       continue;
     }
-    due.emplace_back(a.get(), heard);
+    due.push_back({a.get(), heard, died});
   }
-  for (auto& [a, heard] : due)
+  for (auto& [a, heard, died] : due)
     FailOver(*a, heard,
-             "its agent " + a->owner_agent + " was silent for " +
-                 std::to_string(static_cast<int64_t>(MsBetween(heard, now))) + " ms (timeout " +
-                 std::to_string(options_.timeout_ms) + " ms)");
+             died ? "its agent " + a->owner_agent +
+                        "'s liveness connection closed without Leaving: the process is gone"
+                  : "its agent " + a->owner_agent + " was silent for " +
+                        std::to_string(static_cast<int64_t>(MsBetween(heard, now))) +
+                        " ms (timeout " + std::to_string(options_.timeout_ms) + " ms)",
+             died ? "close" : "silence");
+}
+
+std::chrono::steady_clock::time_point Standby::Heard(
+    const std::string& agent, std::chrono::steady_clock::time_point ucx) const {
+  auto live = live_->Get(agent);
+  return live ? std::max(ucx, live->last_beat) : ucx;
+}
+
+bool Standby::DiedSince(const std::string& agent,
+                        std::chrono::steady_clock::time_point since) const {
+  auto live = live_->Get(agent);
+  return live && live->died && live->died_at > since;
 }
 
 void Standby::FailOver(Area& a, std::chrono::steady_clock::time_point last_heard,
-                       const std::string& why) {
+                       const std::string& why, const char* detected_by) {
   const auto suspected = std::chrono::steady_clock::now();
   FailoverView f;
   f.id = a.id;
@@ -324,6 +372,7 @@ void Standby::FailOver(Area& a, std::chrono::steady_clock::time_point last_heard
   f.generation = a.generation + 1;
   f.epoch = a.epoch;
   f.detection_ms = MsBetween(last_heard, suspected);
+  f.detected_by = detected_by;
   // Fence first: from here on nothing from the old owner is acknowledged.
   a.fenced = true;
   tombstones_[a.id] = {f.generation, a.owner_agent};
@@ -378,6 +427,7 @@ void Standby::HandOver(Area& a, size_t index) {
             {"from", a.owner_agent},
             {"standby", options_.name},
             {"detection_ms", f.detection_ms},
+            {"detected_by", f.detected_by},
             {"fencing_ms", f.fencing_ms}};
   m.blob = a.record;
   for (const auto& fd : a.rep->region_fds) m.fds.push_back(DupFd(fd.get()));
@@ -410,8 +460,10 @@ void Standby::PollHandovers() {
     if (st.ok()) {
       f.result = "ok";
       spdlog::info("standby: instance {} failed over to the spare host as generation {} at "
-                   "epoch {}: detection {:.1f} ms, fencing {:.2f} ms, handover (launch and first attach on the spare host) {:.1f} ms",
-                   f.id, f.generation, f.epoch, f.detection_ms, f.fencing_ms, f.handover_ms);
+                   "epoch {}: detection {:.1f} ms (by {}), fencing {:.2f} ms, handover (launch "
+                   "and first attach on the spare host) {:.1f} ms",
+                   f.id, f.generation, f.epoch, f.detection_ms, f.detected_by, f.fencing_ms,
+                   f.handover_ms);
       areas_.erase(h.handle);  // the agent holds the replica now
     } else {
       f.result = st.ToString();
@@ -444,8 +496,11 @@ const Standby::Tombstone* Standby::FencedFor(const std::string& id, const std::s
 
 std::vector<Standby::PeerView> Standby::Peers() const {
   std::vector<PeerView> out;
-  for (const auto& p : peers_)
-    out.push_back({p->agent, p->suspected, p->heartbeats_sent, p->heard});
+  for (const auto& p : peers_) {
+    auto live = live_->Get(p->agent);
+    out.push_back({p->agent, p->suspected, p->heartbeats_sent, p->heard,
+                   live && live->connected, live ? live->beats : 0});
+  }
   return out;
 }
 
@@ -506,6 +561,8 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
       if (!m.ok()) return Refuse(from, h, m.status());
       p->agent = m->agent;
       p->hello = true;
+      p->hello_at = std::chrono::steady_clock::now();
+      live_->Revive(p->agent);  // whatever died before was an earlier process
       spdlog::info("standby: agent {} connected from {} (UCX error handling {})", p->agent,
                    from->peer(), net::ErrorModeName(from->error_mode()));
       // The same agent on a new connection (it reconnected): its areas are
@@ -513,6 +570,7 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
       for (auto& [handle, a] : areas_)
         if (!a->fenced && a->owner_agent == p->agent && a->owner != p) {
           a->owner = p;
+          a->owner_since = p->hello_at;
           spdlog::info("standby: agent {} reconnected; instance {} follows it", p->agent, a->id);
         }
       // Its old connection is given up, not judged: the agent left it
@@ -524,7 +582,8 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
                                                         p->agent));
         }
       Send(from, hot::Type::kWelcome, 0, 0, h.seq,
-           hot::Body(hot::Welcome{options_.name, options_.heartbeat_ms, options_.timeout_ms}));
+           hot::Body(hot::Welcome{options_.name, options_.heartbeat_ms, options_.timeout_ms,
+                                  live_->port()}));
       return;
     }
     case hot::Type::kReserve:
@@ -554,7 +613,8 @@ void Standby::OnMessage(net::Endpoint* from, std::span<const std::byte> bytes) {
         return Refuse(from, h, Status(Code::kFailedPrecondition,
                                       "instance " + (*a)->id +
                                           " is in a full copy: nothing to move to yet"));
-      return FailOver(**a, std::chrono::steady_clock::now(), "planned failover: " + m->reason);
+      return FailOver(**a, std::chrono::steady_clock::now(), "planned failover: " + m->reason,
+                      "request");
     }
     case hot::Type::kLeaving: {
       auto m = hot::ParseLeaving(frame->body);
@@ -662,6 +722,7 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
     a->generation = h.generation;
     a->owner = &p;
     a->owner_agent = p.agent;
+    a->owner_since = p.hello_at;
     a->spec = m.spec;
     a->grace_until = {};
   } else {
@@ -675,6 +736,7 @@ Status Standby::OnReserve(Peer& p, const hot::Header& h, std::span<const std::by
     area->generation = h.generation;
     area->owner = &p;
     area->owner_agent = p.agent;
+    area->owner_since = p.hello_at;
     area->spec = m.spec;
     auto rep = std::make_shared<Replica>();
     for (size_t i = 0; i < m.regions.size(); ++i) {

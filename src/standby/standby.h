@@ -51,6 +51,7 @@
 #include "common/fd.h"
 #include "common/worker.h"
 #include "epoch/staging.h"
+#include "hot/live.h"
 #include "hot/wire.h"
 #include "net/transport.h"
 #include "spare/status.h"
@@ -62,8 +63,10 @@ struct StandbyOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;  // 0: any free port (port() says which)
   net::ErrorMode error_mode = net::ErrorMode::kNone;  // kAuto: per connection (net/transport.h)
-  // Heartbeats to every agent every heartbeat_ms; an agent silent for
-  // timeout_ms (no message of any kind) is suspected.
+  // Heartbeats to every agent every heartbeat_ms, on the UCX connection and
+  // on the liveness channel (hot/live.h); an agent silent on both for
+  // timeout_ms is suspected, and one whose liveness connection closed
+  // without Leaving (its process is gone) at once.
   uint32_t heartbeat_ms = 10;
   uint32_t timeout_ms = 100;
   size_t max_instances = 64;
@@ -83,6 +86,7 @@ class Standby {
   ~Standby();
 
   uint16_t port() const { return port_; }
+  uint16_t live_port() const { return live_->port(); }
   // Readable when there is work (UCX, or the heartbeat timer); then call
   // Progress().
   int event_fd() const { return epoll_.get(); }
@@ -95,6 +99,8 @@ class Standby {
     std::string agent;  // its Hello name
     bool suspected = false;
     uint64_t heartbeats_sent = 0, heard = 0;
+    bool live = false;      // its liveness connection is up
+    uint64_t live_beats = 0;  // heartbeats it sent there
   };
   std::vector<PeerView> Peers() const;
   // Agents suspected since start (each once per silence).
@@ -120,6 +126,7 @@ class Standby {
     uint64_t generation = 0;  // the replacement's
     uint64_t epoch = 0;       // the replica's, which the replacement resumes at
     double detection_ms = 0;  // owner last heard → suspected
+    std::string detected_by;  // "close" (its liveness connection closed), "silence" or "request" (Move)
     double fencing_ms = 0;    // suspected → fenced (Fenced sent, tombstone set)
     double handover_ms = 0;   // Takeover sent → the agent answered (launched, attached)
     bool done = false;        // the agent answered
@@ -155,8 +162,15 @@ class Standby {
   Result<Area*> AreaFor(const hot::Header& h);
   Result<Area*> OwnedArea(Peer& p, const hot::Header& h);
   void OnTimer();
+  // When `agent` was last heard, on UCX (`ucx`) or its liveness channel.
+  std::chrono::steady_clock::time_point Heard(const std::string& agent,
+                                              std::chrono::steady_clock::time_point ucx) const;
+  // Its liveness connection closed without Leaving after `since` (its
+  // process is gone).
+  bool DiedSince(const std::string& agent, std::chrono::steady_clock::time_point since) const;
   // Fences the area (its owner is suspected) and hands it to agent_dir.
-  void FailOver(Area& a, std::chrono::steady_clock::time_point last_heard, const std::string& why);
+  void FailOver(Area& a, std::chrono::steady_clock::time_point last_heard, const std::string& why,
+                const char* detected_by);
   // The fenced area's replica to agent_dir (once no apply is running).
   void HandOver(Area& a, size_t failover);
   void OnApplied(uint64_t handle, uint64_t epoch, const Status& st, bool torn, std::string record);
@@ -170,6 +184,8 @@ class Standby {
   StandbyOptions options_;
   std::unique_ptr<net::Worker> worker_;
   std::unique_ptr<Worker> applier_;
+  hot::LoopPulse pulse_;  // ticked by Progress(): the liveness thread beats while it runs
+  std::unique_ptr<hot::LiveServer> live_;
   uint16_t port_ = 0;
   std::vector<std::unique_ptr<Peer>> peers_;
   std::map<uint64_t, std::unique_ptr<Area>> areas_;  // by handle
