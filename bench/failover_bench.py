@@ -11,9 +11,14 @@ keys) for 0.5 s. Then, by mode:
   kill      kill -9 of the primary agent and the instance at once; the
             figure is kill -> the first SET answered OK by the replacement
             (a client retrying every ms), split into detection (the
-            standby's: the owner's silence until it suspected it), fencing,
+            standby's: from the owner's last heartbeat until it suspected it;
+            kill -9 closes the agent's liveness connection, hot/live.h), fencing,
             launch and first attach (the spare host's agent), and the rest
             (the client's reconnect, spare-kv's first reply);
+  silent    SIGSTOP of the primary agent and kill -9 of the instance: the
+            primary host goes silent (nothing closes: a crashed kernel, a
+            cut link), so the standby detects it by its timeout; the figure
+            is the stop -> the first SET answered OK by the replacement;
   planned   `spare failover` under the load; the figure is the command ->
             the first SET answered OK by the replacement (the client-visible
             pause).
@@ -21,7 +26,7 @@ Every run then checks the load's ledger against the replacement (every
 acknowledged SET present, nothing never sent), and counts the standby's
 suspicions besides the one failover (false suspicions: must be 0).
 
-  bench/failover_bench.py --build build --sizes 64M,1G --runs 20 [--modes kill,planned]
+  bench/failover_bench.py --build build --sizes 64M,1G --runs 20 [--modes kill,silent,planned]
 
 Prints a table (p50/p99 per size and mode) and one JSON summary (--out FILE).
 """
@@ -182,6 +187,10 @@ def one_run(args, size, mode):
             os.killpg(h.primary.pid, signal.SIGKILL)
             os.kill(before["pid"], signal.SIGKILL)
             t0 = time.monotonic()
+        elif mode == "silent":
+            os.killpg(h.primary.pid, signal.SIGSTOP)  # first: it must not restart the instance
+            t0 = time.monotonic()
+            os.kill(before["pid"], signal.SIGKILL)  # (its port must be free for the replacement)
         else:
             t0 = time.monotonic()
             p = h.cli("failover", "--agent", h.pri_dir, "--id", "kv", "--reason", "bench")
@@ -211,7 +220,8 @@ def one_run(args, size, mode):
         rest = f.get("fencing_ms", 0) + f.get("launch_ms", 0) + (f.get("attach_ms") or 0)
         ok = True
         return {"size": size, "mode": mode, "total_ms": total * 1000,
-                "detection_ms": f.get("detection_ms", 0), "fence_launch_attach_ms": rest,
+                "detection_ms": f.get("detection_ms", 0), "detected_by": f.get("detected_by"),
+                "fence_launch_attach_ms": rest,
                 "epoch": f.get("epoch"), "fill_s": fill_s, "acked": rep.present,
                 "false_suspicions": false_susp}
     finally:
@@ -223,7 +233,7 @@ def main():
     ap.add_argument("--build", default=str(benchlib.REPO / "build"))
     ap.add_argument("--sizes", default="64M,1G")
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--modes", default="kill,planned")
+    ap.add_argument("--modes", default="kill,silent,planned")
     ap.add_argument("--tls", default=os.environ.get("UCX_TLS", "tcp"))
     ap.add_argument("--timeout-ms", type=int, default=100, help="the standby's --timeout-ms")
     ap.add_argument("--out")
@@ -237,7 +247,8 @@ def main():
                 r = one_run(args, size, mode)
                 runs.append(r)
                 print(f"run {i + 1}/{args.runs} {benchlib.size_label(size)} {mode}: "
-                      f"{r['total_ms']:.1f} ms (detection {r['detection_ms']:.1f}, fence+launch+"
+                      f"{r['total_ms']:.1f} ms (detection {r['detection_ms']:.1f} by "
+                      f"{r['detected_by']}, fence+launch+"
                       f"attach {r['fence_launch_attach_ms']:.1f}); {r['acked']} acked present; "
                       f"false suspicions {r['false_suspicions']}", flush=True)
     rows, summary = [], {"machine": benchlib.machine_facts(ucx_tls=args.tls),
@@ -251,12 +262,13 @@ def main():
             fs = sum(r["false_suspicions"] for r in sel)
             row = {"size": benchlib.size_label(size), "mode": mode, "runs": len(sel),
                    "total_p50": tot["p50"], "total_p99": tot["p99"], "detection_p50": det["p50"],
+                   "detection_p99": det["p99"],
                    "fla_p50": fla["p50"], "fla_p99": fla["p99"], "false_suspicions": fs}
             summary["table"].append(row)
             rows.append([row["size"], mode, len(sel), f"{tot['p50']:.1f}", f"{tot['p99']:.1f}",
-                         f"{det['p50']:.1f}", f"{fla['p50']:.1f}", f"{fla['p99']:.1f}", fs])
+                         f"{det['p50']:.1f}", f"{det['p99']:.1f}", f"{fla['p50']:.1f}", f"{fla['p99']:.1f}", fs])
     human = benchlib.table(["live data", "mode", "runs", "total p50 ms", "total p99 ms",
-                            "detection p50", "fence+launch+attach p50", "p99",
+                            "detection p50", "p99", "fence+launch+attach p50", "p99",
                             "false suspicions"], rows)
     benchlib.emit(summary, human, args.out)
 

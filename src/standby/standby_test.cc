@@ -16,6 +16,7 @@
 #include <deque>
 #include <filesystem>
 #include <functional>
+#include <thread>
 
 #include "ipc/wire.h"
 
@@ -519,6 +520,7 @@ TEST_P(StandbyFailoverTest, ASilentOwnerIsFencedAndItsReplicaHandedOver) {
   EXPECT_EQ(m.body["from"], "host-a");
   EXPECT_EQ(m.body["spec"]["argv"][0], "spare-kv");
   EXPECT_GE(m.body["detection_ms"].get<double>(), kTimeoutMs);
+  EXPECT_EQ(m.body["detected_by"], "silence");
   EXPECT_EQ(m.blob, "rec-2");
   ASSERT_EQ(m.fds.size(), 1u);
   char c = 0;
@@ -605,6 +607,71 @@ TEST_P(StandbyFailoverTest, WithoutAnAgentTheOwnerIsStillFenced) {
   EXPECT_EQ(ReplicaAt(3), 0);
 }
 
+// The liveness channel (hot/live.h) beside the UCX connection: the owner's
+// process dying closes it, and its instances fail over at once — long
+// before the timeout (5 s here) — detected_by "close". A Leaving on it
+// first makes the close harmless; a death noted before the agent's next
+// Hello was an earlier process's, and its new area is not failed over.
+class StandbyLivenessTest : public StandbyFailoverTest {
+ protected:
+  uint32_t TimeoutMs() const override { return 5000; }
+  std::unique_ptr<hot::LiveClient> Live() {
+    auto c = hot::LiveClient::Create("host-a", std::chrono::milliseconds(1000), nullptr);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    if (!c.ok()) return nullptr;
+    (*c)->Target("127.0.0.1", standby_->live_port(), 10);
+    return std::move(c).value();
+  }
+  bool LiveUp() {
+    for (const auto& p : standby_->Peers())
+      if (p.agent == "host-a" && p.live && p.live_beats >= 2) return true;
+    return false;
+  }
+};
+
+TEST_P(StandbyLivenessTest, AClosedLivenessConnectionFailsTheOwnerOverAtOnce) {
+  FirstEpoch();
+  auto live = Live();
+  ASSERT_TRUE(Pump([&] { return LiveUp(); }, 2000));
+  const auto closed = std::chrono::steady_clock::now();
+  live.reset();  // as the kernel does when the agent process dies
+  ASSERT_TRUE(Pump([&] { return !standby_->failovers().empty(); }, 2000));
+  const auto took = std::chrono::steady_clock::now() - closed;
+  EXPECT_LT(took, std::chrono::milliseconds(1000)) << "waited for the timeout";
+  EXPECT_EQ(standby_->failovers()[0].detected_by, "close");
+  EXPECT_LT(standby_->failovers()[0].detection_ms, 1000);
+  ExpectFenced(Answer(), 2);
+}
+
+TEST_P(StandbyLivenessTest, LeavingThenCloseIsNoFailover) {
+  FirstEpoch();
+  auto live = Live();
+  ASSERT_TRUE(Pump([&] { return LiveUp(); }, 2000));
+  std::atomic<bool> left{false};
+  std::thread t([&] { left = live->Leave(10000, std::chrono::milliseconds(1000)); });
+  Pump([&] { return left.load(); }, 1500);
+  t.join();
+  ASSERT_TRUE(left);
+  Pump([&] { return false; }, 100);  // the Leaving read before the close
+  live.reset();
+  Pump([&] { return !standby_->failovers().empty(); }, 500);
+  EXPECT_TRUE(standby_->failovers().empty()) << "a graceful stop was taken for a death";
+}
+
+TEST_P(StandbyLivenessTest, ADeathBeforeTheAgentsNextHelloIsNotItsNewAreas) {
+  auto live = Live();  // "host-a", before any UCX Hello: an earlier process
+  ASSERT_TRUE(Pump([&] {
+    for (const auto& p : standby_->Peers()) (void)p;
+    return live->connected();
+  }, 2000));
+  Pump([&] { return false; }, 50);
+  live.reset();
+  Pump([&] { return false; }, 100);  // its death is noted
+  FirstEpoch();                       // the next process: Hello, Reserve, epoch 1
+  Pump([&] { return !standby_->failovers().empty(); }, 500);
+  EXPECT_TRUE(standby_->failovers().empty()) << "an earlier process's death failed over a new area";
+}
+
 std::string TransportName(const ::testing::TestParamInfo<const char*>& info) {
   std::string name = info.param;
   for (char& c : name)
@@ -616,6 +683,8 @@ INSTANTIATE_TEST_SUITE_P(Transports, StandbyTest, ::testing::Values("tcp", "shm,
 INSTANTIATE_TEST_SUITE_P(Transports, StandbySilenceTest, ::testing::Values("tcp", "shm,tcp"),
                          TransportName);
 INSTANTIATE_TEST_SUITE_P(Transports, StandbyFailoverTest, ::testing::Values("tcp", "shm,tcp"),
+                         TransportName);
+INSTANTIATE_TEST_SUITE_P(Transports, StandbyLivenessTest, ::testing::Values("tcp", "shm,tcp"),
                          TransportName);
 
 }  // namespace
