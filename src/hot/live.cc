@@ -420,11 +420,13 @@ void LiveClient::Run() {
   auto period = std::chrono::milliseconds(10);
   auto next_beat = LiveClock::now(), next_attempt = LiveClock::now();
   auto backoff = std::chrono::milliseconds(100);
-  bool said_prio = false;
+  bool said_prio = false, quiet = false;  // quiet: failures since the last connection were said
   auto drop = [&](const std::string& why) {
-    if (fd.valid() && !why.empty())
-      spdlog::warn("agent liveness: connection to standby {}:{} closed: {}; reconnecting in {} ms",
-                   host, port, why, backoff.count());
+    if (fd.valid() && !why.empty() && !quiet)
+      spdlog::warn("agent liveness: connection to standby {}:{} closed: {}; reconnecting (every "
+                   "2 s at most, quietly, until it answers or another standby welcomes this agent)",
+                   host, port, why);
+    quiet = true;
     fd.reset();
     connecting = false;
     connected_ = false;
@@ -440,6 +442,7 @@ void LiveClient::Run() {
       if (version != target_version_) {
         version = target_version_;
         if (fd.valid()) drop("the standby's address changed");
+        quiet = false;
         host = host_;
         port = port_;
         period = std::chrono::milliseconds(heartbeat_ms_);
@@ -505,6 +508,7 @@ void LiveClient::Run() {
       }
       connecting = false;
       connected_ = true;
+      quiet = false;
       backoff = std::chrono::milliseconds(100);
       heard_ns_ = NowNs();
       out = MakeFrame(Type::kHello, Body(Hello{agent_}));
