@@ -55,7 +55,23 @@ Status Agent::Setup() {
     SPARE_RETURN_IF_ERROR(AddWatch(w->notify_fd(), EPOLLIN, {WatchKind::kWorker}).status());
   if (options_.handle_signals) SPARE_RETURN_IF_ERROR(SetupSignals());
   SPARE_RETURN_IF_ERROR(OpenSocket());
-  if (!options_.standby.empty()) SPARE_RETURN_IF_ERROR(ConnectStandby());
+  if (!options_.standby.empty()) {
+    SPARE_ASSIGN_OR_RETURN(bool helper, ExitHelperFromEnv());
+    if (helper) {
+      auto h = ExitHelper::Start();
+      if (h.ok()) {
+        exit_helper_ = std::move(h).value();
+        // Its own process group: a kill -9 of the agent's group (killpg, a
+        // service manager's stop) must not take it too, or an agent thread
+        // may be the one that tears the address space down after all.
+        (void)::setpgid(exit_helper_.pid(), exit_helper_.pid());
+      } else
+        spdlog::warn("agent: no exit helper ({}): if this agent is killed, the standby may "
+                     "learn of it only after its timeout",
+                     h.status().ToString());
+    }
+    SPARE_RETURN_IF_ERROR(ConnectStandby());
+  }
   if (options_.metrics_port != 0) SPARE_RETURN_IF_ERROR(OpenHttp());
   return LoadAndAdopt();
 }
