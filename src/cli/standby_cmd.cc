@@ -23,6 +23,7 @@ struct StandbyFlags {
   std::string agent;
   uint32_t heartbeat_ms = 10;
   uint32_t timeout_ms = 100;
+  uint16_t live_port = 0;
   std::string error_mode = "none";
   std::string dir;
 };
@@ -39,6 +40,7 @@ int RunStandby(const StandbyFlags& flags) {
   o.dir = flags.dir;
   o.heartbeat_ms = flags.heartbeat_ms;
   o.timeout_ms = flags.timeout_ms;
+  o.live_port = flags.live_port;
   o.error_mode = flags.error_mode == "none"   ? net::ErrorMode::kNone
                  : flags.error_mode == "peer" ? net::ErrorMode::kPeer
                                               : net::ErrorMode::kAuto;
@@ -62,9 +64,10 @@ int RunStandby(const StandbyFlags& flags) {
   ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, (*s)->event_fd(), &ev);
   ev.data.fd = sig.get();
   ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, sig.get(), &ev);
-  spdlog::info("spare standby {}: listening on {}:{} (UCX error handling: {}; heartbeat {} ms, "
-               "timeout {} ms; replacements launched by {})",
-               o.name, o.host, (*s)->port(), net::ErrorModeName(o.error_mode), o.heartbeat_ms,
+  spdlog::info("spare standby {}: listening on {}:{}, liveness port {} (UCX error handling: {}; "
+               "heartbeat {} ms, timeout {} ms; replacements launched by {})",
+               o.name, o.host, (*s)->port(), (*s)->live_port(), net::ErrorModeName(o.error_mode),
+               o.heartbeat_ms,
                o.timeout_ms, o.agent_dir.empty() ? "nobody (no --agent)" : "agent " + o.agent_dir);
   if (o.agent_dir.empty())
     spdlog::warn("spare standby: no --agent: an instance whose host fails is fenced but not "
@@ -97,7 +100,9 @@ Command AddStandbyCommand(CLI::App& app) {
       "(UCX), keeps for each protected instance a replica of its regions and a staging area the "
       "agent writes epochs into, applies each committed epoch to the replica after checking it, "
       "and acknowledges it; only then are the instance's outputs released. Heartbeats go both "
-      "ways; an agent silent for --timeout-ms is suspected and each of its instances fails "
+      "ways, on the UCX connection and on a liveness TCP connection of their own (--live-port); "
+      "an agent silent on both for --timeout-ms, or whose process is gone (its liveness "
+      "connection closed without a goodbye), is suspected and each of its instances fails "
       "over: the standby fences the old owner (nothing it sends is acknowledged again, so it "
       "can release no output) and hands the replica to the spare host's agent (--agent), which "
       "launches the instance at the same virtual addresses from the last acknowledged epoch. "
@@ -118,6 +123,10 @@ Command AddStandbyCommand(CLI::App& app) {
                   "suspected and failed over; must exceed --heartbeat-ms")
       ->capture_default_str()
       ->check(CLI::Range(2, 600000));
+  sub->add_option("--live-port", flags->live_port,
+                  "TCP port of the liveness channel on the --listen host (agents learn it when "
+                  "they connect; open it beside the listen port in a firewall). 0: any free port")
+      ->capture_default_str();
   sub->add_option("--dir", flags->dir,
                   "where the standby keeps its state (DIR/standby.json, versioned): which owners "
                   "it fenced, so they stay fenced after a restart. Replicas are not kept: after a "
@@ -132,8 +141,8 @@ Command AddStandbyCommand(CLI::App& app) {
   sub->footer(
       "Example:\n"
       "  spare agent --dir /run/spare-spare &     # the spare host's own agent\n"
-      "  UCX_TLS=tcp spare standby --listen 0.0.0.0:7700 --agent /run/spare-spare \\\n"
-      "      --dir /var/lib/spare-standby &\n"
+      "  UCX_TLS=tcp spare standby --listen 0.0.0.0:7700 --live-port 7701 \\\n"
+      "      --agent /run/spare-spare --dir /var/lib/spare-standby &\n"
       "  # on each primary host:\n"
       "  spare agent --dir /run/spare --standby sparehost:7700 &\n"
       "  spare run --agent /run/spare --id kv1 --policy hot -- ./spare-kv --port 7001");

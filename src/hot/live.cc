@@ -151,13 +151,16 @@ Result<std::unique_ptr<LiveServer>> LiveServer::Create(Options options, const Lo
   std::unique_ptr<LiveServer> s(new LiveServer());
   s->options_ = std::move(options);
   s->pulse_ = pulse;
-  SPARE_ASSIGN_OR_RETURN(sockaddr_in at, Resolve(s->options_.host, 0));
+  SPARE_ASSIGN_OR_RETURN(sockaddr_in at, Resolve(s->options_.host, s->options_.port));
   s->listen_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!s->listen_.valid()) return Status::FromErrno("liveness: socket", errno);
   const int one = 1;
   (void)::setsockopt(s->listen_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (::bind(s->listen_.get(), reinterpret_cast<const sockaddr*>(&at), sizeof(at)) != 0)
-    return Status::FromErrno("liveness: bind " + s->options_.host, errno);
+    return Status::FromErrno("liveness: bind " + s->options_.host + ":" +
+                                 std::to_string(s->options_.port) +
+                                 " (the liveness port: choose another with --live-port)",
+                             errno);
   if (::listen(s->listen_.get(), 128) != 0) return Status::FromErrno("liveness: listen", errno);
   socklen_t len = sizeof(at);
   ::getsockname(s->listen_.get(), reinterpret_cast<sockaddr*>(&at), &len);

@@ -72,7 +72,8 @@ class LoopPulse {
 class LiveServer {
  public:
   struct Options {
-    std::string host = "127.0.0.1";  // listens on host:0 (port() says which)
+    std::string host = "127.0.0.1";  // listens on host:port (port() says which)
+    uint16_t port = 0;               // 0: any free port
     uint32_t heartbeat_ms = 10;
     std::chrono::milliseconds stall{1000};  // beats stop once the loop is this late
     size_t max_connections = 512;

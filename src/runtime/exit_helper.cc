@@ -1,6 +1,7 @@
 // ExitHelper (runtime/exit_helper.h).
 #include "runtime/exit_helper.h"
 
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
+#include <new>
 #include <utility>
 
 namespace spare {
@@ -20,20 +22,45 @@ namespace {
 
 constexpr size_t kStackSize = 64 << 10;
 
+// At the bottom of the helper's stack mapping (shared: CLONE_VM).
+struct HelperArgs {
+  int pipe_fd = -1;  // the read end: EOF when the process exits or exec()s
+  int pidfd = -1;    // Until::kProcessGone: then wait for the whole process to be gone
+};
+
 // Runs in the helper, on its own stack, in the instance's address space and
 // with the TLS pointer of the thread that cloned it: raw system calls only,
 // no allocation, no locks, and no errno unless a call fails (none of these
 // can: the fds exist, and no signal can interrupt the read).
 __attribute__((no_sanitize("address", "undefined"))) int HelperMain(void* arg) {
-  const auto keep = static_cast<unsigned>(reinterpret_cast<uintptr_t>(arg));
-  if (keep > 0) ::syscall(SYS_close_range, 0u, keep - 1, 0u);
-  ::syscall(SYS_close_range, keep + 1, ~0u, 0u);
+  const HelperArgs args = *static_cast<const HelperArgs*>(arg);
+  // Keep the pipe's read end (and the pidfd), close everything else.
+  unsigned lo = static_cast<unsigned>(args.pipe_fd), hi = lo;
+  if (args.pidfd >= 0) {
+    const auto p = static_cast<unsigned>(args.pidfd);
+    lo = p < lo ? p : lo;
+    hi = p > hi ? p : hi;
+  }
+  if (lo > 0) ::syscall(SYS_close_range, 0u, lo - 1, 0u);
+  if (hi > lo + 1) ::syscall(SYS_close_range, lo + 1, hi - 1, 0u);
+  ::syscall(SYS_close_range, hi + 1, ~0u, 0u);
   ::syscall(SYS_prctl, PR_SET_NAME, "spare-exit", 0ul, 0ul, 0ul);
-  // Also ends it when the thread that started it dies while a fork()ed
-  // child of the app (which inherited the write end) lives on.
-  ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0ul, 0ul, 0ul);
+  if (args.pidfd < 0) {
+    // Also ends it when the thread that started it dies while a fork()ed
+    // child of the app (which inherited the write end) lives on.
+    ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0ul, 0ul, 0ul);
+  }
   char byte;
-  while (::syscall(SYS_read, keep, &byte, 1ul) > 0) {
+  while (::syscall(SYS_read, args.pipe_fd, &byte, 1ul) > 0) {
+  }
+  if (args.pidfd >= 0) {
+    // The pipe closed when the first thread released the fd table; other
+    // threads may still be closing files. Only once the whole process is
+    // gone does this address space go, so no file's last reference is
+    // dropped in the process's own exit path.
+    pollfd p{args.pidfd, POLLIN, 0};
+    while (::syscall(SYS_ppoll, &p, 1ul, nullptr, nullptr, 0ul) <= 0) {
+    }
   }
   return 0;  // glibc's clone() ends the helper with exit(2)
 }
@@ -48,10 +75,15 @@ Result<bool> ExitHelperFromEnv() {
                 "SPARE_EXIT_HELPER=\"" + std::string(v) + "\": expected 0 or 1");
 }
 
-Result<ExitHelper> ExitHelper::Start() {
+Result<ExitHelper> ExitHelper::Start(Until until) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe2 for the exit helper", errno);
   UniqueFd wait_end(p[0]);
+  UniqueFd pidfd;
+  if (until == Until::kProcessGone) {
+    pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0u)));
+    if (!pidfd.valid()) return Status::FromErrno("pidfd_open for the exit helper", errno);
+  }
   ExitHelper h;
   h.wake_.reset(p[1]);
   h.stack_ = ::mmap(nullptr, kStackSize, PROT_READ | PROT_WRITE,
@@ -65,8 +97,8 @@ Result<ExitHelper> ExitHelper::Start() {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  pid_t pid = ::clone(HelperMain, static_cast<char*>(h.stack_) + kStackSize, CLONE_VM,
-                      reinterpret_cast<void*>(static_cast<uintptr_t>(wait_end.get())));
+  auto* args = new (h.stack_) HelperArgs{wait_end.get(), pidfd.get()};
+  pid_t pid = ::clone(HelperMain, static_cast<char*>(h.stack_) + kStackSize, CLONE_VM, args);
   const int err = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) return Status::FromErrno("clone(CLONE_VM) of the exit helper", err);

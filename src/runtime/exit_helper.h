@@ -51,7 +51,14 @@ class ExitHelper {
   // space is still in use by this process).
   ~ExitHelper();
 
-  static Result<ExitHelper> Start();
+  // kExitOrExec (an instance's): ends when the process exits or exec()s.
+  // kProcessGone (the agent's): ends only once every thread of the process
+  // is gone (a pidfd), so that no file's last reference — a memfd holding
+  // a GiB — is dropped in the process's own exit path while it still has
+  // sockets to close; no PR_SET_PDEATHSIG then (the starting thread may
+  // die before the others have closed their files).
+  enum class Until { kExitOrExec, kProcessGone };
+  static Result<ExitHelper> Start(Until until = Until::kExitOrExec);
 
   pid_t pid() const { return pid_; }
 

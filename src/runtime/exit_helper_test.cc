@@ -59,13 +59,14 @@ class ExitHelperTest : public ::testing::Test {
   // Forks a child that starts a helper, runs `then` and pauses; returns the
   // child's and the helper's pids.
   template <typename F>
-  std::pair<pid_t, pid_t> ForkInstance(F then) {
+  std::pair<pid_t, pid_t> ForkInstance(F then,
+                                       ExitHelper::Until until = ExitHelper::Until::kExitOrExec) {
     int p[2];
     EXPECT_EQ(::pipe2(p, O_CLOEXEC), 0);
     pid_t child = ::fork();
     if (child == 0) {
       ::close(p[0]);
-      auto h = ExitHelper::Start();
+      auto h = ExitHelper::Start(until);
       if (!h.ok()) ::_exit(3);
       pid_t hp = h->pid();
       if (::write(p[1], &hp, sizeof(hp)) != sizeof(hp)) ::_exit(4);
@@ -146,6 +147,33 @@ TEST_F(ExitHelperTest, EndsWhenTheInstanceExecs) {
   ::kill(child, SIGKILL);
   EXPECT_EQ(::waitpid(child, nullptr, 0), child);
   // The helper was the exec'd process's zombie child; now it is ours.
+  for (int i = 0; i < 200 && ::waitpid(helper, nullptr, __WALL | WNOHANG) == 0; ++i)
+    ::usleep(5000);
+  ::close(hfd);
+}
+
+// The agent's helper (kProcessGone) outlives the pipe's end — here an
+// exec, in the agent the first of its exiting threads releasing the fd
+// table — and ends only when the whole process is gone, so the address
+// space (and the files its mappings hold) goes after every file the
+// process itself closes.
+TEST_F(ExitHelperTest, UntilTheProcessIsGoneItOutlivesThePipe) {
+  auto [child, helper] = ForkInstance(
+      [](int) {
+        ::execl("/bin/sleep", "sleep", "0.5", static_cast<char*>(nullptr));
+        ::_exit(5);
+      },
+      ExitHelper::Until::kProcessGone);
+  ASSERT_GT(helper, 0);
+  int hfd = PidfdOpen(helper);
+  ASSERT_GE(hfd, 0);
+  ASSERT_FALSE(EndsWithin(hfd, 200)) << "it ended at the pipe's end, with its process alive";
+  EXPECT_EQ(ProcField(child, "comm"), "sleep");
+  EXPECT_EQ(ProcField(helper, "comm"), "spare-exit");
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);  // sleep ends by itself
+  EXPECT_TRUE(WIFEXITED(wstatus));
+  EXPECT_TRUE(EndsWithin(hfd, 10'000)) << "it outlived its process";
   for (int i = 0; i < 200 && ::waitpid(helper, nullptr, __WALL | WNOHANG) == 0; ++i)
     ::usleep(5000);
   ::close(hfd);

@@ -205,6 +205,7 @@ Result<std::unique_ptr<Standby>> Standby::Create(StandbyOptions options) {
   ::timerfd_settime(s->timer_.get(), 0, &its, nullptr);
   hot::LiveServer::Options live;
   live.host = s->options_.host;
+  live.port = s->options_.live_port;
   live.heartbeat_ms = s->options_.heartbeat_ms;
   // A loop this late stops the beats (agents see the standby silent).
   live.stall = std::chrono::milliseconds(std::max<uint32_t>(1000, 10 * s->options_.timeout_ms));

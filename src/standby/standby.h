@@ -62,6 +62,9 @@ struct StandbyOptions {
   std::string name = "standby";  // in Welcome and logs
   std::string host = "127.0.0.1";
   uint16_t port = 0;  // 0: any free port (port() says which)
+  // The liveness channel's TCP port (hot/live.h) on `host`, announced to
+  // agents in Welcome; 0: any free port (live_port() says which).
+  uint16_t live_port = 0;
   net::ErrorMode error_mode = net::ErrorMode::kNone;  // kAuto: per connection (net/transport.h)
   // Heartbeats to every agent every heartbeat_ms, on the UCX connection and
   // on the liveness channel (hot/live.h); an agent silent on both for
