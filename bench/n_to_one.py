@@ -119,6 +119,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--standby-timeout-ms", type=int, default=None,
+                    help="the standby's --timeout-ms (default: its own default)")
     ap.add_argument("--out")
     a = ap.parse_args()
 
@@ -146,7 +148,9 @@ def main():
     try:
         port = benchlib.free_port()
         standby_log = f"{d}/standby.log"
-        standby = popen([spare, "standby", "--listen", f"127.0.0.1:{port}", "--name", "n1"],
+        standby = popen([spare, "standby", "--listen", f"127.0.0.1:{port}", "--name", "n1",
+                         *([] if a.standby_timeout_ms is None
+                           else ["--timeout-ms", str(a.standby_timeout_ms)])],
                         standby_log)
         end = time.monotonic() + 10
         while "listening on" not in open(standby_log).read():

@@ -365,6 +365,8 @@ void LiveServer::Run() {
       next_beat = std::max(next_beat + period, now);
     }
     std::erase_if(conns, [](const auto& c) { return !c->fd.valid(); });
+    // After what arrived is read: a fresh last_run() means the beats are noted.
+    ran_ns_.store(NowNs());
   }
 }
 

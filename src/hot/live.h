@@ -102,6 +102,12 @@ class LiveServer {
   std::optional<AgentLive> Get(const std::string& agent) const;
   // The agent is back (a new UCX Hello): a death noted before now is over.
   void Revive(const std::string& agent);
+  // When its thread last ran (it wakes every heartbeat_ms): a daemon whose
+  // loop was late while this ran on was not stopped, and the beats it
+  // noted meanwhile are true.
+  LiveClock::time_point last_run() const {
+    return LiveClock::time_point(std::chrono::nanoseconds(ran_ns_.load()));
+  }
 
  private:
   LiveServer() = default;
@@ -114,6 +120,7 @@ class LiveServer {
   UniqueFd listen_, event_, wake_;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<int64_t> ran_ns_{0};
   mutable std::mutex mu_;
   std::map<std::string, AgentLive> agents_;  // guarded by mu_
   std::map<std::string, uint64_t> current_;  // agent → its connection's id (the thread's own)
