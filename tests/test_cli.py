@@ -131,6 +131,38 @@ class AgentCliTest(unittest.TestCase):
         self.assertEqual(inst["state"], "failed", "a failed instance was restarted")
         self.assertNotEqual(redis(port, "PING", timeout=2), (0, "PONG"))
 
+    def test_a_fast_crash_loop_backs_off_and_recovers(self):
+        """Relaunches that crash within a second of their launch wait 10 ms,
+        20 ms, ... (a cause that passes in a moment, like the previous
+        generation's port not yet released, does not use up the crash
+        budget in a few ms); once a launch runs again it is healthy."""
+        self.h.start_agent()
+        port = free_port()
+        count = os.path.join(self.h.dir, "launches")
+        with open(count, "w") as f:
+            f.write("0")
+        # Launch 1 runs; launches 2-4 exit at once (status 1); launch 5 runs.
+        script = (f'n=$(cat {count}); echo $((n+1)) > {count}; '
+                  f'if [ "$n" -ge 1 ] && [ "$n" -le 3 ]; then exit 1; fi; '
+                  f'exec {SPARE_KV} --port {port}')
+        pid, _ = self.h.run("kv", ["/bin/sh", "-c", script])
+        self.h.wait_pong(port)
+        time.sleep(1.1)  # its run is long enough not to count as a fast crash
+        os.kill(pid, 9)
+        inst = self.h.wait_instance("kv", lambda i: i["state"] == "running" and i["pid"] != pid
+                                    and i["restarts"] == 4, what="running after the loop")
+        self.h.wait_pong(port)
+        with open(count) as f:
+            self.assertEqual(f.read().strip(), "5")
+        with open(os.path.join(self.h.dir, "agent.log")) as f:
+            log = f.read()
+        self.assertIn("crashed 2 times in a row within 1000 ms of its launch: the next launch "
+                      "waits 10 ms", log)
+        self.assertIn("crashed 3 times in a row within 1000 ms of its launch: the next launch "
+                      "waits 20 ms", log)
+        self.assertNotIn("crashed 1 times", log, "the first fast crash relaunches at once")
+        self.assertEqual(inst["state"], "running")
+
     def test_run_passes_only_the_needed_environment(self):
         """The caller's secrets stay out of state.json and the instance."""
         self.h.start_agent()

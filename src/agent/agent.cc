@@ -293,14 +293,17 @@ void Agent::OnTimer() {
   while (::read(timer_fd_.get(), &ticks, sizeof(ticks)) > 0) {
   }
   KillOverdue();
+  for (auto& [id, inst] : instances_)
+    if (inst->relaunch_at) MaybeRelaunch(*inst);  // a backed-off relaunch that is due
   ArmTimer();
 }
 
-// Arms the timerfd for the earliest SIGKILL deadline (or disarms it).
+// Arms the timerfd for the earliest SIGKILL deadline or backed-off relaunch (or disarms it).
 void Agent::ArmTimer() {
   std::optional<SteadyTime> next;
   for (auto& [id, inst] : instances_)
-    if (inst->kill_at && (!next || *inst->kill_at < *next)) next = inst->kill_at;
+    for (const auto& at : {inst->kill_at, inst->relaunch_at})
+      if (at && (!next || *at < *next)) next = at;
   itimerspec its{};
   if (next) {
     auto left = *next - std::chrono::steady_clock::now();

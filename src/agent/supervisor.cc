@@ -170,6 +170,22 @@ void Agent::OnCrash(Instance& inst, bool relaunch_possible) {
   } else {
     inst.crashes_in_window = decision.crashes_in_window;
     r.state = InstanceState::kRestarting;
+    const auto now = std::chrono::steady_clock::now();
+    inst.fast_crashes = now - inst.launched_at < kFastCrash ? inst.fast_crashes + 1 : 0;
+    if (inst.fast_crashes >= 2) {
+      const auto delay = std::chrono::milliseconds(
+          std::min<int64_t>(int64_t{10} << std::min<uint32_t>(inst.fast_crashes - 2, 7), 1000));
+      inst.relaunch_at = now + delay;
+      spdlog::warn("instance {}: crashed {} times in a row within {} ms of its launch: the next "
+                   "launch waits {} ms",
+                   id, inst.fast_crashes,
+                   std::chrono::duration_cast<std::chrono::milliseconds>(kFastCrash).count(),
+                   delay.count());
+      inst.relaunch_pending = true;
+      SaveStateOrLog();
+      ArmTimer();
+      return;
+    }
     if (RelaunchMustWait(inst)) {
       // Epochs it handed over before dying are still being applied: the
       // replacement must map the image only once they are in it (its
@@ -202,6 +218,8 @@ bool Agent::RelaunchMustWait(const Instance& inst) const {
 
 void Agent::MaybeRelaunch(Instance& inst) {
   if (!inst.relaunch_pending || RelaunchMustWait(inst)) return;
+  if (inst.relaunch_at && std::chrono::steady_clock::now() < *inst.relaunch_at) return;
+  inst.relaunch_at.reset();
   inst.relaunch_pending = false;
   Relaunch(inst);
 }
