@@ -87,7 +87,8 @@ class Hosts:
         self.spare = str(benchlib.binary(self.build, "spare"))
         self.kv = str(benchlib.binary(self.build, "spare-kv"))
         self.dir = tempfile.mkdtemp(prefix="spare-fobench-")
-        self.env = dict(os.environ, UCX_TLS=tls)
+        self.env = dict(os.environ, UCX_TLS=tls,
+                        UCX_NET_DEVICES=os.environ.get("UCX_NET_DEVICES", "lo"))
         self.procs = []
         self.standby_port = benchlib.free_port()
         self.spare_dir = f"{self.dir}/spare-host"

@@ -128,7 +128,7 @@ def main():
     spare = str(benchlib.binary(build, "spare"))
     kv = str(benchlib.binary(build, "spare-kv"))
     d = tempfile.mkdtemp(prefix="spare-n1-")
-    env = dict(os.environ, UCX_TLS=a.tls)
+    env = dict(os.environ, UCX_TLS=a.tls, UCX_NET_DEVICES=os.environ.get("UCX_NET_DEVICES", "lo"))
     procs = []
 
     def popen(args, log):

@@ -62,8 +62,12 @@ class Setup:
         self.test = test
         self.rng = random.Random(seed)
         env = {"UCX_TLS": tls}
-        if two_hosts:
-            env["UCX_NET_DEVICES"] = "spare0"
+        # Pinned to the one link between the hosts, or to loopback: UCX
+        # must not wire lanes over interfaces another test (its namespaces'
+        # veth ends in this namespace) adds and removes meanwhile — a
+        # connect to a vanished address tripped an assertion inside UCX 1.13
+        # (uct_tcp_ep_pending_purge) in a campaign agent.
+        env["UCX_NET_DEVICES"] = "spare0" if two_hosts else "lo"
         for k, v in env.items():
             old = os.environ.get(k)
             os.environ[k] = v

@@ -28,10 +28,13 @@ from spare_harness import REDIS_CLI, SPARE, SPARE_KV, Harness, free_port, redis,
 class HotTest(unittest.TestCase):
     def run_hot(self, tls):
         # Standby and agent inherit the pinned transport.
-        old = os.environ.get("UCX_TLS")
-        os.environ["UCX_TLS"] = tls
-        self.addCleanup(lambda: os.environ.__setitem__("UCX_TLS", old) if old is not None
-                        else os.environ.pop("UCX_TLS", None))
+        # UCX_NET_DEVICES=lo: loopback only, whatever interfaces other
+        # tests' namespaces add to this one meanwhile (test_failover.Setup).
+        for k, v in (("UCX_TLS", tls), ("UCX_NET_DEVICES", "lo")):
+            old = os.environ.get(k)
+            os.environ[k] = v
+            self.addCleanup(lambda k=k, old=old: os.environ.__setitem__(k, old)
+                            if old is not None else os.environ.pop(k, None))
         h = Harness(self, name=f"hot-{tls.replace(',', '-')}")
         port = free_port()
         standby_log = os.path.join(h.dir, "standby.log")

@@ -58,7 +58,7 @@ Status Agent::Setup() {
   if (!options_.standby.empty()) {
     SPARE_ASSIGN_OR_RETURN(bool helper, ExitHelperFromEnv());
     if (helper) {
-      auto h = ExitHelper::Start(ExitHelper::Until::kProcessGone);
+      auto h = ExitHelper::Start();
       if (h.ok()) {
         exit_helper_ = std::move(h).value();
         // Its own process group: a kill -9 of the agent's group (killpg, a

@@ -305,11 +305,14 @@ struct Demo {
   // Part 2: hot protection, N primaries : 1 spare host, and a failover.
   Status RunHot(size_t* verified_out, size_t* lost_out) {
     if (!std::getenv("UCX_TLS")) ::setenv("UCX_TLS", "tcp", 1);
+    // Everything runs on this machine: loopback only, whatever else its
+    // interfaces are.
+    if (!std::getenv("UCX_NET_DEVICES")) ::setenv("UCX_NET_DEVICES", "lo", 1);
     std::printf("\nspare demo, part 2: policy hot. A spare host (standby + its agent) protects two "
                 "primary hosts (agents a and b) with two spare-kv instances each, every one under "
                 "a pipelined write load; then agent a is killed (kill -9) with its instances. "
-                "UCX_TLS=%s\n",
-                std::getenv("UCX_TLS"));
+                "UCX_TLS=%s UCX_NET_DEVICES=%s\n",
+                std::getenv("UCX_TLS"), std::getenv("UCX_NET_DEVICES"));
     std::fflush(stdout);
     SPARE_RETURN_IF_ERROR(StartAgentAt(SpareDir(), {}, &spare_agent));
     SPARE_RETURN_IF_ERROR(StartStandby());

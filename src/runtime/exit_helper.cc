@@ -24,44 +24,42 @@ constexpr size_t kStackSize = 64 << 10;
 
 // At the bottom of the helper's stack mapping (shared: CLONE_VM).
 struct HelperArgs {
-  int pipe_fd = -1;  // the read end: EOF when the process exits or exec()s
-  int pidfd = -1;    // Until::kProcessGone: then wait for the whole process to be gone
+  int pipe_fd = -1;  // the read end: EOF once no live process holds the write end
+  int pidfd = -1;    // the process it serves: readable once every thread of it is gone
 };
+
+// After the pipe's end (an exec, or the fd table released by the last
+// thread of a dying process): how long it waits for the process to be
+// gone before it goes anyway (an exec'd process lives on).
+constexpr long kAfterPipeNs = 1'000'000'000;
 
 // Runs in the helper, on its own stack, in the instance's address space and
 // with the TLS pointer of the thread that cloned it: raw system calls only,
 // no allocation, no locks, and no errno unless a call fails (none of these
-// can: the fds exist, and no signal can interrupt the read).
+// can: the fds exist, and no signal can interrupt the waits).
 __attribute__((no_sanitize("address", "undefined"))) int HelperMain(void* arg) {
   const HelperArgs args = *static_cast<const HelperArgs*>(arg);
-  // Keep the pipe's read end (and the pidfd), close everything else.
-  unsigned lo = static_cast<unsigned>(args.pipe_fd), hi = lo;
-  if (args.pidfd >= 0) {
-    const auto p = static_cast<unsigned>(args.pidfd);
-    lo = p < lo ? p : lo;
-    hi = p > hi ? p : hi;
-  }
+  // Keep the pipe's read end and the pidfd, close everything else.
+  const auto a = static_cast<unsigned>(args.pipe_fd), b = static_cast<unsigned>(args.pidfd);
+  const unsigned lo = a < b ? a : b, hi = a < b ? b : a;
   if (lo > 0) ::syscall(SYS_close_range, 0u, lo - 1, 0u);
   if (hi > lo + 1) ::syscall(SYS_close_range, lo + 1, hi - 1, 0u);
   ::syscall(SYS_close_range, hi + 1, ~0u, 0u);
   ::syscall(SYS_prctl, PR_SET_NAME, "spare-exit", 0ul, 0ul, 0ul);
-  if (args.pidfd < 0) {
-    // Also ends it when the thread that started it dies while a fork()ed
-    // child of the app (which inherited the write end) lives on.
-    ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0ul, 0ul, 0ul);
+  // Ends when the process is gone (the pidfd: after every one of its
+  // threads has closed its files, so no file's last reference — a memfd of
+  // a GiB — is dropped in the process's own exit path while it still has
+  // sockets to close; also when a fork()ed child of the app holds the write
+  // end), or a second after the pipe's end (an exec).
+  pollfd p[2] = {{args.pidfd, POLLIN, 0}, {args.pipe_fd, POLLIN, 0}};
+  for (;;) {
+    if (::syscall(SYS_ppoll, p, 2ul, nullptr, nullptr, 0ul) <= 0) continue;
+    if (p[0].revents) return 0;
+    char byte;
+    if (p[1].revents && ::syscall(SYS_read, args.pipe_fd, &byte, 1ul) <= 0) break;
   }
-  char byte;
-  while (::syscall(SYS_read, args.pipe_fd, &byte, 1ul) > 0) {
-  }
-  if (args.pidfd >= 0) {
-    // The pipe closed when the first thread released the fd table; other
-    // threads may still be closing files. Only once the whole process is
-    // gone does this address space go, so no file's last reference is
-    // dropped in the process's own exit path.
-    pollfd p{args.pidfd, POLLIN, 0};
-    while (::syscall(SYS_ppoll, &p, 1ul, nullptr, nullptr, 0ul) <= 0) {
-    }
-  }
+  timespec wait{kAfterPipeNs / 1'000'000'000, kAfterPipeNs % 1'000'000'000};
+  ::syscall(SYS_ppoll, p, 1ul, &wait, nullptr, 0ul);
   return 0;  // glibc's clone() ends the helper with exit(2)
 }
 
@@ -75,15 +73,12 @@ Result<bool> ExitHelperFromEnv() {
                 "SPARE_EXIT_HELPER=\"" + std::string(v) + "\": expected 0 or 1");
 }
 
-Result<ExitHelper> ExitHelper::Start(Until until) {
+Result<ExitHelper> ExitHelper::Start() {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe2 for the exit helper", errno);
   UniqueFd wait_end(p[0]);
-  UniqueFd pidfd;
-  if (until == Until::kProcessGone) {
-    pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0u)));
-    if (!pidfd.valid()) return Status::FromErrno("pidfd_open for the exit helper", errno);
-  }
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0u)));
+  if (!pidfd.valid()) return Status::FromErrno("pidfd_open for the exit helper", errno);
   ExitHelper h;
   h.wake_.reset(p[1]);
   h.stack_ = ::mmap(nullptr, kStackSize, PROT_READ | PROT_WRITE,

@@ -15,12 +15,17 @@
 // free, while the agent is already launching the replacement.
 //
 // The helper:
-//   - closes every file descriptor it inherited except the read end of a
-//     pipe whose write end only the instance holds (close-on-exec), so it
-//     keeps no socket, memfd or userfaultfd open, and wakes (read() returns
-//     0) when the instance exits or exec()s; it also has PR_SET_PDEATHSIG
-//     SIGKILL, for a thread that started it dying while a fork()ed child of
-//     the app, holding the write end too, lives on;
+//   - closes every file descriptor it inherited except two: a pidfd of the
+//     process, and the read end of a pipe whose write end only the process
+//     holds (close-on-exec). It keeps no socket, memfd or userfaultfd open.
+//     It ends when the pidfd says the whole process is gone — after every
+//     thread of it has closed its files, so that no file's last reference
+//     (a memfd of a GiB, whose pages the kernel then frees) is dropped in
+//     the process's own exit path, ahead of its sockets: the agent's
+//     liveness connection, an instance's listening port — or a second after
+//     the pipe's end when the process lives on (it exec()ed). A fork()ed
+//     child of the app holding the write end too does not keep it: the
+//     pidfd ends it;
 //   - starts with every signal blocked (the app's handlers, copied at
 //     clone time, never run in it) and touches no memory but its own stack;
 //   - is named "spare-exit" (comm) so ps and top show what it is.
@@ -51,14 +56,7 @@ class ExitHelper {
   // space is still in use by this process).
   ~ExitHelper();
 
-  // kExitOrExec (an instance's): ends when the process exits or exec()s.
-  // kProcessGone (the agent's): ends only once every thread of the process
-  // is gone (a pidfd), so that no file's last reference — a memfd holding
-  // a GiB — is dropped in the process's own exit path while it still has
-  // sockets to close; no PR_SET_PDEATHSIG then (the starting thread may
-  // die before the others have closed their files).
-  enum class Until { kExitOrExec, kProcessGone };
-  static Result<ExitHelper> Start(Until until = Until::kExitOrExec);
+  static Result<ExitHelper> Start();
 
   pid_t pid() const { return pid_; }
 

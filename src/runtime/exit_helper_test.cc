@@ -1,6 +1,7 @@
 // ExitHelper: shares the address space and nothing else, and ends when the
-// instance dies, exec()s, or the thread that started it dies while a fork()ed
-// child holds its pipe — so it never outlives what it serves. (How much it
+// instance is gone (also while a fork()ed child holds its pipe), or a
+// second after it exec()s — so it never outlives what it serves; and it
+// outlives the pipe's end until the process is gone. (How much it
 // saves is measured in bench/restart_bench.py, not here.)
 #include "runtime/exit_helper.h"
 
@@ -59,14 +60,13 @@ class ExitHelperTest : public ::testing::Test {
   // Forks a child that starts a helper, runs `then` and pauses; returns the
   // child's and the helper's pids.
   template <typename F>
-  std::pair<pid_t, pid_t> ForkInstance(F then,
-                                       ExitHelper::Until until = ExitHelper::Until::kExitOrExec) {
+  std::pair<pid_t, pid_t> ForkInstance(F then) {
     int p[2];
     EXPECT_EQ(::pipe2(p, O_CLOEXEC), 0);
     pid_t child = ::fork();
     if (child == 0) {
       ::close(p[0]);
-      auto h = ExitHelper::Start(until);
+      auto h = ExitHelper::Start();
       if (!h.ok()) ::_exit(3);
       pid_t hp = h->pid();
       if (::write(p[1], &hp, sizeof(hp)) != sizeof(hp)) ::_exit(4);
@@ -94,10 +94,10 @@ TEST_F(ExitHelperTest, SharesTheAddressSpaceAndNothingElse) {
     fds = 0;
     for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
       fds += e.path().filename() != "." ? 1 : 0;
-    if (fds == 1 && ProcField(pid, "comm") == "spare-exit") break;
+    if (fds == 2 && ProcField(pid, "comm") == "spare-exit") break;
     ::usleep(5000);
   }
-  EXPECT_EQ(fds, 1u) << "the helper keeps only its pipe open";
+  EXPECT_EQ(fds, 2u) << "the helper keeps only its pipe and its pidfd open";
   EXPECT_EQ(ProcField(pid, "comm"), "spare-exit");
   const uint64_t blocked = SigBlk(pid);
   for (int sig : {SIGINT, SIGTERM, SIGSEGV, SIGCHLD, SIGUSR1, SIGHUP})
@@ -152,18 +152,16 @@ TEST_F(ExitHelperTest, EndsWhenTheInstanceExecs) {
   ::close(hfd);
 }
 
-// The agent's helper (kProcessGone) outlives the pipe's end — here an
-// exec, in the agent the first of its exiting threads releasing the fd
-// table — and ends only when the whole process is gone, so the address
-// space (and the files its mappings hold) goes after every file the
-// process itself closes.
-TEST_F(ExitHelperTest, UntilTheProcessIsGoneItOutlivesThePipe) {
+// After the pipe's end the helper waits (up to a second) for the whole
+// process to be gone, so that the address space (and the files its
+// mappings hold) goes after every file the process itself closes: here an
+// exec of a process that ends half a second later.
+TEST_F(ExitHelperTest, ItOutlivesThePipeUntilTheProcessIsGone) {
   auto [child, helper] = ForkInstance(
       [](int) {
         ::execl("/bin/sleep", "sleep", "0.5", static_cast<char*>(nullptr));
         ::_exit(5);
-      },
-      ExitHelper::Until::kProcessGone);
+      });
   ASSERT_GT(helper, 0);
   int hfd = PidfdOpen(helper);
   ASSERT_GE(hfd, 0);
@@ -179,7 +177,7 @@ TEST_F(ExitHelperTest, UntilTheProcessIsGoneItOutlivesThePipe) {
   ::close(hfd);
 }
 
-TEST_F(ExitHelperTest, EndsWithItsThreadWhileAForkedChildHoldsThePipe) {
+TEST_F(ExitHelperTest, EndsWithTheInstanceWhileAForkedChildHoldsThePipe) {
   auto [child, helper] = ForkInstance([](int) {
     if (::fork() == 0) {  // inherits the helper's write end and never execs
       for (;;) ::pause();
@@ -191,7 +189,7 @@ TEST_F(ExitHelperTest, EndsWithItsThreadWhileAForkedChildHoldsThePipe) {
   ASSERT_FALSE(EndsWithin(hfd, 100)) << "the helper ended while its instance lives";
   ASSERT_EQ(::kill(child, SIGKILL), 0);
   ASSERT_EQ(::waitpid(child, nullptr, 0), child);
-  EXPECT_TRUE(EndsWithin(hfd, 10'000)) << "PR_SET_PDEATHSIG did not end the helper";
+  EXPECT_TRUE(EndsWithin(hfd, 10'000)) << "the instance's end did not end the helper";
   // Both the helper and the grandchild are ours now.
   for (auto& e : std::filesystem::directory_iterator("/proc")) {
     const std::string name = e.path().filename();
