@@ -69,7 +69,7 @@ class HotTest(unittest.TestCase):
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             time.sleep(0.5)
             self.assertIsNone(held.poll(), "a reply was released while the standby was stopped")
-            # The agent noticed the silence (timeout 100 ms) and says so.
+            # The agent noticed the silence (timeout 30 ms) and says so.
             self.assertIn("silent for", tail(agent_log, 50))
             self.assertEqual(h.instance("kv")["standby"], "standby unreachable (outputs held)")
         finally:

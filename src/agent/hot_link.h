@@ -69,7 +69,7 @@ struct Agent::HotLink {
   // standby is suspected after timeout_ms without any message from it.
   UniqueFd timer;
   uint64_t timer_watch = 0;
-  uint32_t heartbeat_ms = 10, timeout_ms = 100;
+  uint32_t heartbeat_ms = 10, timeout_ms = 30;  // until Welcome says the standby's
   std::chrono::steady_clock::time_point last_heard{};
   std::chrono::steady_clock::time_point connected_at{};
   bool suspected = false;

@@ -22,7 +22,7 @@ struct StandbyFlags {
   std::string name;
   std::string agent;
   uint32_t heartbeat_ms = 10;
-  uint32_t timeout_ms = 100;
+  uint32_t timeout_ms = 30;
   uint16_t live_port = 0;
   std::string error_mode = "none";
   std::string dir;

@@ -70,8 +70,11 @@ struct StandbyOptions {
   // on the liveness channel (hot/live.h); an agent silent on both for
   // timeout_ms is suspected, and one whose liveness connection closed
   // without Leaving (its process is gone) at once.
+  // Defaults from measurement (BENCHMARKS §13, §14, §16): 30 ms meets the
+  // failover targets for a silent host, with no false suspicion in any
+  // benchmark on 2 cores, since heartbeats have threads of their own.
   uint32_t heartbeat_ms = 10;
-  uint32_t timeout_ms = 100;
+  uint32_t timeout_ms = 30;
   size_t max_instances = 64;
   // The spare host's agent (its DIR), which launches replacements. Empty:
   // a suspected owner is still fenced, but nothing is launched (logged).
