@@ -132,10 +132,11 @@ class AgentCliTest(unittest.TestCase):
         self.assertNotEqual(redis(port, "PING", timeout=2), (0, "PONG"))
 
     def test_a_fast_crash_loop_backs_off_and_recovers(self):
-        """Relaunches that crash within a second of their launch wait 10 ms,
-        20 ms, ... (a cause that passes in a moment, like the previous
+        """Relaunches that exit failing within a second of their launch wait
+        10 ms, 20 ms, ... (a cause that passes in a moment, like the previous
         generation's port not yet released, does not use up the crash
-        budget in a few ms); once a launch runs again it is healthy."""
+        budget in a few ms); once a launch runs again it is healthy. A kill
+        relaunches at once (test_kill9, bench/restart_bench.py)."""
         self.h.start_agent()
         port = free_port()
         count = os.path.join(self.h.dir, "launches")
@@ -156,11 +157,12 @@ class AgentCliTest(unittest.TestCase):
             self.assertEqual(f.read().strip(), "5")
         with open(os.path.join(self.h.dir, "agent.log")) as f:
             log = f.read()
-        self.assertIn("crashed 2 times in a row within 1000 ms of its launch: the next launch "
-                      "waits 10 ms", log)
-        self.assertIn("crashed 3 times in a row within 1000 ms of its launch: the next launch "
-                      "waits 20 ms", log)
-        self.assertNotIn("crashed 1 times", log, "the first fast crash relaunches at once")
+        self.assertIn("exited failing 2 times in a row within 1000 ms of its launch: the next "
+                      "launch waits 10 ms", log)
+        self.assertIn("exited failing 3 times in a row within 1000 ms of its launch: the next "
+                      "launch waits 20 ms", log)
+        self.assertNotIn("exited failing 1 times", log, "the first failing exit relaunches at once")
+        self.assertNotIn("exited failing 4 times", log, "the kill counted as a failing exit")
         self.assertEqual(inst["state"], "running")
 
     def test_run_passes_only_the_needed_environment(self):

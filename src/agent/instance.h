@@ -93,8 +93,8 @@ struct ApplyChain {
   std::vector<Map> maps;
 };
 
-// A crash this soon after its launch counts toward the relaunch backoff
-// (Instance::fast_crashes).
+// A failing exit this soon after its launch counts toward the relaunch
+// backoff (Instance::fast_crashes).
 inline constexpr std::chrono::milliseconds kFastCrash{1000};
 
 struct Instance {
@@ -118,13 +118,15 @@ struct Instance {
   uint64_t sent_released = 0, sent_durable = 0;  // last numbers sent to the instance
   uint32_t applies_in_flight = 0;  // posted to the apply worker, completion not yet seen
   bool relaunch_pending = false;   // crashed; relaunch once in-flight applies are done
-  // Crashes within kFastCrash of their launch, in a row: from the second
-  // on, the relaunch waits 10 ms doubling (to 1 s), so that a cause that
-  // passes in a moment (the last generation's port not yet released: a
-  // replacement that fails over in 3 ms can beat the old process's exit)
-  // does not use up the crash budget in a few ms. A crash after a longer
-  // run relaunches at once.
+  // Exits with a failure status within kFastCrash of their launch, in a
+  // row (a start that fails): from the second on, the relaunch waits 10 ms
+  // doubling (to 1 s), so that a cause that passes in a moment (the last
+  // generation's port not yet released: a replacement that fails over in
+  // 3 ms can beat the old process's exit) does not use up the crash budget
+  // in a few ms. A kill or a crash by a signal, or an exit after a longer
+  // run, relaunches at once (restart time is what spare promises).
   uint32_t fast_crashes = 0;
+  bool exited_failing = false;  // the last end was an exit with status != 0
   std::optional<SteadyTime> relaunch_at;
   uint32_t crashes_in_window = 0;  // of the last crash, for the relaunch log line
 

@@ -118,6 +118,7 @@ void Agent::ForgetProcess(Instance& inst) {
 
 void Agent::OnProcessGone(Instance& inst, const ExitInfo& exit) {
   inst.last_exit = exit.Describe();
+  inst.exited_failing = exit.kind == ExitInfo::kExited && exit.value != 0;
   double ran = SecondsSince(inst.launched_at);
   int64_t pid = inst.rec.pid;
   inst.rec.pid = 0;
@@ -171,13 +172,14 @@ void Agent::OnCrash(Instance& inst, bool relaunch_possible) {
     inst.crashes_in_window = decision.crashes_in_window;
     r.state = InstanceState::kRestarting;
     const auto now = std::chrono::steady_clock::now();
-    inst.fast_crashes = now - inst.launched_at < kFastCrash ? inst.fast_crashes + 1 : 0;
+    inst.fast_crashes =
+        inst.exited_failing && now - inst.launched_at < kFastCrash ? inst.fast_crashes + 1 : 0;
     if (inst.fast_crashes >= 2) {
       const auto delay = std::chrono::milliseconds(
           std::min<int64_t>(int64_t{10} << std::min<uint32_t>(inst.fast_crashes - 2, 7), 1000));
       inst.relaunch_at = now + delay;
-      spdlog::warn("instance {}: crashed {} times in a row within {} ms of its launch: the next "
-                   "launch waits {} ms",
+      spdlog::warn("instance {}: exited failing {} times in a row within {} ms of its launch: "
+                   "the next launch waits {} ms",
                    id, inst.fast_crashes,
                    std::chrono::duration_cast<std::chrono::milliseconds>(kFastCrash).count(),
                    delay.count());
