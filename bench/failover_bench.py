@@ -97,7 +97,8 @@ class Hosts:
         self.agent(self.spare_dir, [])
         self.popen([self.spare, "standby", "--listen", f"127.0.0.1:{self.standby_port}",
                     "--name", "spare-host", "--agent", self.spare_dir,
-                    "--timeout-ms", str(timeout_ms)], self.standby_log)
+                    *([] if timeout_ms is None else ["--timeout-ms", str(timeout_ms)])],
+                   self.standby_log)
         self.wait_log(self.standby_log, "listening on")
         self.primary = self.agent(self.pri_dir, ["--standby", f"127.0.0.1:{self.standby_port}"])
 
@@ -236,7 +237,8 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--modes", default="kill,silent,planned")
     ap.add_argument("--tls", default=os.environ.get("UCX_TLS", "tcp"))
-    ap.add_argument("--timeout-ms", type=int, default=100, help="the standby's --timeout-ms")
+    ap.add_argument("--timeout-ms", type=int, default=None,
+                    help="the standby's --timeout-ms (default: the standby's own default)")
     ap.add_argument("--out")
     args = ap.parse_args()
     sizes = [benchlib.parse_size(s) for s in args.sizes.split(",")]

@@ -341,7 +341,13 @@ void Agent::ShipEpoch(Instance& inst, uint64_t epoch, uint32_t first_slot, uint3
                     inst.rec.spec.id, epoch, st.ToString());
       return;
     }
+    inst.ship_bytes +=
+        used + (hot_->data_by_message
+                    ? (hot::kHeaderSize + hot::kDataPrefix) * ((used + hot::kMaxData - 1) / hot::kMaxData)
+                    : 0);
   }
+  inst.shipped_epochs++;
+  inst.ship_bytes += hot::kHeaderSize + 8;  // the Commit frame
   const std::string id = inst.rec.spec.id;
   const uint64_t handle = inst.standby_handle, generation = inst.rec.generation;
   Status st = hot_->ep->Flush([this, id, handle, generation, epoch, first_slot,

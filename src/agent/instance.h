@@ -152,6 +152,10 @@ struct Instance {
   std::deque<Ship> unacked;
   uint64_t standby_acked = 0;          // newest epoch the standby acknowledged
   uint64_t ship_errors = 0;
+  // Epochs shipped to the standby, and the bytes handed to UCX for them:
+  // each slot's used bytes (by put, or in Data frames with their 64-byte
+  // headers) and the Commit frame; full copies are counted apart.
+  uint64_t shipped_epochs = 0, ship_bytes = 0;
   // A full copy of the committed image to the standby (full_copy.cc): the
   // replica lacks epochs that are only in the image now (a new or
   // restarted standby, a reconnect after a gap). Local applies wait in

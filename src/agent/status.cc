@@ -109,6 +109,13 @@ const Metric kMetrics[] = {
     {"spare_ship_errors_total", "counter",
      "Policy hot: epochs or messages to the standby that failed or were refused.",
      "ship_errors"},
+    {"spare_shipped_epochs_total", "counter",
+     "Policy hot: epochs shipped to the standby (puts or Data messages, then Commit).",
+     "shipped_epochs"},
+    {"spare_ship_bytes_total", "counter",
+     "Policy hot: bytes handed to UCX for those epochs (slot bytes, Data headers, Commit); full "
+     "copies are spare_full_copy_bytes_total.",
+     "ship_bytes"},
     {"spare_full_copies_total", "counter",
      "Policy hot: full copies of the image to the standby completed (new or restarted "
      "standby, reconnect after a gap).",
@@ -210,7 +217,9 @@ nlohmann::json InstanceStatusJson(const Instance& inst, bool standby_suspected) 
                                   .count()
                             : 0.0},
           {"unprotected_periods", inst.unprotected_periods},
-          {"ship_errors", inst.ship_errors}};
+          {"ship_errors", inst.ship_errors},
+          {"shipped_epochs", inst.shipped_epochs},
+          {"ship_bytes", inst.ship_bytes}};
 }
 
 Result<std::string> MetricsText(const nlohmann::json& status) {
