@@ -18,7 +18,10 @@
 // acknowledged again (a resent Commit is idempotent).
 //
 // Failover: an area whose owner (the agent that reserved it) has said
-// nothing for timeout_ms — dead, cut off or stopped — is fenced: the
+// nothing on either channel (UCX, or the liveness connection of hot/live.h)
+// for timeout_ms — a host dead, cut off or stopped — or whose liveness
+// connection closed without Leaving (its process died: at once) is
+// fenced: the
 // standby raises its generation and from then on answers everything about
 // that instance from the old owner with Fenced, so the old primary can
 // never have another epoch acknowledged (its outputs stay held). Then, with
@@ -29,8 +32,9 @@
 // per fenced id keeps refusing the old owner (by its agent name, any
 // generation, and anyone at or below the fenced generation).
 //
-// What a standby restart keeps: nothing. Replicas live in the process; a
-// restarted standby has empty areas and agents resync with a full copy.
+// What a standby restart keeps: with --dir, its tombstones (DIR/standby.json),
+// so a fenced owner stays fenced. Replicas live in the process; a restarted
+// standby has empty areas and agents resync with a full copy.
 // So a standby that dies mid-apply never leaves a replica between two
 // epochs: the replica goes with it.
 //
