@@ -296,6 +296,30 @@ class FailoverTest(unittest.TestCase):
               f"{json.dumps(inst['failover'])}", flush=True)
 
 
+    def test_old_owner_serves_no_stale_read(self):
+        # Found while writing the chaos driver's stale-read check: kill -9 of the primary's
+        # agent alone leaves its instance running and reachable by clients.
+        # The standby fails it over at once (the liveness connection
+        # closed); once the replacement has acknowledged a newer write, a
+        # read through the old instance must not answer with the older
+        # value (it answered at once: read-only batches were released
+        # without an epoch, on the strength of a durability nobody
+        # confirmed any more).
+        s = Setup(self, "tcp", True, seed=int(time.time()))
+        port = s.run_kv("kv1")
+        self.assertEqual(redis(port, "SET", "k", "old", host=s.ip("pri")), (0, "OK"))
+        old_pid = s.primary.instance("kv1")["pid"]
+        s.primary.kill_agent()
+        s.wait_replacement("kv1", time.monotonic())
+        self.assertEqual(redis(port, "SET", "k", "new", host=s.ip("spr")), (0, "OK"))
+        self.assertTrue(os.path.exists(f"/proc/{old_pid}"), "the old instance should still run")
+        rc, out = redis(port, "GET", "k", timeout=1.5, host=s.ip("pri"))
+        self.assertNotEqual(out, "old",
+                            "the old owner answered a read with a value older than an "
+                            "acknowledged write on its replacement")
+        self.assertEqual(redis(port, "GET", "k", host=s.ip("spr")), (0, "new"))
+        print(f"old owner after its agent's death: GET -> rc {rc} {out!r}", flush=True)
+
     def test_standby_restart_resyncs_then_fails_over(self):
         s = Setup(self, "tcp", False, seed=int(time.time()))
         load = s.loaded("kv1", 0.8)

@@ -159,7 +159,7 @@ spare::Status Server::Shutdown() {
   close(listen_fd_);
   listen_fd_ = -1;
   spare::Status st;
-  if (store_->mutations() != batch_mutations_) st = Commit();
+  if (store_->mutations() != batch_mutations_ || read_barrier_) st = Commit();
   if (st.ok() && protected_) {
     const int64_t deadline = NowMs(CLOCK_MONOTONIC) + 2000;
     while (st.ok() && rt_.commit_deferred() && NowMs(CLOCK_MONOTONIC) < deadline) {

@@ -113,6 +113,7 @@ class Server : public InfoSource {
 
   uint64_t state_epoch_ = 0;  // epoch covering the last committed state
   uint64_t held_epoch_ = 0;   // epoch of replies waiting for the next commit
+  bool read_barrier_ = false;  // replies to reads wait for the next commit (policy hot)
   size_t uncommitted_requests_ = 0;
   int64_t dirty_since_us_ = 0;    // first uncommitted change (monotonic), 0: none
   uint64_t batch_mutations_ = 0;  // store_->mutations() at the last commit

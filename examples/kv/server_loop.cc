@@ -243,11 +243,19 @@ void Server::Execute(Conn* c, size_t* budget) {
 // (released at once if that is durable: no empty epoch for reads).
 // Unprotected, the gate releases everything at once (epoch 0).
 void Server::SendReplies() {
-  const bool dirty = store_->mutations() != batch_mutations_;
-  if (dirty && dirty_since_us_ == 0) dirty_since_us_ = Us(CLOCK_MONOTONIC);
+  const bool wrote = store_->mutations() != batch_mutations_;
+  if (wrote && dirty_since_us_ == 0) dirty_since_us_ = Us(CLOCK_MONOTONIC);
   if (touched_.empty()) return;
   ++batches_;
-  if (!dirty) ++read_only_batches_;
+  if (!wrote) ++read_only_batches_;
+  // Under policy hot a read's reply waits for an epoch committed after it
+  // (Runtime::reads_wait_for_epoch: a replacement may own the instance
+  // already); the next commit is due as if the batch had written.
+  if (!wrote && protected_ && rt_.reads_wait_for_epoch() && !read_barrier_) {
+    read_barrier_ = true;
+    if (dirty_since_us_ == 0) dirty_since_us_ = Us(CLOCK_MONOTONIC);
+  }
+  const bool dirty = wrote || read_barrier_;
   const uint64_t epoch = !protected_ ? 0 : dirty ? rt_.pending_epoch() : state_epoch_;
   if (dirty) held_epoch_ = epoch;
   for (Conn* c : touched_) {
@@ -275,7 +283,7 @@ void Server::SendReplies() {
 // anyway.
 spare::Status Server::MaybeCommit() {
   const int64_t now = Us(CLOCK_MONOTONIC);
-  const bool dirty = store_->mutations() != batch_mutations_;
+  const bool dirty = store_->mutations() != batch_mutations_ || read_barrier_;
   // A deferred commit (staging full, or merged by pacing behind an epoch
   // in flight) is retried when nothing is in flight any more, or after
   // kDeferredCommitMs at the latest.
@@ -305,6 +313,7 @@ spare::Status Server::Commit() {
                              " to replies sent under epoch " + std::to_string(held_epoch_));
   }
   held_epoch_ = 0;
+  read_barrier_ = false;
   batch_mutations_ = store_->mutations();
   last_commit_us_ = Us(CLOCK_MONOTONIC);
   dirty_since_us_ = 0;

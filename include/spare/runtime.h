@@ -171,6 +171,17 @@ class Runtime {
 
   bool protected_mode() const;
   const std::string& instance_id() const;
+  // True under policy hot: another host may take the instance over (the
+  // standby fails it over while this process still runs, e.g. when only
+  // its agent died or its host was cut off), so a reply computed from the
+  // state of an epoch already durable may be stale by the time it leaves.
+  // A reply to a read must then depend on pending_epoch() too, and be
+  // released only once an epoch committed after the read is durable: the
+  // standby acknowledging it proves this process still owned the instance
+  // (a fenced owner's epochs are never acknowledged). Under policy local
+  // nobody else can own the instance, and reads may depend on the last
+  // committed epoch.
+  bool reads_wait_for_epoch() const;
 
   // Maps (or on resume, re-maps) region `name` of `size` bytes (rounded up
   // to pages). Calling it again with the same name returns the same Region.

@@ -112,6 +112,7 @@ ipc::Message Agent::AttachReply(Instance& inst, bool reattach) {
   ipc::Message m = ipc::OkMessage({{"id", r.spec.id},
                                    {"generation", r.generation},
                                    {"resumed", r.epoch > 0},
+                                   {"policy", r.spec.policy},
                                    {"epoch", r.epoch},
                                    {"slot_count", inst.staging.view().slot_count},
                                    {"slot_size", inst.staging.view().slot_size},

@@ -70,6 +70,8 @@ Status RuntimeImpl::Connect(bool reattach) {
   SPARE_ASSIGN_OR_RETURN(epoch_, b.Uint("epoch"));
   SPARE_ASSIGN_OR_RETURN(uint64_t count, b.Uint("slot_count"));
   SPARE_ASSIGN_OR_RETURN(uint64_t size, b.Uint("slot_size"));
+  SPARE_ASSIGN_OR_RETURN(std::string policy, b.String("policy", "local"));
+  reads_wait_ = policy == "hot";
   if (reply->fds.size() != 1)
     return Status(Code::kBadMessage, "agent's answer to Attach lacks the staging fd");
   size_t bytes = epoch::StagingBytes(static_cast<uint32_t>(count), size);

@@ -302,6 +302,7 @@ Result<Runtime> Runtime::Unprotected() {
 }
 
 bool Runtime::protected_mode() const { return impl_->protected_mode(); }
+bool Runtime::reads_wait_for_epoch() const { return impl_->reads_wait_for_epoch(); }
 const std::string& Runtime::instance_id() const { return impl_->instance_id(); }
 Result<Region*> Runtime::region(std::string_view name, size_t size, RegionOptions options) {
   return impl_->region(name, size, options);

@@ -69,6 +69,7 @@ class RuntimeImpl {
   RuntimeStats stats() const;
 
   bool protected_mode() const { return protected_; }
+  bool reads_wait_for_epoch() const { return reads_wait_; }
   const std::string& instance_id() const { return id_; }
   bool resumed() const { return resumed_; }
   std::span<const std::byte> record() const {
@@ -132,6 +133,7 @@ class RuntimeImpl {
   Status DropWhileIdle();
 
   bool protected_ = false;
+  bool reads_wait_ = false;  // policy hot (Runtime::reads_wait_for_epoch)
   std::string id_;
   std::string agent_dir_;
   uint64_t generation_ = 0;
