@@ -320,6 +320,29 @@ class FailoverTest(unittest.TestCase):
         self.assertEqual(redis(port, "GET", "k", host=s.ip("spr")), (0, "new"))
         print(f"old owner after its agent's death: GET -> rc {rc} {out!r}", flush=True)
 
+    def test_agent_survives_its_link_going_down(self):
+        # Found by the chaos driver (seed 1796357751, cut-link with ip link
+        # down): with the primary's link to the spare host down for longer
+        # than the reconnect delay (1 s), the agent's reconnect found no
+        # usable UCX device, kept a link without a worker, and crashed on
+        # its next progress (SIGSEGV in net::Worker::Progress). It must
+        # keep its old link, try again, and hear that it was fenced.
+        s = Setup(self, "tcp", True, seed=int(time.time()))
+        s.run_kv("kv1")
+        dev = s.hosts.host_link("pri")
+        subprocess.run([*s.wrap("pri"), "ip", "link", "set", dev, "down"], check=True)
+        try:
+            s.wait_replacement("kv1", time.monotonic())  # the standby hears nothing: failover
+            time.sleep(1.8)  # past the agent's reconnect delay, the device still down
+        finally:
+            subprocess.run([*s.wrap("pri"), "ip", "link", "set", dev, "up"], check=True)
+        old = s.primary.wait_instance("kv1", lambda i: i["fenced"] and i["pid"] == 0,
+                                      timeout=15, what="told it was fenced once the link is back")
+        self.assertIsNone(s.primary.agent_proc.poll(),
+                          "the agent died:\n" + tail(os.path.join(s.primary.dir, "agent.log")))
+        self.assertEqual(old["state"], "failed", old)
+        self.assertIn("reconnecting failed", tail(os.path.join(s.primary.dir, "agent.log"), 400))
+
     def test_standby_restart_resyncs_then_fails_over(self):
         s = Setup(self, "tcp", False, seed=int(time.time()))
         load = s.loaded("kv1", 0.8)

@@ -48,25 +48,37 @@ nlohmann::json LaunchSpecJson(const Instance& inst) {
 
 }  // namespace
 
+// Builds a new link to the standby. The UCX steps that can fail (a
+// worker: UCX finds no usable device while the link is down; an endpoint:
+// no route) come first, so a failure leaves the current link, if any, as
+// it was.
 Status Agent::ConnectStandby() {
   SPARE_ASSIGN_OR_RETURN(net::Address where,
                          net::ParseAddress(options_.standby, "--standby", /*allow_any_port=*/false));
+  SPARE_ASSIGN_OR_RETURN(std::unique_ptr<net::Worker> worker, net::Worker::Create());
+  SPARE_RETURN_IF_ERROR(worker->SetAmHandler(
+      kAmId, [this](net::Endpoint*, std::span<const std::byte> b) { OnStandbyMessage(b); }));
+  SPARE_ASSIGN_OR_RETURN(std::unique_ptr<net::Endpoint> ep,
+                         worker->Connect(where.host, where.port, options_.standby_error_mode));
+  UniqueFd timer(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!timer.valid()) return Status::FromErrno("timerfd_create", errno);
+  if (hot_) {
+    RemoveWatch(hot_->watch, hot_->worker->event_fd());
+    RemoveWatch(hot_->timer_watch, hot_->timer.get());
+    hot_.reset();  // endpoint, then worker (a dead peer's close is given up on)
+  }
   hot_ = std::make_unique<HotLink>();
   hot_->host = where.host;
   hot_->port = where.port;
-  SPARE_ASSIGN_OR_RETURN(hot_->worker, net::Worker::Create());
-  SPARE_RETURN_IF_ERROR(hot_->worker->SetAmHandler(
-      kAmId, [this](net::Endpoint*, std::span<const std::byte> b) { OnStandbyMessage(b); }));
+  hot_->worker = std::move(worker);
+  hot_->ep = std::move(ep);
+  hot_->timer = std::move(timer);
   SPARE_ASSIGN_OR_RETURN(hot_->watch,
                          AddWatch(hot_->worker->event_fd(), EPOLLIN, {WatchKind::kStandby}));
-  hot_->timer.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-  if (!hot_->timer.valid()) return Status::FromErrno("timerfd_create", errno);
   SPARE_ASSIGN_OR_RETURN(hot_->timer_watch, AddWatch(hot_->timer.get(), EPOLLIN,
                                                      {WatchKind::kStandby, hot_->timer.get()}));
   ArmStandbyTimer(hot_->heartbeat_ms);
   hot_->last_heard = hot_->connected_at = std::chrono::steady_clock::now();
-  SPARE_ASSIGN_OR_RETURN(hot_->ep,
-                         hot_->worker->Connect(hot_->host, hot_->port, options_.standby_error_mode));
   hot_->ep->set_on_error([this](const Status& st) {
     spdlog::error("standby {}:{}: {}; hot instances {} until it is back", hot_->host, hot_->port,
                   st.ToString(), LossPolicyText());
@@ -83,7 +95,7 @@ Status Agent::ConnectStandby() {
 // answering a first connection for longer than the timeout.
 bool Agent::StandbyUnreachable(std::chrono::steady_clock::time_point now) const {
   if (!hot_) return false;
-  if (hot_->suspected || hot_->ep->failed()) return true;
+  if (hot_->suspected || hot_->connect_failed || hot_->ep->failed()) return true;
   if (hot_->welcomed) return false;
   return hot_->reconnects > 0 ||
          now - hot_->connected_at > std::chrono::milliseconds(hot_->timeout_ms);
@@ -125,10 +137,11 @@ void Agent::OnStandbyTimer() {
   // failed) is reached again from scratch: a new connection, every hot
   // instance reserves again and ships what the replica lacks.
   const auto reconnect_after = std::chrono::milliseconds(std::max<uint32_t>(1000, 10 * hot_->timeout_ms));
-  const bool failed_long_enough =
-      hot_->ep->failed() && now - hot_->connected_at > std::chrono::milliseconds(hot_->backoff_ms);
+  const bool failed_long_enough = (hot_->ep->failed() || hot_->connect_failed) &&
+                                  now - hot_->connected_at > std::chrono::milliseconds(hot_->backoff_ms);
   if (failed_long_enough || silent_ucx > reconnect_after) {
-    return ReconnectStandby(hot_->ep->failed() ? hot_->ep->error().ToString()
+    return ReconnectStandby(hot_->connect_failed ? "the last reconnect failed"
+                            : hot_->ep->failed() ? hot_->ep->error().ToString()
                             : hot_->welcomed
                                 ? "silent for " +
                                       std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent_ucx).count()) +
@@ -221,18 +234,21 @@ void Agent::ReconnectStandby(const std::string& why) {
     inst->to_ship.assign(inst->unacked.begin(), inst->unacked.end());
   }
   for (auto& [id, inst] : instances_) MaybeRelaunch(*inst);  // acks will not come now
-  RemoveWatch(hot_->watch, hot_->worker->event_fd());
-  RemoveWatch(hot_->timer_watch, hot_->timer.get());
   const uint64_t reconnects = hot_->reconnects + 1;
   // Retries back off from 200 ms to 2 s while nobody answers.
   const uint32_t backoff = std::min<uint32_t>(2000, hot_->welcomed ? 200 : 2 * hot_->backoff_ms);
-  hot_.reset();  // endpoint, then worker (a dead peer's close is given up on)
-  Status st = ConnectStandby();
-  if (hot_) {
-    hot_->reconnects = reconnects;
-    hot_->backoff_ms = backoff;
+  Status st = ConnectStandby();  // replaces hot_ only when it succeeds
+  hot_->reconnects = reconnects;
+  hot_->backoff_ms = backoff;
+  if (!st.ok()) {
+    // The old link stays, taken as unreachable; the timer tries again.
+    hot_->connect_failed = true;
+    hot_->welcomed = false;
+    hot_->connected_at = std::chrono::steady_clock::now();
+    spdlog::error("standby {}:{}: reconnecting failed: {}; trying again in {} ms (hot "
+                  "instances {} meanwhile)",
+                  hot_->host, hot_->port, st.ToString(), backoff, LossPolicyText());
   }
-  if (!st.ok()) spdlog::error("standby: reconnecting failed: {}", st.ToString());
 }
 
 // A graceful stop (the instances stay up for the next agent): the standby

@@ -73,6 +73,10 @@ struct Agent::HotLink {
   std::chrono::steady_clock::time_point last_heard{};
   std::chrono::steady_clock::time_point connected_at{};
   bool suspected = false;
+  // The last reconnect could not build a new link (no UCX worker or
+  // endpoint: its network device down, no route): this old one is kept,
+  // taken as unreachable, and the timer tries again after backoff_ms.
+  bool connect_failed = false;
   uint64_t heartbeats_sent = 0, suspicions = 0, reconnects = 0;
   uint32_t backoff_ms = 100;  // before reconnecting a failed endpoint
   // The connection's lanes include TCP: bulk bytes go in Data messages, not

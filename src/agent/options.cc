@@ -8,6 +8,7 @@
 #include <cctype>
 #include <charconv>
 
+#include "common/files.h"
 #include "epoch/staging.h"
 
 namespace spare::agent {
@@ -153,10 +154,10 @@ Result<uint64_t> ParseBytes(std::string_view text) {
   return n;
 }
 
-Status LoadAgentConfig(const std::string& path, AgentOptions* options) {
+Status ParseAgentConfig(std::string_view text, const std::string& path, AgentOptions* options) {
   toml::table table;
   try {
-    table = toml::parse_file(path);
+    table = toml::parse(text, std::string_view(path));
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
     return Status(Code::kInvalidArgument, "config " + path + " line " + std::to_string(where.line) +
@@ -164,11 +165,20 @@ Status LoadAgentConfig(const std::string& path, AgentOptions* options) {
   } catch (const std::exception& e) {
     return Status(Code::kInvalidArgument, "config " + path + ": " + e.what());
   }
+  AgentOptions parsed = *options;  // a bad key changes nothing
   for (auto&& [key, node] : table) {
-    Status st = ApplyKey(std::string(key.str()), node, options);
+    Status st = ApplyKey(std::string(key.str()), node, &parsed);
     if (!st.ok()) return st.With("config " + path);
   }
+  *options = std::move(parsed);
   return Status::Ok();
+}
+
+Status LoadAgentConfig(const std::string& path, AgentOptions* options) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return Status(Code::kInvalidArgument, "config " + path + ": " + text.status().ToString());
+  if (!*text) return Status(Code::kInvalidArgument, "config " + path + ": no such file");
+  return ParseAgentConfig(**text, path, options);
 }
 
 }  // namespace spare::agent

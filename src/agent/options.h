@@ -83,5 +83,8 @@ Result<HostPort> ParseHostPort(std::string_view text);
 // Reads agent.toml into *options (keeps the defaults of absent keys).
 // kInvalidArgument names the file, the key and what is wrong with it.
 Status LoadAgentConfig(const std::string& path, AgentOptions* options);
+// The same from the file's text (`path` names it in errors). On an error
+// *options is unchanged.
+Status ParseAgentConfig(std::string_view text, const std::string& path, AgentOptions* options);
 
 }  // namespace spare::agent

@@ -290,4 +290,29 @@ Status ApplyEpoch(const StagingView& view, uint64_t generation, uint64_t epoch, 
   return Status::Ok();
 }
 
+// Walks the slot as ValidateEpoch would, bounded by the slot, and writes
+// both checksums for what it holds; a layout that leaves the slot is left
+// alone (ValidateEpoch refuses it before any checksum).
+void SealSlot(const StagingView& view, uint32_t index) {
+  std::byte* slot = view.slot(index);
+  SlotHeader h;
+  std::memcpy(&h, slot, sizeof(h));
+  if (h.record_len > kMaxRecord || h.n_entries > view.slot_size / sizeof(SlotEntry)) return;
+  const uint64_t data = DataOffset(h.record_len, h.n_entries);
+  if (data > view.slot_size || h.used > view.slot_size || data > h.used) return;
+  std::vector<uint64_t> leaves;
+  uint64_t at = data;
+  for (uint32_t k = 0; k < h.n_entries; ++k) {
+    SlotEntry e;
+    std::memcpy(&e, slot + TableOffset(h.record_len) + k * sizeof(SlotEntry), sizeof(e));
+    if (e.length > h.used - at) return;
+    for (uint64_t off = 0; off < e.length; off += kHashLeaf)
+      leaves.push_back(Hash64(slot + at + off, std::min<uint64_t>(kHashLeaf, e.length - off)));
+    at += e.length;
+  }
+  h.data_hash = CombineLeafHashes(leaves);
+  h.table_hash = TableHash(slot, h);
+  std::memcpy(slot, &h, sizeof(h));
+}
+
 }  // namespace spare::epoch

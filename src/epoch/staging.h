@@ -163,6 +163,12 @@ Result<ValidatedEpoch> ValidateEpoch(const StagingView& view, uint64_t generatio
                                      uint32_t first_slot, uint32_t parts,
                                      std::span<const RegionTarget> regions);
 
+// Rewrites slot `index`'s data and table checksums to match what it holds
+// (for tests and the fuzzer: a hand-edited slot then reaches the layout and
+// bounds checks instead of failing its checksum). REQUIRES: the caller
+// owns the slot.
+void SealSlot(const StagingView& view, uint32_t index);
+
 // How bytes reach a region's memfd: pwrite(2), or a test's fault injector.
 using WriteFn = std::function<ssize_t(int fd, const void* buf, size_t n, off_t offset)>;
 

@@ -127,22 +127,15 @@ double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_cl
 }
 }  // namespace
 
-// DIR/standby.json: {"version": 1, "name": ..., "tombstones": [{"id",
-// "generation", "owner"}]}. Anything else is refused, by name, and the
-// standby does not start (a lost tombstone could let a fenced owner back).
 constexpr int kStateVersion = 1;
 
-Status Standby::LoadState() {
-  SPARE_RETURN_IF_ERROR(MakeDirs(options_.dir));
-  const std::string path = options_.dir + "/standby.json";
-  SPARE_ASSIGN_OR_RETURN(std::optional<std::string> text, ReadFile(path));
-  if (!text) return Status::Ok();
+Result<Tombstones> DecodeStandbyState(std::string_view text, const std::string& path) {
   auto bad = [&](const std::string& what) {
     return Status(Code::kBadMessage, path + ": " + what +
                                          " (fix or remove it; removing it forgets which owners "
                                          "were fenced)");
   };
-  auto j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return bad("not a JSON object");
   if (!j.contains("version") || !j["version"].is_number_integer())
     return bad("no integer \"version\"");
@@ -150,6 +143,7 @@ Status Standby::LoadState() {
     return bad("version " + j["version"].dump() + "; this standby reads version " +
                std::to_string(kStateVersion));
   if (!j.contains("tombstones") || !j["tombstones"].is_array()) return bad("no \"tombstones\" array");
+  Tombstones out;
   for (size_t i = 0; i < j["tombstones"].size(); ++i) {
     const auto& t = j["tombstones"][i];
     const std::string at = "tombstones[" + std::to_string(i) + "]";
@@ -157,9 +151,28 @@ Status Standby::LoadState() {
         !t.contains("generation") || !t["generation"].is_number_unsigned() ||
         !t.contains("owner") || !t["owner"].is_string())
       return bad(at + " needs a non-empty string id, an unsigned generation and a string owner");
-    tombstones_[t["id"].get<std::string>()] = {t["generation"].get<uint64_t>(),
-                                               t["owner"].get<std::string>()};
+    if (!out.emplace(t["id"].get<std::string>(),
+                     Tombstone{t["generation"].get<uint64_t>(), t["owner"].get<std::string>()})
+             .second)
+      return bad(at + ": instance " + t["id"].dump() + " appears twice");
   }
+  return out;
+}
+
+std::string EncodeStandbyState(const std::string& name, const Tombstones& tombstones) {
+  nlohmann::json tombs = nlohmann::json::array();
+  for (const auto& [id, t] : tombstones)
+    tombs.push_back({{"id", id}, {"generation", t.generation}, {"owner", t.owner}});
+  const nlohmann::json j = {{"version", kStateVersion}, {"name", name}, {"tombstones", tombs}};
+  return j.dump(2) + "\n";
+}
+
+Status Standby::LoadState() {
+  SPARE_RETURN_IF_ERROR(MakeDirs(options_.dir));
+  const std::string path = options_.dir + "/standby.json";
+  SPARE_ASSIGN_OR_RETURN(std::optional<std::string> text, ReadFile(path));
+  if (!text) return Status::Ok();
+  SPARE_ASSIGN_OR_RETURN(tombstones_, DecodeStandbyState(*text, path));
   spdlog::info("standby: state from {}: {} fenced instance(s) stay fenced", path,
                tombstones_.size());
   return Status::Ok();
@@ -167,11 +180,8 @@ Status Standby::LoadState() {
 
 void Standby::SaveState() {
   if (options_.dir.empty()) return;
-  nlohmann::json tombs = nlohmann::json::array();
-  for (const auto& [id, t] : tombstones_)
-    tombs.push_back({{"id", id}, {"generation", t.generation}, {"owner", t.owner}});
-  const nlohmann::json j = {{"version", kStateVersion}, {"name", options_.name}, {"tombstones", tombs}};
-  Status st = WriteFileAtomic(options_.dir + "/standby.json", j.dump(2) + "\n", 0644,
+  Status st = WriteFileAtomic(options_.dir + "/standby.json",
+                              EncodeStandbyState(options_.name, tombstones_), 0644,
                               Durability::kPowerLoss);
   if (!st.ok())
     spdlog::error("standby: saving its state failed: {}; a restart would forget which owners "
@@ -491,7 +501,7 @@ void Standby::SendFenced(net::Endpoint* to, const hot::Header& h, const std::str
                                           std::to_string(h.generation) + " is fenced"}));
 }
 
-const Standby::Tombstone* Standby::FencedFor(const std::string& id, const std::string& agent,
+const Tombstone* Standby::FencedFor(const std::string& id, const std::string& agent,
                                              uint64_t generation) const {
   auto t = tombstones_.find(id);
   if (t == tombstones_.end()) return nullptr;

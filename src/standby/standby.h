@@ -50,6 +50,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/fd.h"
@@ -89,6 +90,22 @@ struct StandbyOptions {
   // full copy. Empty: nothing is kept.
   std::string dir;
 };
+
+// An instance the standby failed over: its owner, and every generation up
+// to the replacement's, are fenced for good.
+struct Tombstone {
+  uint64_t generation = 0;  // the replacement's; this and below are fenced
+  std::string owner;        // the fenced owner's agent name: fenced at any generation
+  bool operator==(const Tombstone&) const = default;
+};
+using Tombstones = std::map<std::string, Tombstone>;  // by instance id
+
+// DIR/standby.json: {"version": 1, "name": ..., "tombstones": [{"id",
+// "generation", "owner"}]}. Decode refuses anything else with kBadMessage
+// naming `path` and what is wrong (the standby then does not start: a lost
+// tombstone could let a fenced owner back).
+Result<Tombstones> DecodeStandbyState(std::string_view text, const std::string& path);
+std::string EncodeStandbyState(const std::string& name, const Tombstones& tombstones);
 
 class Standby {
  public:
@@ -151,10 +168,6 @@ class Standby {
   struct Area;
   struct Peer;
   struct Handover;
-  struct Tombstone {
-    uint64_t generation = 0;  // the replacement's; this and below are fenced
-    std::string owner;        // the fenced owner's agent name: fenced at any generation
-  };
   Standby() = default;
   Status LoadState();
   void SaveState();
@@ -204,7 +217,7 @@ class Standby {
   UniqueFd epoll_, timer_;  // epoll_ holds the worker's fd and timer_
   uint64_t suspicions_ = 0;
   std::chrono::steady_clock::time_point last_tick_{};  // the last OnTimer
-  std::map<std::string, Tombstone> tombstones_;     // by instance id
+  Tombstones tombstones_;
   std::map<uint64_t, std::string> fenced_handles_;  // handle → id, of fenced areas
   std::vector<std::unique_ptr<Handover>> handovers_;
   std::vector<FailoverView> failovers_;
