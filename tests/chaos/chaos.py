@@ -426,27 +426,42 @@ class Campaign:
             return f"{host} {dev} slow link (tbf {rate}, queue up to {lat} ms) for {secs:.1f} s"
         raise ValueError(kind)
 
+    def check_daemons(self):
+        """A daemon that died without being killed is an anomaly (a crash);
+        it is started again so the campaign goes on."""
+        for host in ("pa", "pb", "spr"):
+            p = self.h[host].agent_proc
+            if p.poll() is not None:
+                self.unrecovered.append(
+                    f"the agent of {host} died by itself (exit {p.returncode}):\n"
+                    + tail(os.path.join(self.h[host].dir, "agent.log"), 30))
+                self.start_agent(host)
+        if self.standby.poll() is not None:
+            self.unrecovered.append(f"the standby died by itself (exit {self.standby.returncode}):"
+                                    "\n" + tail(self.standby_log, 30))
+            self.start_standby()
+
     def settle(self, timeout=40):
         """Until every incarnation answers and hot ones at home are protected."""
+        self.check_daemons()
         end = time.monotonic() + timeout
-        pending = list(self.slots)
+        pending = [s for s in self.slots if not s.expected_loss]
         while pending and time.monotonic() < end:
-            s = pending[0]
-            if s.expected_loss:
-                pending.pop(0)
-                continue
-            host, inst = self.where(s)
-            ok = False
-            if host:
-                rc, out = redis(s.port, "PING", timeout=2, host=self.hosts.client_ip(host))
-                ok = rc == 0 and out == "PONG"
-                if host == "spr":
-                    s.moved = True
-                elif s.policy == "hot":
-                    ok = ok and inst["standby"] == "protected"
-            if ok:
-                pending.pop(0)
-            else:
+            still = []
+            for s in pending:
+                host, inst = self.where(s)
+                ok = False
+                if host:
+                    rc, out = redis(s.port, "PING", timeout=2, host=self.hosts.client_ip(host))
+                    ok = rc == 0 and out == "PONG"
+                    if host == "spr":
+                        s.moved = True
+                    elif s.policy == "hot":
+                        ok = ok and inst["standby"] == "protected"
+                if not ok:
+                    still.append(s)
+            pending = still
+            if pending:
                 time.sleep(0.05)
         for s in pending:
             self.unrecovered.append(f"{s.iid}: not serving (or not protected) {timeout} s "
