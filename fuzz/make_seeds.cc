@@ -3,6 +3,7 @@
 // the repository root after a change to either wire format:
 //   build-fuzz/bin/make_seeds fuzz/corpus
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <span>
 #include <filesystem>
@@ -38,7 +39,7 @@ void Staging(const std::string& dir) {
   std::vector<std::byte> src(8192);
   for (size_t k = 0; k < src.size(); ++k) src[k] = std::byte(k * 7);
   const std::vector<std::vector<DirtyRun>> epochs = {
-      {{0, src.data(), 0, 4096}},
+      {{0, src.data(), 0, 2048}},
       {{0, src.data(), 100, 24}, {1, src.data() + 50, 1 << 19, 300}, {2, src.data(), 4000, 96}},
       {{1, src.data(), (1 << 20) - 512, 512}},
   };
@@ -48,6 +49,12 @@ void Staging(const std::string& dir) {
     EpochPlan plan = PlanEpoch(view, runs, record.size());
     FillEpoch(view, 7, 5, 0, plan, runs,
               std::as_bytes(std::span(record.data(), record.size())));
+    const RegionTarget regions[] = {{-1, 64 * 1024, nullptr}, {-1, 1 << 20, nullptr},
+                                    {-1, 4096, nullptr}};
+    if (!ValidateEpoch(view, 7, 5, 0, plan.parts, regions).ok()) {
+      std::fprintf(stderr, "make_seeds: staging seed %d does not validate\n", n);
+      std::exit(1);
+    }
     SlotHeader h;
     std::memcpy(&h, view.slot(0), sizeof(h));
     for (char flags : {char(0), char(16)}) {

@@ -290,8 +290,11 @@ void Agent::SendToStandby(uint8_t type, uint64_t instance, uint64_t generation, 
   auto frame =
       hot::Encode(hot::Header{static_cast<hot::Type>(type), 0, instance, generation, seq}, body);
   Status st = hot_->ep->SendAm(kAmId, frame);
-  if (!st.ok()) spdlog::warn("standby: {} not sent: {}", hot::TypeName(static_cast<hot::Type>(type)),
-                             st.ToString());
+  // A failed endpoint refuses every send until the link is replaced
+  // (heartbeats every 10 ms): the first refusal is logged, then one in 1000.
+  if (!st.ok() && hot_->send_failures++ % 1000 == 0)
+    spdlog::warn("standby: {} not sent: {} ({} sends refused on this link)",
+                 hot::TypeName(static_cast<hot::Type>(type)), st.ToString(), hot_->send_failures);
 }
 
 void Agent::ReserveOnStandby(Instance& inst) {

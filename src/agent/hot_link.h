@@ -78,6 +78,7 @@ struct Agent::HotLink {
   // taken as unreachable, and the timer tries again after backoff_ms.
   bool connect_failed = false;
   uint64_t heartbeats_sent = 0, suspicions = 0, reconnects = 0;
+  uint64_t send_failures = 0;  // sends its endpoint refused (logged 1 in 1000)
   uint32_t backoff_ms = 100;  // before reconnecting a failed endpoint
   // The connection's lanes include TCP: bulk bytes go in Data messages, not
   // puts (UCX 1.13's emulated puts over TCP abort the standby when this

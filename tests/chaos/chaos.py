@@ -180,12 +180,20 @@ class Campaign:
 
     def start_standby(self):
         spr = self.h["spr"]
+        try:
+            start = os.path.getsize(self.standby_log)
+        except OSError:
+            start = 0
         self.standby = spr.popen(
             [*self.hosts.wrap("spr"), SPARE, "standby", "--listen", self.standby_at, "--name",
              "spare-host", "--agent", spr.dir, "--dir", os.path.join(spr.dir, "standby-state")],
             log=self.standby_log)
         end = time.monotonic() + 20
-        while tail(self.standby_log, 400).count("listening on") < self.standby_starts + 1:
+        while True:  # its "listening on" line, written after `start`
+            with open(self.standby_log, "rb") as f:
+                f.seek(start)
+                if b"listening on" in f.read():
+                    break
             if self.standby.poll() is not None or time.monotonic() > end:
                 raise RuntimeError("standby did not start:\n" + tail(self.standby_log))
             time.sleep(0.02)
