@@ -161,7 +161,8 @@ class Harness:
         """Starts `spare agent --dir DIR` and waits until it answers status.
         `wrap` prefixes the command (netns.Hosts.wrap: run it on a host)."""
         log = os.path.join(self.dir, "agent.log")
-        self._logs.append(log)
+        if log not in self._logs:
+            self._logs.append(log)
         self.agent_proc = self.popen([*wrap, SPARE, "agent", "--dir", self.dir, *extra], log=log)
         end = time.monotonic() + timeout
         while time.monotonic() < end:

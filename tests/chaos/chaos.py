@@ -472,8 +472,15 @@ class Campaign:
             if pending:
                 time.sleep(0.05)
         for s in pending:
+            host, inst = self.where(s)
+            seen = {h: (lambda i: i and {k: i.get(k) for k in ("state", "pid", "fenced",
+                                                                "standby", "reason")})(
+                self.instance(h, s.iid)) for h in (s.home, "spr")}
+            ping = (redis(s.port, "PING", timeout=2, host=self.hosts.client_ip(host))
+                    if host else None)
             self.unrecovered.append(f"{s.iid}: not serving (or not protected) {timeout} s "
-                                    "after the last fault healed")
+                                    f"after the last fault healed: runs on {host}, PING {ping};"
+                                    f" status {seen}")
         return not pending
 
     # --- the run ---------------------------------------------------------
@@ -543,6 +550,8 @@ class Campaign:
         return rep
 
     def close(self):
+        if self.violations or self.unrecovered:  # keep the daemons' logs for the post-mortem
+            os.environ["SPARE_KEEP_TMP"] = "1"
         for host in ("pa", "pb", "spr"):
             try:
                 self.nft_heal(host)
