@@ -81,7 +81,9 @@ class Agent {
   std::string socket_path() const { return options_.dir + "/agent.sock"; }
   const Instance* Find(std::string_view id) const;
   // The body of the answer to Status: {"agent": {...}, "instances": [...]}.
-  nlohmann::json StatusJson() const;
+  // `budget`: bytes the answer may take (0: no bound); ended instances
+  // past it are left out and counted in agent.instances_omitted.
+  nlohmann::json StatusJson(size_t budget = 0) const;
 
  private:
   struct Outgoing {

@@ -113,7 +113,7 @@ std::optional<ipc::Message> Agent::OnRun(Conn& conn, ipc::Message& msg) {
 }
 
 std::optional<ipc::Message> Agent::OnStatus(Conn&, ipc::Message&) {
-  return ipc::OkMessage(StatusJson());
+  return ipc::OkMessage(StatusJson(ipc::kMaxJson));
 }
 
 std::optional<ipc::Message> Agent::OnStop(Conn& conn, ipc::Message& msg) {

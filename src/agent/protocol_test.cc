@@ -654,6 +654,41 @@ namespace {
 // Policy hot against a real standby (in this process, over UCX_TLS=tcp):
 // an epoch becomes durable only once the standby applied it, and the
 // replica then holds it; while the standby is silent, outputs wait.
+// Found by the chaos campaign: an agent that had run about a hundred
+// instances (most of them stopped since) answered Status with nothing but
+// an encoding error, its answer being over the protocol's 64 KiB. Every
+// live instance is listed; ended ones as long as the answer fits, the rest
+// counted.
+class ManyEndedInstancesTest : public ProtocolTest {
+  void Configure(AgentOptions&) override {
+    AgentStateValue v;
+    for (int i = 0; i < 400; ++i) {
+      InstanceRecord r;
+      r.spec.id = "ended-" + std::to_string(i);
+      r.spec.argv = {"/bin/true", std::string(100, 'x')};
+      r.state = InstanceState::kStopped;
+      r.reason = "stopped by `spare stop`";
+      r.generation = 1;
+      v.instances.push_back(r);
+    }
+    ASSERT_TRUE(SaveState(dir_ + "/state.json", v).ok());
+  }
+};
+
+TEST_F(ManyEndedInstancesTest, StatusListsEveryLiveInstanceAndCountsWhatDoesNotFit) {
+  StartInstance();
+  Message st = Exchange(cli_.get(), Make(MsgType::kStatus, nlohmann::json::object()));
+  ASSERT_EQ(st.type, MsgType::kOk) << st.body.dump().substr(0, 300);
+  EXPECT_LE(st.body.dump().size(), ipc::kMaxJson);
+  const auto& list = st.body["instances"];
+  bool live = false;
+  for (const auto& i : list) live = live || i["id"] == "t1";
+  EXPECT_TRUE(live) << "the live instance is missing";
+  const uint64_t omitted = st.body["agent"]["instances_omitted"];
+  EXPECT_GT(omitted, 0u);
+  EXPECT_EQ(list.size() + omitted, 401u) << "every instance is listed or counted";
+}
+
 class HotProtocolTest : public ProtocolTest {
  protected:
   void SetUp() override {

@@ -266,12 +266,35 @@ static std::vector<std::string> HostAddresses() {
   return out.empty() ? loopback : out;
 }
 
-nlohmann::json Agent::StatusJson() const {
+nlohmann::json Agent::StatusJson(size_t budget) const {
   nlohmann::json instances = nlohmann::json::array();
   const auto now = std::chrono::steady_clock::now();
   const bool suspected = hot_ && StandbyUnreachable(now);
-  for (const auto& [id, inst] : instances_)
-    instances.push_back(InstanceStatusJson(*inst, suspected));
+  // Every live instance; then the ended ones (stopped, exited, failed) as
+  // long as the answer stays within `budget` bytes (an agent that ran
+  // hundreds of instances would otherwise answer nothing at all: the
+  // agent protocol's bodies are at most 64 KiB). The rest are counted.
+  size_t used = 4096;  // the agent's own part, generously
+  uint64_t omitted = 0;
+  std::vector<nlohmann::json> ended;
+  for (const auto& [id, inst] : instances_) {
+    nlohmann::json j = InstanceStatusJson(*inst, suspected);
+    if (!IsLive(inst->rec.state)) {
+      ended.push_back(std::move(j));
+      continue;
+    }
+    used += j.dump().size() + 1;
+    instances.push_back(std::move(j));
+  }
+  for (nlohmann::json& j : ended) {
+    const size_t n = j.dump().size() + 1;
+    if (budget != 0 && used + n > budget) {
+      ++omitted;
+      continue;
+    }
+    used += n;
+    instances.push_back(std::move(j));
+  }
   double uptime = std::chrono::duration<double>(now - started_at_).count();
   nlohmann::json standby;  // null without --standby
   if (hot_)
@@ -292,7 +315,8 @@ nlohmann::json Agent::StatusJson() const {
             {"metrics_port", options_.metrics_port},
             {"metrics_host", options_.metrics_host},
             {"addresses", HostAddresses()},
-            {"standby", standby}}},
+            {"standby", standby},
+            {"instances_omitted", omitted}}},
           {"instances", instances}};
 }
 

@@ -111,6 +111,11 @@ int RunStatus(const StatusFlags& f) {
   }
   Status printed = PrintTable(**instances);
   if (!printed.ok()) return Fail(printed.With("the agent's answer"));
+  const uint64_t omitted = body.value("/agent/instances_omitted"_json_pointer, uint64_t{0});
+  if (omitted > 0)
+    std::printf("(%llu ended instance(s) not shown: the answer would exceed the agent protocol's "
+                "64 KiB; every live one is shown)\n",
+                static_cast<unsigned long long>(omitted));
   return 0;
 }
 
