@@ -70,6 +70,18 @@ class Op:
         self.host = None
 
 
+def read_reply(sock, parser):
+    """The next reply on sock; ConnectionError on EOF, OSError on a timeout."""
+    while True:
+        r = parser.get()
+        if r is not RespParser.NEED_MORE:
+            return r
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed by the server")
+        parser.feed(data)
+
+
 def value_of(conn, version):
     return f"{conn}:{version}".encode()
 
@@ -201,15 +213,7 @@ class Workload:
             try:
                 sock.sendall(payload)
                 for o in ops:
-                    while True:
-                        r = parser.get()
-                        if r is not RespParser.NEED_MORE:
-                            break
-                        data = sock.recv(65536)
-                        if not data:
-                            raise ConnectionError("closed by the server")
-                        parser.feed(data)
-                    self._complete(o, r, host)
+                    self._complete(o, read_reply(sock, parser), host)
             except (OSError, ConnectionError, ProtocolError):
                 try:
                     sock.close()
@@ -260,15 +264,7 @@ class Workload:
                 continue
             try:
                 sock.sendall(encode("MGET", *keys))
-                parser = RespParser()
-                while True:
-                    r = parser.get()
-                    if r is not RespParser.NEED_MORE:
-                        break
-                    data = sock.recv(65536)
-                    if not data:
-                        raise ConnectionError("closed")
-                    parser.feed(data)
+                r = read_reply(sock, RespParser())
                 if isinstance(r, list) and len(r) == len(keys):
                     self.final = dict(zip(keys, r))
                     self.final_host = self.hosts[where]
